@@ -1,0 +1,269 @@
+"""Training-data formats: recognise a row's format and turn it into a normalised `Example`.
+
+Every format but `text` becomes a conversation: a list of {"role", "content"} messages with roles
+system, user and assistant. Field names are canonical; `data.columns` maps them to your column
+names, e.g. {prompt: ticket, completion: category}. Required fields are marked with *.
+
+| format            | fields                                      | becomes                                          |
+|-------------------|---------------------------------------------|--------------------------------------------------|
+| alpaca            | instruction*, input, output*, system,       | [system] + (user, assistant) per history pair +  |
+|                   | history ([[instruction, output], ...])      | user: instruction + "\\n\\n" + input, assistant: output |
+| messages          | messages*: [{role, content}, ...]           | the messages (OpenAI style)                      |
+| sharegpt          | conversations*: [{from, value}, ...],       | from human/user -> user, gpt/assistant ->        |
+|                   | system                                      | assistant, system -> system                      |
+| prompt_completion | prompt*, completion*: both strings, or both | user: prompt, assistant: completion; or prompt   |
+|                   | lists of messages (TRL conversational)      | messages + completion messages (assistant only)  |
+| question_answer   | question*, answer*                          | user: question, assistant: answer                |
+| text              | text*                                       | plain text for language modelling (no messages)  |
+
+A conversation may start with one system message, then alternates user and assistant turns and
+ends with an assistant turn; assistant replies may not be empty. Content is kept exactly as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunesmith.errors import TunesmithError
+
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text")
+ROLES = ("system", "user", "assistant")
+
+# Auto-detection tries formats in FORMATS order and takes the first whose required fields are
+# all present, so `text` (often an extra, pre-rendered column next to real fields) comes last.
+REQUIRED = {
+    "alpaca": ("instruction", "output"),
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "question_answer": ("question", "answer"),
+    "text": ("text",),
+}
+OPTIONAL = {"alpaca": ("input", "system", "history"), "sharegpt": ("system",)}
+FIELDS = tuple(dict.fromkeys(f for fmt in FORMATS for f in REQUIRED[fmt] + OPTIONAL.get(fmt, ())))
+
+MESSAGE_ROLES = {role: role for role in ROLES}
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+# Rows come from JSON, CSV or Arrow: name their types the way a JSON file would.
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+class DataError(TunesmithError, ValueError):
+    """A bad row: str(err) reads 'FILE:LINE: FIELD: problem'."""
+
+    def __init__(self, where: str, field: str | None, problem: str, reason: str, hint: str | None = None):
+        self.where = where      # 'train.jsonl:12'
+        self.field = field      # 'messages[2].role', or None when the whole row is at fault
+        self.problem = problem
+        self.reason = reason    # short stable tag, the key of the drop counts
+        self.hint = hint
+        message = f"{where}: {field}: {problem}" if field else f"{where}: {problem}"
+        super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
+
+    def __reduce__(self):
+        # Exceptions pickle their args; ours has a different signature (datasets' workers pickle errors).
+        return type(self), (self.where, self.field, self.problem, self.reason, self.hint)
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]] | None   # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+    text: str | None                        # only for the plain "text" format
+    where: str                              # 'train.jsonl:12', for error messages later
+
+
+def type_name(value) -> str:
+    if value is None:
+        return "null"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def detect_format(row: dict, columns: dict[str, str], where: str) -> str:
+    """The first format whose required fields are all present (null values count as absent)."""
+    if not isinstance(row, dict):
+        raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
+    present = {key for key, value in row.items() if value is not None}
+    for fmt in FORMATS:
+        if all(columns.get(name, name) in present for name in REQUIRED[fmt]):
+            return fmt
+    needs = "; ".join(f"{fmt}: {', '.join(columns.get(n, n) for n in REQUIRED[fmt])}" for fmt in FORMATS)
+    raise DataError(
+        where,
+        None,
+        f"cannot tell the format from the keys [{', '.join(row)}]; each format needs: {needs} "
+        "(map your column names with data.columns, or set data.format)",
+        "unknown_format",
+    )
+
+
+def to_example(
+    row: dict, fmt: str, columns: dict[str, str], where: str, system_prompt: str | None = None
+) -> Example:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if not isinstance(row, dict):
+        raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
+    columns = columns or {}
+    if fmt == "text":
+        key, text = _required(row, "text", columns, where)
+        _expect_string(text, key, where)
+        if not text.strip():
+            raise DataError(where, key, "empty text", "empty_content")
+        return Example(messages=None, text=text, where=where)
+
+    turns, container = CONVERTERS[fmt](row, columns, where)
+    _check_turns(turns, container, where)
+    messages = [{"role": role, "content": content} for role, content, _, _ in turns]
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return Example(messages=messages, text=None, where=where)
+
+
+# A turn is (role, content, role_path, content_path): the paths name the user's fields in errors.
+Turn = tuple[str, str, str, str]
+
+
+def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
+    ikey, instruction = _required(row, "instruction", columns, where)
+    okey, output = _required(row, "output", columns, where)
+    _expect_string(instruction, ikey, where)
+    _expect_string(output, okey, where)
+    nkey, extra = _optional_string(row, "input", columns, where)
+    skey, system = _optional_string(row, "system", columns, where)
+    hkey = columns.get("history", "history")
+    history = row.get(hkey)
+
+    turns: list[Turn] = [("system", system, skey, skey)] if system else []
+    if history is not None:
+        if not isinstance(history, list):
+            raise DataError(where, hkey, f"expected a list of [instruction, output] pairs, found {type_name(history)}", "wrong_type")
+        for i, pair in enumerate(history):
+            path = f"{hkey}[{i}]"
+            if not isinstance(pair, list) or len(pair) != 2:
+                found = f"a list of {len(pair)}" if isinstance(pair, list) else type_name(pair)
+                raise DataError(where, path, f"expected an [instruction, output] pair, found {found}", "wrong_type")
+            for j, role in enumerate(("user", "assistant")):
+                _expect_string(pair[j], f"{path}[{j}]", where)
+                turns.append((role, pair[j], f"{path}[{j}]", f"{path}[{j}]"))
+    user = instruction + "\n\n" + extra if extra else instruction
+    turns += [("user", user, ikey, ikey), ("assistant", output, okey, okey)]
+    return turns, okey
+
+
+def _messages(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
+    key, items = _required(row, "messages", columns, where)
+    return _parse_turns(items, key, ("role", "content"), MESSAGE_ROLES, where), key
+
+
+def _sharegpt(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
+    key, items = _required(row, "conversations", columns, where)
+    turns = _parse_turns(items, key, ("from", "value"), SHAREGPT_ROLES, where)
+    skey, system = _optional_string(row, "system", columns, where)
+    return ([("system", system, skey, skey)] if system else []) + turns, key
+
+
+def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
+    pkey, prompt = _required(row, "prompt", columns, where)
+    ckey, completion = _required(row, "completion", columns, where)
+    for key, value in ((pkey, prompt), (ckey, completion)):
+        if not isinstance(value, (str, list)):
+            raise DataError(where, key, f"expected a string or a list of messages, found {type_name(value)}", "wrong_type")
+    if type(prompt) is not type(completion):
+        raise DataError(
+            where, ckey, f"expected {type_name(prompt)} like {pkey}, found {type_name(completion)}", "wrong_type"
+        )
+    if isinstance(prompt, str):
+        return [("user", prompt, pkey, pkey), ("assistant", completion, ckey, ckey)], ckey
+
+    prompt_turns = _parse_turns(prompt, pkey, ("role", "content"), MESSAGE_ROLES, where)
+    completion_turns = _parse_turns(completion, ckey, ("role", "content"), MESSAGE_ROLES, where)
+    for role, _, role_path, _ in completion_turns:
+        if role != "assistant":
+            raise DataError(where, role_path, f"completion messages must be assistant turns, found {role}", "bad_turn_order")
+    return prompt_turns + completion_turns, ckey
+
+
+def _question_answer(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
+    qkey, question = _required(row, "question", columns, where)
+    akey, answer = _required(row, "answer", columns, where)
+    _expect_string(question, qkey, where)
+    _expect_string(answer, akey, where)
+    return [("user", question, qkey, qkey), ("assistant", answer, akey, akey)], akey
+
+
+CONVERTERS = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "prompt_completion": _prompt_completion,
+    "question_answer": _question_answer,
+}
+
+
+def _required(row: dict, name: str, columns: dict[str, str], where: str) -> tuple[str, object]:
+    key = columns.get(name, name)
+    if key not in row:
+        raise DataError(where, key, f"missing (the row has: {', '.join(row) or 'no keys'})", "missing_field")
+    return key, row[key]
+
+
+def _optional_string(row: dict, name: str, columns: dict[str, str], where: str) -> tuple[str, str]:
+    """An optional text field; absent, null, empty and whitespace-only (empty CSV cells) all mean none."""
+    key = columns.get(name, name)
+    value = row.get(key)
+    if value is None:
+        return key, ""
+    _expect_string(value, key, where)
+    return key, value if value.strip() else ""
+
+
+def _expect_string(value, path: str, where: str) -> None:
+    if not isinstance(value, str):
+        raise DataError(where, path, f"expected a string, found {type_name(value)}", "wrong_type")
+
+
+def _parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], where: str) -> list[Turn]:
+    role_key, content_key = keys
+    if not isinstance(items, list):
+        raise DataError(where, path, f"expected a list of messages, found {type_name(items)}", "wrong_type")
+    turns = []
+    for i, item in enumerate(items):
+        item_path = f"{path}[{i}]"
+        if not isinstance(item, dict):
+            problem = f"expected an object with {role_key} and {content_key}, found {type_name(item)}"
+            raise DataError(where, item_path, problem, "wrong_type")
+        for key in keys:
+            if key not in item:
+                problem = f"missing (the message has: {', '.join(item) or 'no keys'})"
+                if key == "from" and "role" in item:
+                    problem += f"; for role/content messages set data.format: messages and data.columns: {{messages: {path}}}"
+                raise DataError(where, f"{item_path}.{key}", problem, "missing_field")
+        role, content = item[role_key], item[content_key]
+        _expect_string(role, f"{item_path}.{role_key}", where)
+        if role not in roles:
+            raise DataError(where, f"{item_path}.{role_key}", f"unknown role {role!r}; allowed: {', '.join(roles)}", "unknown_role")
+        _expect_string(content, f"{item_path}.{content_key}", where)
+        turns.append((roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}"))
+    return turns
+
+
+def _check_turns(turns: list[Turn], container: str, where: str) -> None:
+    """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
+    previous = None
+    for i, (role, content, role_path, content_path) in enumerate(turns):
+        if role == "system":
+            if i > 0:
+                raise DataError(where, role_path, "a system message is allowed only as the first message", "bad_turn_order")
+            continue
+        expected = "assistant" if previous == "user" else "user"
+        if role != expected:
+            problem = f"two {role} turns in a row" if role == previous else f"the conversation must start with a user turn, found {role}"
+            raise DataError(where, role_path, problem, "bad_turn_order")
+        if role == "assistant" and not content.strip():
+            raise DataError(where, content_path, "empty assistant reply", "empty_content")
+        previous = role
+    if not any(role == "assistant" for role, *_ in turns):
+        raise DataError(where, container, "no assistant turn to train on", "no_assistant_turn")
+    if previous != "assistant":
+        raise DataError(where, turns[-1][2], f"the last turn must be from the assistant, found {previous}", "bad_turn_order")

@@ -1,0 +1,46 @@
+"""The preflight report: printed before step 1 and saved as data_report.md in the run directory."""
+
+from __future__ import annotations
+
+from tunesmith.data.prepare import DataReport, SplitReport
+
+
+def _split_lines(name: str, s: SplitReport) -> list[str]:
+    if not s.examples and not s.dropped:
+        return [f"- {name}: none"]
+    dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items())) or "none"
+    eos = f"{s.with_eos}/{s.kept} ({100 * s.with_eos / s.kept:.1f}%)" if s.kept else "-"
+    lines = [
+        f"- {name}: {s.examples} examples → kept {s.kept}, dropped: {dropped}, truncated {s.truncated}",
+        f"  - tokens per example: {s.lengths or '-'}; trained tokens: {s.trained_tokens:,}",
+        f"  - EOS/end-of-turn in the labels of every trained turn: {eos}",
+        f"  - template prefix check: {s.prefix_checked - len(s.prefix_mismatch)}/{s.prefix_checked} prompts tokenise to the training prefix",
+    ]
+    if s.kept and s.with_eos < s.kept:
+        lines.append(f"  - note: {s.kept - s.with_eos} examples lost their EOS to truncation (data.truncation: truncate_right)")
+    return lines
+
+
+def render_markdown(report: DataReport) -> str:
+    lines = ["# Data preflight", "", "## Files", ""]
+    for f in report.files:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
+        lines.append(f"- `{f['file']}` ({f['format']}): read {f['read']}, kept {f['kept']}, dropped: {dropped}")
+        lines += [f"  - {msg}" for msg in f.get("first_errors", [])]
+    lines += ["", "## Splits", ""]
+    lines += _split_lines("train", report.train) + _split_lines("eval", report.eval)
+    stops = ", ".join(report.stop_tokens)
+    lines += [
+        "",
+        f"Template: `{report.template}`; stop tokens: {stops}; max_length {report.max_length}, truncation: {report.truncation}.",
+        "",
+        "## First training example",
+        "",
+        "Trained tokens are between ⟦ and ⟧.",
+        "",
+        "```text",
+        report.first_example,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

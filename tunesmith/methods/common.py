@@ -1,0 +1,152 @@
+"""Pieces every training method shares: trainer arguments from the recipe, metrics logging, progress.
+
+Control flow stays in the method files; this module holds only what would otherwise be copied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from transformers import TrainerCallback
+
+from tunesmith.config import Recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import RunDir
+
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_tracking(recipe: Recipe) -> None:
+    """A missing tracker package is an install hint, before any model is loaded."""
+    if recipe.tracking == "none":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec(recipe.tracking) is None:
+        raise TunesmithError(f"tracking: {recipe.tracking} is not installed: pip install 'tunesmith[{recipe.tracking}]'")
+
+
+def check_optimizer(recipe: Recipe) -> None:
+    import torch
+
+    name = recipe.train.optimizer
+    if name.startswith("paged") and not torch.cuda.is_available():
+        raise TunesmithError(f"train.optimizer: {name!r} pages optimizer state to GPU memory and needs a CUDA device; use adamw or adamw_8bit")
+
+
+def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
+    """Keyword arguments shared by every TRL config class (SFTConfig, DPOConfig, ...)."""
+    import torch
+
+    t = recipe.train
+    eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
+    save_strategy = "steps" if t.save_steps else "epoch"
+    return dict(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup,
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        gradient_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        max_grad_norm=t.max_grad_norm,
+        optim=OPTIMIZERS[t.optimizer],
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=t.keep_best or bool(t.early_stopping_patience),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to=[TRACKERS[recipe.tracking]] if recipe.tracking != "none" else [],
+        run_name=recipe.name,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,  # ProgressBar below shows loss and tokens/s instead
+        dataloader_num_workers=0,
+    )
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends one JSON line per log or eval event to metrics.jsonl."""
+
+    KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "train_tokens_per_second": "tokens_per_s"}
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key, value in logs.items():
+            if key in ("total_flos", "epoch") or not isinstance(value, (int, float)):
+                continue
+            record[self.KEYS.get(key, key)] = value
+        with self.run.metrics_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(run: RunDir, up_to_step: int) -> None:
+    """On resume, forget what the interrupted run logged after the checkpoint it resumes from."""
+    records = [r for r in run.metrics() if r["step"] <= up_to_step]
+    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimiser steps, showing the latest loss and training tokens/s."""
+
+    def __init__(self):
+        self.bar = None
+        self.start = None
+        self.tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+            self.start, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            seconds = time.perf_counter() - self.start
+            tokens = state.num_input_tokens_seen - self.tokens0
+            self.bar.set_postfix_str(self._postfix(state, tokens / seconds if seconds else 0.0), refresh=False)
+
+    @staticmethod
+    def _postfix(state, tokens_per_s: float) -> str:
+        losses = [r["loss"] for r in state.log_history if "loss" in r]
+        evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
+        parts = [f"loss {losses[-1]:.4f}" if losses and math.isfinite(losses[-1]) else "loss -"]
+        if evals:
+            parts.append(f"eval {evals[-1]:.4f}")
+        parts.append(f"{tokens_per_s:,.0f} tok/s")
+        return " | ".join(parts)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

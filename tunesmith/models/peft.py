@@ -1,0 +1,72 @@
+"""Adapters: which modules LoRA wraps, and wrapping the model for full, LoRA or QLoRA training."""
+
+from __future__ import annotations
+
+from tunesmith.config import PeftConfig
+from tunesmith.errors import TunesmithError
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the model's linear layers (q_proj, c_attn, ...), the valid target_modules entries."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for full_name, module in model.named_modules():
+        # bitsandbytes Linear4bit/Linear8bitLt subclass nn.Linear, so QLoRA bases are covered too.
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            names.add(full_name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def check_target_modules(model, target_modules: list[str] | str) -> None:
+    if target_modules == "all-linear":
+        return
+    module_names = [name for name, _ in model.named_modules()]
+    missing = [
+        t for t in target_modules if not any(name == t or name.endswith("." + t) for name in module_names)
+    ]
+    if missing:
+        raise TunesmithError(
+            f"peft.target_modules: {', '.join(map(repr, missing))} match no module of this model; "
+            f"its linear modules are: {', '.join(linear_module_names(model))} (or use all-linear)"
+        )
+
+
+def lora_config(cfg: PeftConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save or None,
+        use_rslora=cfg.rslora,
+        use_dora=cfg.dora,
+    )
+
+
+def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool):
+    """Full fine-tuning returns the model as is; LoRA/QLoRA return a PeftModel with only adapters trainable."""
+    if cfg.method == "none":
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    check_target_modules(model, cfg.target_modules)
+    if cfg.method == "qlora":
+        # Casts norms to fp32 and enables input grads so checkpointed 4-bit layers backpropagate.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return get_peft_model(model, lora_config(cfg))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total). 4-bit weights are packed two per byte; count them as parameters, not bytes."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
