@@ -153,6 +153,8 @@ class Recipe(_Section):
                     "with train.keep_best or early stopping, train.save_steps must be a multiple of train.eval_steps "
                     f"(got save_steps={self.train.save_steps}, eval_steps={self.train.eval_steps}); set both or neither"
                 )
+        if self.peft.method == "none" and self.model.dtype == "float16":
+            raise ValueError("model.dtype 'float16' cannot be fully fine-tuned (fp16 weights lose the updates): use bfloat16 or float32, or train adapters")
         if self.peft.method == "none" and (self.peft.rslora or self.peft.dora):
             raise ValueError("peft.rslora and peft.dora apply to LoRA: set peft.method lora or qlora")
         return self

@@ -49,7 +49,13 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
     """Keyword arguments shared by every TRL config class (SFTConfig, DPOConfig, ...)."""
     import torch
 
+    from tunesmith.models.load import torch_dtype
+
     t = recipe.train
+    m = recipe.model
+    # Mixed precision follows the dtype the model computes in; TRL would otherwise default to bf16 autocast
+    # even for a model the recipe asked to train in float32.
+    compute = torch_dtype(m.compute_dtype if m.quantization == "4bit" and m.compute_dtype != "auto" else m.dtype)
     eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
     save_strategy = "steps" if t.save_steps else "epoch"
     return dict(
@@ -83,6 +89,8 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         run_name=recipe.name,
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
+        bf16=compute == torch.bfloat16,
+        fp16=compute == torch.float16,
         disable_tqdm=True,  # ProgressBar below shows loss and tokens/s instead
         dataloader_num_workers=0,
     )

@@ -18,6 +18,7 @@ import logging
 import time
 
 from rich.console import Console
+from transformers import set_seed
 
 from tunesmith.config import Recipe
 from tunesmith.data.prepare import prepare_data
@@ -55,6 +56,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
     template.save(run.path / "template.json")
     console.print(render_markdown(data_report), markup=False, highlight=False, soft_wrap=True)
 
+    set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
     model, _, _ = load_model(recipe.model, source)
     model = wrap_model(model, recipe.peft, recipe.train.gradient_checkpointing)
     trainable, total = count_parameters(model)

@@ -153,7 +153,6 @@ def quantization_config(cfg: ModelConfig):
         bnb_4bit_quant_type=cfg.quant_type,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=compute,
-        bnb_4bit_quant_storage=compute,
     )
 
 

@@ -62,10 +62,10 @@ def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total). 4-bit weights are packed two per byte; count them as parameters, not bytes."""
+    """(trainable, total). 4-bit weights are packed into a storage dtype (two per byte); count weights, not elements."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        n = param.numel() * (2 * param.element_size() if param.__class__.__name__ == "Params4bit" else 1)
         total += n
         if param.requires_grad:
             trainable += n
