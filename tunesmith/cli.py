@@ -23,7 +23,7 @@ def cmd_train(args) -> None:
             print(f"{key:34} {default:14} {description}")
         return
     if not args.recipe:
-        raise TunesmithError("train: give a recipe, e.g. tunesmith train recipes/sft_lora.yaml")
+        raise TunesmithError("train: give a recipe, e.g. tunesmith train recipes/quickstart.yaml")
     recipe = load_recipe(args.recipe, args.overrides)
     from tunesmith.methods import sft
 

@@ -92,6 +92,13 @@ class PeftConfig(_Section):
     rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_module_is_a_list(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("target_modules"), str) and values["target_modules"] != "all-linear":
+            values = {**values, "target_modules": [values["target_modules"]]}
+        return values
+
 
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
@@ -179,8 +186,25 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     return parsed
 
 
+def _takes_text(path: list[str]) -> bool:
+    """Whether the field at this dotted path is free text, so `data.system_prompt=Answer: yes` stays a string."""
+    model: type[BaseModel] = Recipe
+    for part in path:
+        info = model.model_fields.get(part)
+        if info is None:
+            return False
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        return annotation in (str, str | None)
+    return False
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for path, value in parse_overrides(overrides):
+    for (path, value), item in zip(parse_overrides(overrides), overrides):
+        if _takes_text(path):
+            value = item.partition("=")[2]
         node = raw
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
@@ -202,6 +226,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool =
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+    # A section whose keys are all commented out reads as None: treat it as empty.
+    raw = {key: {} if value is None and key in Recipe.model_fields else value for key, value in raw.items()}
     raw = apply_overrides(raw, list(overrides))
     raw.setdefault("name", path.stem)
     recipe = validate(raw, source=str(path))
@@ -214,12 +240,14 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        lines = [format_error(e) for e in err.errors()]
+        # A union field (e.g. target_modules: list or 'all-linear') fails once per branch: one line per key.
+        lines = list(dict.fromkeys(format_error(e) for e in err.errors()))
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {line}" for line in lines)) from None
 
 
 def format_error(e: dict) -> str:
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    # Drop pydantic's internal location parts: validator names and union branch tags like list[str].
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and "[" not in str(p))
     value = e.get("input")
     kind = e["type"]
     if kind == "literal_error":

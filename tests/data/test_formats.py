@@ -250,3 +250,17 @@ def test_data_error_hint_pickle_and_types():
 def test_unknown_format_name_is_a_value_error():
     with pytest.raises(ValueError, match="unknown format 'chatml'; known formats: " + ", ".join(FORMATS)):
         to_example({"text": "x"}, "chatml", {}, W)
+
+
+def test_prompt_completion_trains_only_the_completion_turns():
+    from tunesmith.data.formats import to_example
+
+    row = {
+        "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+    }
+    example = to_example(row, "prompt_completion", {}, "f.jsonl:1", system_prompt="Be brief.")
+    assert example.trained_from == 4 and example.messages[4] == {"role": "assistant", "content": "4"}
+    plain = to_example({"prompt": "Hi", "completion": "Hello"}, "prompt_completion", {}, "f.jsonl:2")
+    assert plain.trained_from == 0  # nothing to exclude
+    assert to_example({"question": "a", "answer": "b"}, "question_answer", {}, "f.jsonl:3").trained_from == 0

@@ -50,6 +50,7 @@ def test_drop_policy_counts_the_long_examples(smol_tokenizer, qa_file):
     train, _, report = prepare(smol_tokenizer, train=[qa_file], max_length=limit, truncation="drop")
     assert len(train) == 8
     assert dict(report.train.dropped) == {"too_long": 3}
+    assert json.loads(json.dumps(report.to_dict()))["train"]["dropped"] == {"too_long": 3}
     assert all(len(r["input_ids"]) <= limit for r in train)
 
 

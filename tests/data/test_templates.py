@@ -160,3 +160,12 @@ def test_template_round_trips_through_json(tmp_path, smol_tokenizer):
     assert template.stop_token_ids == [2, 7]
     template.save(tmp_path / "template.json")
     assert ChatTemplate.load(tmp_path / "template.json") == template
+
+
+def test_context_turns_before_trained_from_are_not_trained(smol_tokenizer):
+    # A prompt-completion row whose prompt holds an earlier exchange: only the completion is trained.
+    template = resolve_template("model", smol_tokenizer)
+    result = tokenize_conversation(template, smol_tokenizer, CONVERSATION, trained_from=4)
+    trained = smol_tokenizer.decode([x for x in result.labels if x != -100])
+    assert trained == "네, 안녕하세요.<|im_end|>\n"
+    assert len(result.spans) == 1

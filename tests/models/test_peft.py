@@ -168,11 +168,6 @@ def test_count_parameters_unpacks_4bit_uint8():
     assert count_parameters(module) == (0, n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="count_parameters assumes two 4-bit values per element, but quantization_config packs them into "
-    "bnb_4bit_quant_storage = the compute dtype (4 per bf16, 8 per fp32)",
-)
 def test_count_parameters_unpacks_4bit_bf16_storage():
     module, n = _params4bit_module(torch.bfloat16)
     assert count_parameters(module) == (0, n)

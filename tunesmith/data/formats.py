@@ -71,6 +71,7 @@ class Example:
     messages: list[dict[str, str]] | None   # [{"role": "system"|"user"|"assistant", "content": str}, ...]
     text: str | None                        # only for the plain "text" format
     where: str                              # 'train.jsonl:12', for error messages later
+    trained_from: int = 0                   # assistant turns before this message index are context, not trained
 
 
 def type_name(value) -> str:
@@ -117,7 +118,14 @@ def to_example(
     messages = [{"role": role, "content": content} for role, content, _, _ in turns]
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return Example(messages=messages, text=None, where=where)
+    trained_from = 0
+    if fmt == "prompt_completion":
+        # Like TRL: only the completion is trained, even when the prompt holds earlier assistant turns.
+        completion = row[columns.get("completion", "completion")]
+        cut = len(messages) - (len(completion) if isinstance(completion, list) else 1)
+        if any(m["role"] == "assistant" for m in messages[:cut]):
+            trained_from = cut
+    return Example(messages=messages, text=None, where=where, trained_from=trained_from)
 
 
 # A turn is (role, content, role_path, content_path): the paths name the user's fields in errors.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from tunesmith.config import DataConfig
@@ -23,7 +22,7 @@ from tunesmith.errors import TunesmithError
 class SplitReport:
     examples: int = 0                 # examples that reached tokenisation
     kept: int = 0
-    dropped: Counter = field(default_factory=Counter)  # reason -> count, after loading
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count, after loading
     truncated: int = 0
     lengths: dict = field(default_factory=dict)        # token-length stats of kept examples
     trained_tokens: int = 0
@@ -74,7 +73,7 @@ def tokenize_example(example: Example, template: ChatTemplate, tokenizer, train_
     try:
         if example.text is not None:
             return tokenize_text(template, tokenizer, example.text)
-        return tokenize_conversation(template, tokenizer, example.messages, train_on_prompt)
+        return tokenize_conversation(template, tokenizer, example.messages, train_on_prompt, example.trained_from)
     except TemplateError as err:
         raise TemplateError(f"{example.where}: {err}") from None
 
@@ -90,6 +89,11 @@ def truncate(tok: Tokenized, max_length: int, side: str) -> Tokenized:
         return Tokenized(tok.input_ids[:max_length], tok.labels[:max_length], spans, tok.prompt_prefix_ok)
     spans = [(max(a - cut, 0), b - cut) for a, b in tok.spans if b > cut]
     return Tokenized(tok.input_ids[cut:], tok.labels[cut:], spans, tok.prompt_prefix_ok)
+
+
+def count(counts: dict[str, int], reason: str) -> None:
+    # A plain dict, not a Counter: dataclasses.asdict rebuilds a Counter from its items, mangling it.
+    counts[reason] = counts.get(reason, 0) + 1
 
 
 def tokenize_split(
@@ -118,13 +122,13 @@ def tokenize_split(
                     "(set data.truncation to drop, truncate_right or truncate_left)"
                 )
             if cfg.truncation == "drop":
-                report.dropped["too_long"] += 1
+                count(report.dropped, "too_long")
                 continue
             tok = truncate(tok, cfg.max_length, cfg.truncation)
             report.truncated += 1
             has_stop = turns_have_stop(tok, stop_ids)
         if all(label == -100 for label in tok.labels):
-            report.dropped["no_trained_tokens_after_truncation"] += 1
+            count(report.dropped, "no_trained_tokens_after_truncation")
             continue
         report.with_eos += has_stop
         report.trained_tokens += sum(label != -100 for label in tok.labels)

@@ -154,8 +154,9 @@ def assistant_char_spans(template: ChatTemplate, tokenizer, messages: list[dict]
 
 
 def tokenize_conversation(
-    template: ChatTemplate, tokenizer, messages: list[dict], train_on_prompt: bool = False
+    template: ChatTemplate, tokenizer, messages: list[dict], train_on_prompt: bool = False, trained_from: int = 0
 ) -> Tokenized:
+    """Token ids and labels: every assistant turn from message `trained_from` on is trained, with its end-of-turn token."""
     full, char_spans = assistant_char_spans(template, tokenizer, messages)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -164,6 +165,8 @@ def tokenize_conversation(
     prefix_ok = True
     turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
     for k, (start, end) in zip(turns, char_spans):
+        if k < trained_from:
+            continue
         # A token belongs to the turn when it starts inside it: a token straddling the boundary
         # would mean the prompt ends mid-token, which the prefix check below reports.
         inside = [i for i, (s, e) in enumerate(offsets) if start <= s < end and e > s]

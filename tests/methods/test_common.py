@@ -1,0 +1,70 @@
+"""How the recipe's train section maps onto the trainer arguments TRL and transformers receive."""
+
+import pytest
+
+from tunesmith.config import validate
+from tunesmith.methods import common
+from tunesmith.runs import RunDir
+
+
+def args_for(tmp_path, monkeypatch, bf16_hardware=False, **sections):
+    monkeypatch.setattr("tunesmith.models.load.has_fast_bf16", lambda: bf16_hardware)
+    raw = {"model": {"path": "org/model"}, "data": {"train": "x.jsonl"}, **sections}
+    recipe = validate(raw)
+    return common.trainer_arguments(recipe, RunDir(tmp_path), has_eval=bool(recipe.data.eval or recipe.data.eval_split))
+
+
+def test_defaults_evaluate_and_save_once_per_epoch(tmp_path, monkeypatch):
+    args = args_for(tmp_path, monkeypatch, data={"train": "x.jsonl", "eval_split": 0.1})
+    assert (args["eval_strategy"], args["save_strategy"]) == ("epoch", "epoch")
+    assert args["max_steps"] == -1 and args["optim"] == "adamw_torch"
+    assert args["output_dir"] == str(tmp_path / "checkpoints")
+    assert args["load_best_model_at_end"] is False and args["report_to"] == []
+
+
+def test_no_eval_data_means_no_evaluation(tmp_path, monkeypatch):
+    assert args_for(tmp_path, monkeypatch)["eval_strategy"] == "no"
+
+
+def test_keep_best_and_early_stopping_select_on_eval_loss(tmp_path, monkeypatch):
+    args = args_for(
+        tmp_path, monkeypatch,
+        data={"train": "x.jsonl", "eval": "y.jsonl"},
+        train={"eval_steps": 10, "save_steps": 20, "early_stopping_patience": 3},
+    )
+    assert (args["eval_strategy"], args["eval_steps"], args["save_strategy"], args["save_steps"]) == ("steps", 10, "steps", 20)
+    assert args["load_best_model_at_end"] and args["metric_for_best_model"] == "eval_loss" and args["greater_is_better"] is False
+
+
+@pytest.mark.parametrize(
+    ("model", "hardware", "bf16", "fp16"),
+    [
+        ({"dtype": "float32"}, True, False, False),   # an explicit float32 run is not autocast to bf16
+        ({"dtype": "auto"}, True, True, False),
+        ({"dtype": "auto"}, False, False, False),
+        ({"dtype": "float16"}, False, False, True),
+    ],
+)
+def test_mixed_precision_follows_the_model_dtype(tmp_path, monkeypatch, model, hardware, bf16, fp16):
+    args = args_for(tmp_path, monkeypatch, hardware, model={"path": "org/model", **model})
+    assert (args["bf16"], args["fp16"]) == (bf16, fp16)
+
+
+def test_qlora_compute_dtype_decides_mixed_precision(tmp_path, monkeypatch):
+    args = args_for(tmp_path, monkeypatch, False, model={"path": "org/m", "dtype": "float32", "compute_dtype": "bfloat16"}, peft={"method": "qlora"})
+    assert args["bf16"] is True
+
+
+def test_tracking_and_optimizer_names(tmp_path, monkeypatch):
+    args = args_for(tmp_path, monkeypatch, tracking="tensorboard", train={"optimizer": "adamw_8bit", "warmup": 0.1, "group_by_length": False})
+    assert args["report_to"] == ["tensorboard"] and args["optim"] == "adamw_bnb_8bit"
+    assert args["warmup_steps"] == 0.1 and args["train_sampling_strategy"] == "random"
+
+
+def test_missing_tracker_is_an_install_hint(monkeypatch):
+    from tunesmith.errors import TunesmithError
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    recipe = validate({"model": {"path": "org/m"}, "data": {"train": "x.jsonl"}, "tracking": "wandb"})
+    with pytest.raises(TunesmithError, match=r"pip install 'tunesmith\[wandb\]'"):
+        common.check_tracking(recipe)
