@@ -201,9 +201,21 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(stories_path, capitals
 def test_existing_run_directory_needs_resume(tiny_llama, capitals_file, tmp_path):
     from tunesmith.errors import TunesmithError
 
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "something").write_text("x")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(TunesmithError, match="already holds a run"):
         train(recipe(tiny_llama, capitals_file, tmp_path / "run"))
     with pytest.raises(TunesmithError, match="no checkpoint"):
         train(recipe(tiny_llama, capitals_file, tmp_path / "run"), resume=True)
+
+
+def test_a_failed_preflight_can_simply_be_run_again(tiny_llama, tmp_path):
+    from tunesmith.data.formats import DataError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a?", "answer": "b"}\n{"question": "c?"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: answer"):
+        train(recipe(tiny_llama, str(bad), tmp_path / "run"))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "a?", "answer": "b"}\n')
+    run = train(recipe(tiny_llama, str(good), tmp_path / "run", train={"max_steps": 1}, data={"template": "model"}))
+    assert (run.path / "adapter" / "adapter_config.json").is_file()

@@ -25,8 +25,7 @@ class Loaded:
 
 def load_for_inference(target: str, template: str = "model", dtype: str = "auto") -> Loaded:
     """`target` is a run directory (its adapter or model, its template) or anything model.path accepts."""
-    from tunesmith.methods.sft import generation_eos
-    from tunesmith.models.load import load_model, load_tokenizer, resolve_source
+    from tunesmith.models.load import generation_eos, load_model, load_tokenizer, resolve_source
 
     if is_run_dir(target):
         run = RunDir(Path(target))

@@ -33,7 +33,7 @@ from tunesmith.methods.common import (
     trainer_arguments,
     trim_metrics,
 )
-from tunesmith.models.load import load_model, load_tokenizer, resolve_source, torch_dtype
+from tunesmith.models.load import generation_eos, load_model, load_tokenizer, resolve_source, torch_dtype
 from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.runs import RunDir, environment, plot_loss
 
@@ -42,9 +42,9 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
-    run = open_run(recipe, resume)
     check_tracking(recipe)
     check_optimizer(recipe)
+    run = open_run(recipe, resume)
 
     # Tokenizer, template and data first: a data problem should not wait for the model to load.
     source = resolve_source(recipe.model)
@@ -85,24 +85,14 @@ def open_run(recipe: Recipe, resume: bool) -> RunDir:
     if resume:
         if run.last_checkpoint() is None:
             raise TunesmithError(f"--resume: no checkpoint in {run.checkpoints}")
-    elif run.path.exists() and any(run.path.iterdir()):
+    elif run.checkpoints.exists() or (run.path / "adapter").exists() or (run.path / "model").exists():
+        # Only a run that reached training counts: a preflight that failed may simply be run again.
         raise TunesmithError(
             f"{run.path} already holds a run: pass --resume to continue it, or choose another output_dir=... or name=..."
         )
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(recipe)
     return run
-
-
-def generation_eos(model_path: str) -> list[int]:
-    """End-of-turn ids the model's generation config stops on (Llama-3's <|eot_id|>, ...)."""
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def build_trainer(recipe: Recipe, run: RunDir, model, tokenizer, train_rows, eval_rows, callbacks: list):

@@ -194,3 +194,14 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source
+
+
+def generation_eos(model_path: str) -> list[int]:
+    """End-of-turn ids the model's generation config stops on (Llama-3's <|eot_id|>, ...)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos or [])
