@@ -35,7 +35,7 @@ def cmd_generate(args) -> None:
     from tunesmith.eval.generate import generate, load_for_inference, require_conversation
 
     loaded = load_for_inference(args.target, template=args.template)
-    conversation = require_conversation(args.prompt, args.system)
+    conversation = require_conversation(args.prompt, args.system or loaded.system_prompt)
     print(generate(loaded, [conversation], max_new_tokens=args.max_new_tokens, progress=False)[0])
 
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer a prompt with a run or a model, using its chat template")
     p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
     p.add_argument("prompt", help="the user message")
-    p.add_argument("--system", help="system message")
+    p.add_argument("--system", help="system message (default for a run: the data.system_prompt it was trained with)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
     p.set_defaults(func=cmd_generate)

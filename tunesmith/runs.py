@@ -9,6 +9,7 @@
       checkpoints/         Trainer checkpoints (resume with --resume)
       adapter/ or model/   the final LoRA adapter (PEFT folder) or full model, with the tokenizer
       loss.png             training and eval loss
+      tensorboard/         event files, with tracking: tensorboard
       report.md            a short summary
 """
 

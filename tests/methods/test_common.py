@@ -56,8 +56,12 @@ def test_qlora_compute_dtype_decides_mixed_precision(tmp_path, monkeypatch):
 
 
 def test_tracking_and_optimizer_names(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "elsewhere")  # restored after the test
     args = args_for(tmp_path, monkeypatch, tracking="tensorboard", train={"optimizer": "adamw_8bit", "warmup": 0.1, "group_by_length": False})
     assert args["report_to"] == ["tensorboard"] and args["optim"] == "adamw_bnb_8bit"
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")  # events land in the run directory
     assert args["warmup_steps"] == 0.1 and args["train_sampling_strategy"] == "random"
 
 

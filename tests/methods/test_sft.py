@@ -106,7 +106,8 @@ def test_run_directory_is_complete_and_readable(tiny_llama, capitals_file, tmp_p
     from tunesmith.eval.generate import generate, load_for_inference
 
     # SmolLM2's own template, pad == eos.
-    run = train(recipe(tiny_llama, capitals_file, tmp_path / "run", data={"eval_split": 0.25, "template": "model"}, train={"batch_size": 4}))
+    data = {"eval_split": 0.25, "template": "model", "system_prompt": "Name the capital."}
+    run = train(recipe(tiny_llama, capitals_file, tmp_path / "run", data=data, train={"batch_size": 4}))
     for name in ("config.yaml", "data_report.json", "data_report.md", "environment.json", "template.json",
                  "metrics.jsonl", "loss.png", "report.md", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"):
         assert (run.path / name).is_file(), name
@@ -123,7 +124,10 @@ def test_run_directory_is_complete_and_readable(tiny_llama, capitals_file, tmp_p
     generation = json.loads((run.path / "adapter" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [2]
 
-    expected = generate(load_for_inference(str(run.path)), [[{"role": "user", "content": "Capital of Peru?"}]], max_new_tokens=5, progress=False)[0]
+    loaded = load_for_inference(str(run.path))
+    assert loaded.system_prompt == "Name the capital."  # generation sees what training saw
+    conversation = [{"role": "system", "content": "Name the capital."}, {"role": "user", "content": "Capital of Peru?"}]
+    expected = generate(loaded, [conversation], max_new_tokens=5, progress=False)[0]
     assert main(["generate", str(run.path), "Capital of Peru?", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == expected + "\n"
 

@@ -21,6 +21,7 @@ class Loaded:
     tokenizer: object
     template: ChatTemplate
     name: str
+    system_prompt: str | None = None   # a run's data.system_prompt: what its model saw in every training example
 
 
 def load_for_inference(target: str, template: str = "model", dtype: str = "auto") -> Loaded:
@@ -41,7 +42,7 @@ def load_for_inference(target: str, template: str = "model", dtype: str = "auto"
             model, _, _ = load_model(recipe.model.model_copy(update={"path": str(final), "gguf_file": None}))
         tokenizer = load_tokenizer(str(final))
         model.eval()
-        return Loaded(model, tokenizer, saved, run.path.name)
+        return Loaded(model, tokenizer, saved, run.path.name, recipe.data.system_prompt)
     cfg = ModelConfig(path=target, dtype=dtype)
     source = resolve_source(cfg)
     model, tokenizer, _ = load_model(cfg, source)

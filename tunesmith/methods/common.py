@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 from transformers import TrainerCallback
@@ -51,6 +52,9 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
 
     from tunesmith.models.load import torch_dtype
 
+    if recipe.tracking == "tensorboard":
+        # transformers' TensorBoard callback reads its folder from the environment only.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
     t = recipe.train
     m = recipe.model
     # Mixed precision follows the dtype the model computes in; TRL would otherwise default to bf16 autocast

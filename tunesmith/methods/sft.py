@@ -14,7 +14,6 @@ so the loss mask is the one the preflight showed and checked, not one rebuilt la
 
 from __future__ import annotations
 
-import logging
 import time
 
 from rich.console import Console
@@ -37,7 +36,6 @@ from tunesmith.models.load import generation_eos, load_model, load_tokenizer, re
 from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.runs import RunDir, environment, plot_loss
 
-log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
 
 
