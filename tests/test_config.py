@@ -339,3 +339,55 @@ def test_every_field_has_a_description():
     sections = {"model": ModelConfig, "data": DataConfig, "peft": PeftConfig, "train": TrainConfig}
     for prefix, section in sections.items():
         assert {f"{prefix}.{name}" for name in section.model_fields} <= set(keys)
+
+
+def _method_errors(raw_extra: dict) -> str:
+    from tunesmith.config import validate
+
+    raw = {"model": {"path": "org/name"}, "data": {"train": "t.jsonl"}, **raw_extra}
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return str(info.value)
+
+
+def test_method_sections_default_and_validate():
+    from tunesmith.config import validate
+
+    recipe = validate({"model": {"path": "m"}, "data": {"train": "t"}, "method": "dpo"})
+    assert recipe.dpo.loss == "sigmoid" and recipe.dpo.beta == 0.1 and recipe.method_config is recipe.dpo
+    assert validate({"model": {"path": "m"}, "data": {"train": "t"}, "method": "kto"}).kto.desirable_weight == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"method": "dpo", "dpo": {"loss": "lorra"}}, "dpo.loss: 'lorra' is not one of 'sigmoid', 'ipo', 'hinge', 'robust', 'simpo' or 'orpo'"),
+        ({"method": "dpo", "dpo": {"beta": 0}}, "dpo.beta: 0: Input should be greater than 0"),
+        ({"method": "dpo", "dpo": {"loss": "robust"}}, "dpo.label_smoothing: loss 'robust' needs a value > 0"),
+        ({"method": "dpo", "dpo": {"label_smoothing": 0.1}}, "dpo.label_smoothing: applies to loss 'robust' only (loss is 'sigmoid')"),
+        ({"method": "dpo", "dpo": {"simpo_gamma": 1.0}}, "dpo.simpo_gamma: applies to loss 'simpo' only"),
+        ({"method": "dpo", "dpo": {"loss": "orpo", "reference": "copy"}}, "dpo.reference: loss 'orpo' is reference-free"),
+        ({"method": "dpo", "dpo": {"reference": "adapters_off"}, "peft": {"method": "none"}}, "dpo.reference: 'adapters_off' needs adapters"),
+        ({"method": "kto", "kto": {"reference": "copy", "precompute_reference": True}}, "remove kto.reference: copy"),
+        ({"method": "sft", "dpo": {"loss": "ipo"}}, "dpo: settings of method dpo, but method is 'sft'"),
+        ({"method": "dpo", "data": {"train": "t", "format": "messages"}}, "data.format: 'messages' is not one of auto, preference"),
+        ({"method": "dpo", "data": {"train": "t", "train_on_prompt": True}}, "data.train_on_prompt applies to method sft only"),
+        ({"method": "grpo"}, "method grpo needs a grpo section with grpo.rewards"),
+        ({"method": "ppo", "ppo": {}}, "ppo.reward_model: required key is missing"),
+        ({"method": "grpo", "grpo": {"rewards": []}}, "grpo.rewards: []: List should have at least 1 item"),
+        ({"method": "grpo", "grpo": {"rewards": [{"type": "regex"}]}}, "grpo.rewards[0].pattern: required for reward type 'regex'"),
+        ({"method": "grpo", "grpo": {"rewards": [{"type": "regex", "pattern": "(", }]}}, "grpo.rewards[0].pattern: '(' is not a valid regular expression"),
+        ({"method": "grpo", "grpo": {"rewards": [{"type": "length", "max_chars": 9, "column": "a"}]}}, "grpo.rewards[0].column: not used by reward type 'length'"),
+        ({"method": "grpo", "grpo": {"rewards": [{"type": "exact", "column": "a"}]}}, "grpo.rewards[0].type: 'exact' is not one of"),
+        ({"method": "ppo", "ppo": {"reward_model": "r", "clip": 0.1}}, "ppo.clip: unknown key (allowed here: reward_model, kl_coef"),
+    ],
+)
+def test_method_section_errors_name_the_key(extra, message):
+    assert message in _method_errors(extra)
+
+
+def test_method_keys_are_listed_with_their_meaning():
+    rows = {key: (default, description) for key, default, description in field_help()}
+    assert rows["dpo.loss"][0] == "'sigmoid'" and "arXiv:2305.18290" in rows["dpo.loss"][1]
+    assert rows["grpo.rewards[].type"][0] == "(required)"
+    assert rows["ppo.reward_model"][0] == "(required)"

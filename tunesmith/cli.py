@@ -25,10 +25,11 @@ def cmd_train(args) -> None:
     if not args.recipe:
         raise TunesmithError("train: give a recipe, e.g. tunesmith train recipes/quickstart.yaml")
     recipe = load_recipe(args.recipe, args.overrides)
-    from tunesmith.methods import sft
+    import importlib
 
-    METHODS = {"sft": sft.train}
-    METHODS[recipe.method](recipe, resume=args.resume)
+    # One module per method, each with train(recipe, resume); imported only once the recipe is valid.
+    method = importlib.import_module(f"tunesmith.methods.{recipe.method}")
+    method.train(recipe, resume=args.resume)
 
 
 def cmd_generate(args) -> None:
@@ -37,6 +38,16 @@ def cmd_generate(args) -> None:
     loaded = load_for_inference(args.target, template=args.template)
     conversation = require_conversation(args.prompt, args.system or loaded.system_prompt)
     print(generate(loaded, [conversation], max_new_tokens=args.max_new_tokens, progress=False)[0])
+
+
+def cmd_score(args) -> None:
+    from tunesmith.models.reward import score_file
+
+    summary = score_file(args.run, args.data, args.output, args.batch_size)
+    for key, value in summary.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.output:
+        print(f"scores written to {args.output}")
 
 
 def cmd_quickstart(args) -> None:
@@ -64,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("score", help="score preference pairs or prompt/reply rows with a reward model run")
+    p.add_argument("run", help="run directory of a `method: reward` run")
+    p.add_argument("--data", required=True, help="preference pairs (prompt, chosen, rejected) or conversations whose last reply is scored")
+    p.add_argument("--output", help="write one JSON line of scores per row here")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
     p.add_argument("--recipe", default="recipes/quickstart.yaml")

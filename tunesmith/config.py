@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,8 +51,12 @@ class DataConfig(_Section):
     train: list[str] = Field(description="Training file(s): JSONL, JSON, CSV/TSV, Parquet, or a datasets save_to_disk folder.")
     eval: list[str] = Field([], description="Evaluation file(s). Without them, see eval_split.")
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation when no eval file is given.")
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text"] = Field(
-        "auto", description="Row format; auto detects it from the first row."
+    format: Literal[
+        "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text", "preference", "unpaired", "prompt"
+    ] = Field(
+        "auto",
+        description="Row format; auto detects it from the first row among the formats the method takes "
+        "(sft: conversations or text; dpo, reward: preference; kto: unpaired or preference; ppo, grpo: prompt).",
     )
     columns: dict[str, str] = Field({}, description="Map from a format's field name to your column name, e.g. {prompt: ticket}.")
     template: str = Field(
@@ -112,7 +116,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
     eval_batch_size: int | None = Field(None, gt=0, description="Eval batch size. Default: batch_size.")
     grad_accum: int = Field(1, gt=0, description="Forward passes per optimiser step.")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding, same examples per epoch).")
+    group_by_length: bool = Field(
+        True, description="sft: batch examples of similar length together (less padding, same examples per epoch). Other methods batch at random."
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
@@ -129,18 +135,178 @@ class TrainConfig(_Section):
     )
 
 
+Reference = Literal["auto", "copy", "adapters_off"]
+REFERENCE_HELP = (
+    "The frozen reference policy. auto: adapters_off when training LoRA/QLoRA, else copy; copy: a second frozen "
+    "copy of the starting model in memory; adapters_off: the policy itself with its adapters disabled (no second copy)."
+)
+PRECOMPUTE_HELP = "Compute the reference log-probs of every example once before training, then free the reference."
+
+
+class DpoConfig(_Section):
+    """Direct preference optimisation and its relatives, on prompt/chosen/rejected pairs."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO (arXiv:2305.18290); ipo: IPO (arXiv:2310.12036); hinge: SLiC hinge (arXiv:2305.10425); "
+        "robust: DPO with flipped-label smoothing (arXiv:2403.00409); reference-free: simpo (arXiv:2405.14734), "
+        "orpo (odds ratio + SFT loss, arXiv:2403.07691).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="sigmoid/hinge/robust: how tightly the policy stays near the reference; ipo: the regulariser tau; "
+        "simpo: reward scale (the paper uses 2-10); orpo: weight lambda of the odds-ratio term.",
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="robust: assumed probability that a preference label is flipped (e.g. 0.1).")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin gamma.")
+    reference: Reference = Field("auto", description=REFERENCE_HELP)
+    precompute_reference: bool = Field(False, description=PRECOMPUTE_HELP)
+
+    @model_validator(mode="after")
+    def _knobs_fit_the_loss(self) -> DpoConfig:
+        if self.loss == "robust" and self.label_smoothing == 0:
+            raise ValueError("label_smoothing: loss 'robust' needs a value > 0 (e.g. 0.1); with 0 it is plain sigmoid DPO")
+        if self.loss != "robust" and self.label_smoothing:
+            raise ValueError(f"label_smoothing: applies to loss 'robust' only (loss is {self.loss!r})")
+        if self.loss != "simpo" and "simpo_gamma" in self.model_fields_set:
+            raise ValueError(f"simpo_gamma: applies to loss 'simpo' only (loss is {self.loss!r})")
+        if self.loss in REFERENCE_FREE:
+            for key in ("reference", "precompute_reference"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: loss {self.loss!r} is reference-free; remove the key")
+        return self
+
+
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+class KtoConfig(_Section):
+    """Kahneman-Tversky optimisation (arXiv:2402.01306) on unpaired examples labelled desirable or not."""
+
+    beta: float = Field(0.1, gt=0, description="How tightly the policy stays near the reference.")
+    desirable_weight: float = Field(1.0, gt=0, description="Loss weight of desirable examples (raise it when they are rarer).")
+    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of undesirable examples.")
+    reference: Reference = Field("auto", description=REFERENCE_HELP)
+    precompute_reference: bool = Field(False, description=PRECOMPUTE_HELP)
+
+
+class RewardModelConfig(_Section):
+    """A Bradley-Terry reward model: a scalar head trained so that chosen responses score above rejected ones."""
+
+    center_rewards: float | None = Field(
+        None, ge=0, description="Weight of an extra loss that keeps rewards centred on 0 (arXiv:2312.09244; e.g. 0.01)."
+    )
+
+
+class PpoConfig(_Section):
+    """PPO (arXiv:1707.06347) against a trained reward model with a per-token KL penalty (arXiv:2203.02155)."""
+
+    reward_model: str = Field(description="Run directory of a `method: reward` run that scores the responses.")
+    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty to the reference, subtracted from the reward.")
+    clip_range: float = Field(0.2, gt=0, description="PPO clipping of the policy probability ratio.")
+    value_clip_range: float = Field(0.2, gt=0, description="Clipping of value predictions around their rollout values.")
+    value_coef: float = Field(0.1, gt=0, description="Weight of the value loss.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount factor.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    ppo_epochs: int = Field(4, gt=0, description="Optimisation passes over each rollout batch.")
+    mini_batch_size: int = Field(4, gt=0, description="Rollouts per PPO update (train.batch_size prompts are rolled out per step).")
+    max_new_tokens: int = Field(64, gt=0, description="Longest generated response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="Subtracted from the reward of responses that hit max_new_tokens without ending."
+    )
+    whiten_rewards: bool = Field(False, description="Normalise rewards to zero mean and unit variance within each rollout batch.")
+    reference: Reference = Field("auto", description=REFERENCE_HELP)
+
+
+class RewardFunction(_Section):
+    """One GRPO reward: a built-in, a reward-model run, or the user's own function."""
+
+    type: Literal["exact_match", "regex", "length", "reward_model", "python"] = Field(
+        description="exact_match: 1 when the response equals the row's reference column; regex: 1 when the pattern "
+        "matches; length: minus the characters beyond max_chars, per 100 characters; reward_model: the score of a "
+        "`method: reward` run; python: your function `module:name` or `file.py:name`."
+    )
+    weight: float = Field(1.0, description="Multiplier of this reward in the sum.")
+    column: str | None = Field(None, description="exact_match: the data column holding the reference answer.")
+    first_line: bool = Field(True, description="exact_match: compare only the first non-empty line of the response.")
+    pattern: str | None = Field(None, description="regex: a Python regular expression searched in the response.")
+    max_chars: int | None = Field(None, gt=0, description="length: responses longer than this are penalised.")
+    path: str | None = Field(None, description="reward_model: the run directory of a reward run.")
+    function: str | None = Field(
+        None,
+        description="python: 'package.module:function' or 'path/to/file.py:function', called as "
+        "function(prompts, completions, **columns) -> list[float] (see tunesmith/rewards.py).",
+    )
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> RewardFunction:
+        needs = {"exact_match": "column", "regex": "pattern", "length": "max_chars", "reward_model": "path", "python": "function"}
+        needed = needs[self.type]
+        if getattr(self, needed) is None:
+            raise ValueError(f"{needed}: required for reward type {self.type!r}")
+        stray = [key for key in needs.values() if key != needed and getattr(self, key) is not None]
+        if stray:
+            raise ValueError(f"{stray[0]}: not used by reward type {self.type!r} (it takes {needed})")
+        if self.type == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern: {self.pattern!r} is not a valid regular expression: {err}") from None
+        return self
+
+
+class GrpoConfig(_Section):
+    """Group relative policy optimisation (arXiv:2402.03300): sample a group per prompt, reward each, push up the better ones."""
+
+    rewards: list[RewardFunction] = Field(min_length=1, description="Reward functions; a response's reward is their weighted sum.")
+    num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group).")
+    max_new_tokens: int = Field(64, gt=0, description="Longest generated response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    beta: float = Field(0.0, ge=0, description="KL penalty to the reference; 0 loads no reference model.")
+    epsilon: float = Field(0.2, gt=0, description="Clipping of the probability ratio.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo", description="How token losses are averaged: grpo (per sequence), dr_grpo (constant), dapo/bnpo (per token)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
+
+
+METHOD_SECTIONS = {"dpo": DpoConfig, "kto": KtoConfig, "reward": RewardModelConfig, "ppo": PpoConfig, "grpo": GrpoConfig}
+
+# The data formats each method reads; `auto` detects among these.
+METHOD_FORMATS = {
+    "sft": ("alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text"),
+    "dpo": ("preference",),
+    "reward": ("preference",),
+    "kto": ("unpaired", "preference"),
+    "ppo": ("prompt",),
+    "grpo": ("prompt",),
+}
+
+
 class Recipe(_Section):
     name: str | None = Field(None, description="Run name. Default: the recipe file's name.")
-    method: Literal["sft"] = Field("sft", description="Training method.")
+    method: Literal["sft", "dpo", "kto", "reward", "ppo", "grpo"] = Field(
+        "sft", description="Training method: sft, dpo (and simpo/orpo via dpo.loss), kto, reward, ppo or grpo."
+    )
     model: ModelConfig
     data: DataConfig
     peft: PeftConfig = Field(default_factory=PeftConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DpoConfig | None = Field(None, description="Settings of method dpo.")
+    kto: KtoConfig | None = Field(None, description="Settings of method kto.")
+    reward: RewardModelConfig | None = Field(None, description="Settings of method reward.")
+    ppo: PpoConfig | None = Field(None, description="Settings of method ppo.")
+    grpo: GrpoConfig | None = Field(None, description="Settings of method grpo.")
     output_dir: str | None = Field(None, description="Run directory. Default: runs/<name>.")
     tracking: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Experiment tracker to log to.")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
+        self._check_method_sections()
         quant, method = self.model.quantization, self.peft.method
         if quant is None:
             self.model.quantization = "4bit" if method == "qlora" else "none"
@@ -166,6 +332,57 @@ class Recipe(_Section):
             raise ValueError("peft.rslora and peft.dora apply to LoRA: set peft.method lora or qlora")
         return self
 
+    def _check_method_sections(self) -> None:
+        for section in METHOD_SECTIONS:
+            if section != self.method and getattr(self, section) is not None:
+                raise ValueError(f"{section}: settings of method {section}, but method is {self.method!r}; remove the section or set method: {section}")
+        if self.method in ("ppo", "grpo") and getattr(self, self.method) is None:
+            needed = "reward_model" if self.method == "ppo" else "rewards"
+            raise ValueError(f"method {self.method} needs a {self.method} section with {self.method}.{needed}")
+        if self.method in ("dpo", "kto", "reward") and getattr(self, self.method) is None:
+            setattr(self, self.method, METHOD_SECTIONS[self.method]())
+        formats = METHOD_FORMATS[self.method]
+        if self.data.format not in ("auto", *formats):
+            raise ValueError(f"data.format: {self.data.format!r} is not one of auto, {', '.join(formats)} (the formats method {self.method} reads)")
+        section = getattr(self, self.method) if self.method in METHOD_SECTIONS else None
+        reference = getattr(section, "reference", None)
+        if reference == "adapters_off" and self.peft.method == "none":
+            raise ValueError(f"{self.method}.reference: 'adapters_off' needs adapters (peft.method lora or qlora); full fine-tuning uses copy")
+        if getattr(section, "precompute_reference", False) and reference == "copy":
+            raise ValueError(
+                f"{self.method}.precompute_reference computes the reference log-probs with the starting policy itself, "
+                f"before training: remove {self.method}.reference: copy"
+            )
+        if self.method == "grpo" and (self.train.batch_size * self.train.grad_accum) % self.grpo.num_generations:
+            raise ValueError(
+                f"train.batch_size x train.grad_accum ({self.train.batch_size} x {self.train.grad_accum}) must be a multiple of "
+                f"grpo.num_generations ({self.grpo.num_generations}): each step trains on whole groups of replies"
+            )
+        if self.method == "ppo":
+            self._check_ppo()
+        if self.method == "kto" and self.train.batch_size < 2:
+            raise ValueError("train.batch_size: kto estimates its KL term from the other examples of a batch: use 2 or more")
+        if self.method != "sft" and self.data.train_on_prompt:
+            raise ValueError(f"data.train_on_prompt applies to method sft only (method is {self.method})")
+        if self.method == "reward" and self.model.quantization not in (None, "none") and self.peft.method != "qlora":
+            raise ValueError("method reward with a quantised base needs peft.method qlora")
+
+    def _check_ppo(self) -> None:
+        t = self.train
+        if t.grad_accum != 1:
+            raise ValueError("train.grad_accum: ppo updates once per ppo.mini_batch_size rollouts; leave grad_accum at 1 and size the updates with ppo.mini_batch_size")
+        if self.ppo.mini_batch_size > t.batch_size:
+            raise ValueError(f"ppo.mini_batch_size ({self.ppo.mini_batch_size}) cannot exceed train.batch_size ({t.batch_size}), the rollouts per step")
+        if t.keep_best or t.early_stopping_patience:
+            raise ValueError("train.keep_best and train.early_stopping_patience select on eval loss, which ppo does not compute (it logs eval_reward)")
+        if t.optimizer not in ("adamw", "adamw_8bit", "sgd"):
+            raise ValueError(f"train.optimizer: {t.optimizer!r} is not one of 'adamw', 'adamw_8bit', 'sgd' (the optimizers ppo supports)")
+
+    @property
+    def method_config(self):
+        """The settings section of this recipe's method (None for sft)."""
+        return getattr(self, self.method) if self.method in METHOD_SECTIONS else None
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / (self.name or "run"))
@@ -186,6 +403,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     return parsed
 
 
+def _nested_model(annotation) -> type[BaseModel] | None:
+    """The section model a field holds: directly, as an optional section, or as list items."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _takes_text(path: list[str]) -> bool:
     """Whether the field at this dotted path is free text, so `data.system_prompt=Answer: yes` stays a string."""
     model: type[BaseModel] = Recipe
@@ -193,11 +418,11 @@ def _takes_text(path: list[str]) -> bool:
         info = model.model_fields.get(part)
         if info is None:
             return False
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            model = nested
             continue
-        return annotation in (str, str | None)
+        return info.annotation in (str, str | None)
     return False
 
 
@@ -247,28 +472,45 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
 
 def format_error(e: dict) -> str:
     # Drop pydantic's internal location parts: validator names and union branch tags like list[str].
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and "[" not in str(p))
+    parts = [p for p in e["loc"] if not str(p).startswith("function-") and "[" not in str(p)]
+    loc = _dotted(parts)
     value = e.get("input")
     kind = e["type"]
     if kind == "literal_error":
         return f"{loc}: {value!r} is not one of {e['ctx']['expected']}"
     if kind == "extra_forbidden":
-        allowed = ", ".join(_fields_at(e["loc"][:-1]))
+        allowed = ", ".join(_fields_at(parts[:-1]))
         return f"{loc}: unknown key (allowed here: {allowed})"
     if kind == "missing":
         return f"{loc}: required key is missing"
     if kind == "value_error":
-        return str(e["ctx"]["error"]) if not loc else f"{loc}: {e['ctx']['error']}"
+        message = str(e["ctx"]["error"])
+        # A section's own check starts with one of its field names: name the full key path.
+        field, sep, rest = message.partition(": ")
+        if loc and sep and field in _fields_at(parts):
+            return f"{_dotted([*parts, field])}: {rest}"
+        return message if not loc else f"{loc}: {message}"
     return f"{loc}: {value!r}: {e['msg']}" if loc else e["msg"]
 
 
-def _fields_at(loc: tuple) -> list[str]:
+def _dotted(parts: list) -> str:
+    """('grpo', 'rewards', 0, 'pattern') -> 'grpo.rewards[0].pattern'."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(loc: list) -> list[str]:
     model: type[BaseModel] = Recipe
     for part in loc:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        nested = _nested_model(info.annotation) if info else None
+        if nested is None:
             return []
-        model = annotation
+        model = nested
     return list(model.model_fields)
 
 
@@ -292,6 +534,14 @@ def check_paths(recipe: Recipe) -> None:
         for i, file in enumerate(getattr(recipe.data, key)):
             if not Path(file.split("::")[0]).exists():
                 problems.append(f"data.{key}[{i}]: file not found: {file}")
+    if recipe.ppo and not Path(recipe.ppo.reward_model).is_dir():
+        problems.append(f"ppo.reward_model: {recipe.ppo.reward_model!r} is not a directory (the run directory of a reward run)")
+    for i, spec in enumerate(recipe.grpo.rewards if recipe.grpo else []):
+        if spec.path and not Path(spec.path).is_dir():
+            problems.append(f"grpo.rewards[{i}].path: {spec.path!r} is not a directory (the run directory of a reward run)")
+        file = (spec.function or "").rpartition(":")[0]
+        if file.endswith(".py") and not Path(file).is_file():
+            problems.append(f"grpo.rewards[{i}].function: file {file!r} not found")
     template = recipe.data.template
     if template not in ("model", "chatml", "alpaca") and not Path(template).is_file():
         problems.append(f"data.template: {template!r} is not 'model', 'chatml', 'alpaca' or an existing .jinja file")
@@ -303,9 +553,10 @@ def field_help(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[
     """(dotted key, default, description) for every field: the source of `tunesmith train --help-config`."""
     rows = []
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += field_help(annotation, f"{prefix}{name}.")
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            items = "[]" if get_origin(info.annotation) is list else ""
+            rows += field_help(nested, f"{prefix}{name}{items}.")
         else:
             default = "(required)" if info.is_required() else repr(info.default)
             rows.append((f"{prefix}{name}", default, info.description or ""))

@@ -55,6 +55,10 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
 
+    def append_metrics(self, record: dict) -> None:
+        with self.metrics_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
     def write_config(self, recipe: Recipe) -> None:
         text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
         (self.path / "config.yaml").write_text(text, encoding="utf-8")

@@ -38,9 +38,13 @@ REQUIRED = {
     "prompt_completion": ("prompt", "completion"),
     "question_answer": ("question", "answer"),
     "text": ("text",),
+    # The alignment formats (tunesmith.data.preference); a method detects only among the formats it reads.
+    "unpaired": ("prompt", "completion", "label"),
+    "preference": ("chosen", "rejected"),
+    "prompt": ("prompt",),
 }
-OPTIONAL = {"alpaca": ("input", "system", "history"), "sharegpt": ("system",)}
-FIELDS = tuple(dict.fromkeys(f for fmt in FORMATS for f in REQUIRED[fmt] + OPTIONAL.get(fmt, ())))
+OPTIONAL = {"alpaca": ("input", "system", "history"), "sharegpt": ("system",), "preference": ("prompt",)}
+FIELDS = tuple(dict.fromkeys(f for fmt in REQUIRED for f in REQUIRED[fmt] + OPTIONAL.get(fmt, ())))
 
 MESSAGE_ROLES = {role: role for role in ROLES}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -80,15 +84,15 @@ def type_name(value) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def detect_format(row: dict, columns: dict[str, str], where: str) -> str:
-    """The first format whose required fields are all present (null values count as absent)."""
+def detect_format(row: dict, columns: dict[str, str], where: str, formats: tuple[str, ...] = FORMATS) -> str:
+    """The first of `formats` whose required fields are all present (null values count as absent)."""
     if not isinstance(row, dict):
         raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
     present = {key for key, value in row.items() if value is not None}
-    for fmt in FORMATS:
+    for fmt in formats:
         if all(columns.get(name, name) in present for name in REQUIRED[fmt]):
             return fmt
-    needs = "; ".join(f"{fmt}: {', '.join(columns.get(n, n) for n in REQUIRED[fmt])}" for fmt in FORMATS)
+    needs = "; ".join(f"{fmt}: {', '.join(columns.get(n, n) for n in REQUIRED[fmt])}" for fmt in formats)
     raise DataError(
         where,
         None,
@@ -107,14 +111,14 @@ def to_example(
         raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
     columns = columns or {}
     if fmt == "text":
-        key, text = _required(row, "text", columns, where)
+        key, text = required_field(row, "text", columns, where)
         _expect_string(text, key, where)
         if not text.strip():
             raise DataError(where, key, "empty text", "empty_content")
         return Example(messages=None, text=text, where=where)
 
     turns, container = CONVERTERS[fmt](row, columns, where)
-    _check_turns(turns, container, where)
+    check_turns(turns, container, where)
     messages = [{"role": role, "content": content} for role, content, _, _ in turns]
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
@@ -133,8 +137,8 @@ Turn = tuple[str, str, str, str]
 
 
 def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
-    ikey, instruction = _required(row, "instruction", columns, where)
-    okey, output = _required(row, "output", columns, where)
+    ikey, instruction = required_field(row, "instruction", columns, where)
+    okey, output = required_field(row, "output", columns, where)
     _expect_string(instruction, ikey, where)
     _expect_string(output, okey, where)
     nkey, extra = _optional_string(row, "input", columns, where)
@@ -160,20 +164,20 @@ def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn],
 
 
 def _messages(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
-    key, items = _required(row, "messages", columns, where)
-    return _parse_turns(items, key, ("role", "content"), MESSAGE_ROLES, where), key
+    key, items = required_field(row, "messages", columns, where)
+    return parse_turns(items, key, ("role", "content"), MESSAGE_ROLES, where), key
 
 
 def _sharegpt(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
-    key, items = _required(row, "conversations", columns, where)
-    turns = _parse_turns(items, key, ("from", "value"), SHAREGPT_ROLES, where)
+    key, items = required_field(row, "conversations", columns, where)
+    turns = parse_turns(items, key, ("from", "value"), SHAREGPT_ROLES, where)
     skey, system = _optional_string(row, "system", columns, where)
     return ([("system", system, skey, skey)] if system else []) + turns, key
 
 
 def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
-    pkey, prompt = _required(row, "prompt", columns, where)
-    ckey, completion = _required(row, "completion", columns, where)
+    pkey, prompt = required_field(row, "prompt", columns, where)
+    ckey, completion = required_field(row, "completion", columns, where)
     for key, value in ((pkey, prompt), (ckey, completion)):
         if not isinstance(value, (str, list)):
             raise DataError(where, key, f"expected a string or a list of messages, found {type_name(value)}", "wrong_type")
@@ -184,8 +188,8 @@ def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[
     if isinstance(prompt, str):
         return [("user", prompt, pkey, pkey), ("assistant", completion, ckey, ckey)], ckey
 
-    prompt_turns = _parse_turns(prompt, pkey, ("role", "content"), MESSAGE_ROLES, where)
-    completion_turns = _parse_turns(completion, ckey, ("role", "content"), MESSAGE_ROLES, where)
+    prompt_turns = parse_turns(prompt, pkey, ("role", "content"), MESSAGE_ROLES, where)
+    completion_turns = parse_turns(completion, ckey, ("role", "content"), MESSAGE_ROLES, where)
     for role, _, role_path, _ in completion_turns:
         if role != "assistant":
             raise DataError(where, role_path, f"completion messages must be assistant turns, found {role}", "bad_turn_order")
@@ -193,8 +197,8 @@ def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[
 
 
 def _question_answer(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
-    qkey, question = _required(row, "question", columns, where)
-    akey, answer = _required(row, "answer", columns, where)
+    qkey, question = required_field(row, "question", columns, where)
+    akey, answer = required_field(row, "answer", columns, where)
     _expect_string(question, qkey, where)
     _expect_string(answer, akey, where)
     return [("user", question, qkey, qkey), ("assistant", answer, akey, akey)], akey
@@ -209,7 +213,7 @@ CONVERTERS = {
 }
 
 
-def _required(row: dict, name: str, columns: dict[str, str], where: str) -> tuple[str, object]:
+def required_field(row: dict, name: str, columns: dict[str, str], where: str) -> tuple[str, object]:
     key = columns.get(name, name)
     if key not in row:
         raise DataError(where, key, f"missing (the row has: {', '.join(row) or 'no keys'})", "missing_field")
@@ -231,7 +235,7 @@ def _expect_string(value, path: str, where: str) -> None:
         raise DataError(where, path, f"expected a string, found {type_name(value)}", "wrong_type")
 
 
-def _parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], where: str) -> list[Turn]:
+def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], where: str) -> list[Turn]:
     role_key, content_key = keys
     if not isinstance(items, list):
         raise DataError(where, path, f"expected a list of messages, found {type_name(items)}", "wrong_type")
@@ -256,7 +260,7 @@ def _parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str],
     return turns
 
 
-def _check_turns(turns: list[Turn], container: str, where: str) -> None:
+def check_turns(turns: list[Turn], container: str, where: str) -> None:
     """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
     previous = None
     for i, (role, content, role_path, content_path) in enumerate(turns):

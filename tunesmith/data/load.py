@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import FIELDS, FORMATS, REQUIRED, DataError, Example, detect_format, to_example, type_name
+from tunesmith.data.formats import FIELDS, FORMATS, REQUIRED, DataError, detect_format, to_example, type_name
+from tunesmith.data.preference import PAIR_CONVERTERS
 from tunesmith.errors import TunesmithError
 
 ON_BAD_ROW_HINT = "set data.on_bad_row: drop to skip such rows (they are counted in the report)"
@@ -50,9 +51,12 @@ def load_examples(
     columns: dict[str, str] | None = None,
     system_prompt: str | None = None,
     on_bad_row: str = "error",
-) -> tuple[list[Example], LoadReport]:
-    if fmt not in ("auto", *FORMATS):
-        raise ValueError(f"data.format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    formats: tuple[str, ...] = FORMATS,
+) -> tuple[list, LoadReport]:
+    """Examples of one file: `Example` for the SFT formats, the types of tunesmith.data.preference for the
+    alignment formats. `formats` are those the caller's method reads; `auto` detects among them."""
+    if fmt not in ("auto", *formats):
+        raise ValueError(f"data.format: {fmt!r} is not one of auto, {', '.join(formats)}")
     if on_bad_row not in ("error", "drop"):
         raise ValueError(f"data.on_bad_row: {on_bad_row!r} is not one of error, drop")
     columns = dict(columns or {})
@@ -66,14 +70,14 @@ def load_examples(
         raise DataFileError(f"{path}: no rows")
     detected_from = None
     if fmt == "auto":
-        fmt, detected_from = _detect(rows, columns)
+        fmt, detected_from = _detect(rows, columns, formats)
 
     report = LoadReport(file=str(path), format=fmt)
     examples = []
     for where, row in rows:
         report.read += 1
         result = row if isinstance(row, DataError) else _convert(row, fmt, columns, where, system_prompt, detected_from)
-        if isinstance(result, Example):
+        if not isinstance(result, DataError):
             examples.append(result)
         elif on_bad_row == "error":
             raise DataError(result.where, result.field, result.problem, result.reason, hint=ON_BAD_ROW_HINT) from None
@@ -111,14 +115,14 @@ def read_rows(path: str | Path) -> Rows:
     return _checked(READERS[kind](target, name, gzipped), name)
 
 
-def _detect(rows: list, columns: dict[str, str]) -> tuple[str | None, str | None]:
+def _detect(rows: list, columns: dict[str, str], formats: tuple[str, ...]) -> tuple[str | None, str | None]:
     """The format of the first row that fits one, and where that row is."""
     first_error = None
     for where, row in rows:
         if isinstance(row, DataError):
             continue
         try:
-            return detect_format(row, columns, where), where
+            return detect_format(row, columns, where, formats), where
         except DataError as err:
             first_error = first_error or err
     if first_error:
@@ -128,8 +132,13 @@ def _detect(rows: list, columns: dict[str, str]) -> tuple[str | None, str | None
 
 def _convert(
     row: dict, fmt: str, columns: dict[str, str], where: str, system_prompt: str | None, detected_from: str | None
-) -> Example | DataError:
+) -> object:
+    """The row as an example of `fmt`, or the DataError that rejects it."""
     try:
+        if fmt in PAIR_CONVERTERS:
+            if not isinstance(row, dict):
+                raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
+            return PAIR_CONVERTERS[fmt](row, columns, where, system_prompt)
         return to_example(row, fmt, columns, where, system_prompt)
     except DataError as err:
         # A row of another format fails on a required field: say where the format came from.

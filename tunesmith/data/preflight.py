@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from tunesmith.data.prepare import DataReport, SplitReport
+from tunesmith.data.report import DataReport, SplitReport
 
 
-def _split_lines(name: str, s: SplitReport) -> list[str]:
+# What the EOS check covers, per kind of data; prompts (grpo, ppo) have no responses to check.
+EOS_CHECKED = {
+    "conversation": "in the labels of every trained turn",
+    "preference": "at the end of both the chosen and the rejected response",
+    "unpaired": "at the end of every completion",
+}
+
+
+def _split_lines(name: str, s: SplitReport, kind: str) -> list[str]:
     if not s.examples and not s.dropped:
         return [f"- {name}: none"]
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items())) or "none"
@@ -13,12 +21,23 @@ def _split_lines(name: str, s: SplitReport) -> list[str]:
     lines = [
         f"- {name}: {s.examples} examples → kept {s.kept}, dropped: {dropped}, truncated {s.truncated}",
         f"  - tokens per example: {s.lengths or '-'}; trained tokens: {s.trained_tokens:,}",
-        f"  - EOS/end-of-turn in the labels of every trained turn: {eos}",
-        f"  - template prefix check: {s.prefix_checked - len(s.prefix_mismatch)}/{s.prefix_checked} prompts tokenise to the training prefix",
     ]
-    if s.kept and s.with_eos < s.kept:
+    if kind in EOS_CHECKED:
+        lines += [
+            f"  - EOS/end-of-turn {EOS_CHECKED[kind]}: {eos}",
+            f"  - template prefix check: {s.prefix_checked - len(s.prefix_mismatch)}/{s.prefix_checked} prompts tokenise to the training prefix",
+        ]
+    if kind in EOS_CHECKED and s.kept and s.with_eos < s.kept:
         lines.append(f"  - note: {s.kept - s.with_eos} examples lost their EOS to truncation (data.truncation: truncate_right)")
     return lines
+
+
+FIRST_EXAMPLE = {
+    "conversation": "Trained tokens are between ⟦ and ⟧.",
+    "preference": "The prompt, then each response; the tokens each response is scored on are between ⟦ and ⟧.",
+    "unpaired": "The prompt, then the completion; the tokens it is scored on are between ⟦ and ⟧.",
+    "prompt": "The prompt as the policy sees it, generation prompt included.",
+}
 
 
 def render_markdown(report: DataReport) -> str:
@@ -28,7 +47,7 @@ def render_markdown(report: DataReport) -> str:
         lines.append(f"- `{f['file']}` ({f['format']}): read {f['read']}, kept {f['kept']}, dropped: {dropped}")
         lines += [f"  - {msg}" for msg in f.get("first_errors", [])]
     lines += ["", "## Splits", ""]
-    lines += _split_lines("train", report.train) + _split_lines("eval", report.eval)
+    lines += _split_lines("train", report.train, report.kind) + _split_lines("eval", report.eval, report.kind)
     stops = ", ".join(report.stop_tokens)
     lines += [
         "",
@@ -36,7 +55,7 @@ def render_markdown(report: DataReport) -> str:
         "",
         "## First training example",
         "",
-        "Trained tokens are between ⟦ and ⟧.",
+        FIRST_EXAMPLE[report.kind],
         "",
         "```text",
         report.first_example,

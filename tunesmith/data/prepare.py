@@ -8,53 +8,26 @@ prompt rendered with the generation prompt tokenises to exactly the prefix used 
 from __future__ import annotations
 
 import random
-import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from tunesmith.config import DataConfig
+from tunesmith.config import METHOD_FORMATS, DataConfig
 from tunesmith.data.formats import Example
 from tunesmith.data.load import load_examples
+from tunesmith.data.prepare_align import mark_aligned, tokenize_aligned
+from tunesmith.data.report import DataReport, SplitReport, count, length_stats
 from tunesmith.data.templates import ChatTemplate, TemplateError, Tokenized, tokenize_conversation, tokenize_text
 from tunesmith.errors import TunesmithError
-
-
-@dataclass
-class SplitReport:
-    examples: int = 0                 # examples that reached tokenisation
-    kept: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count, after loading
-    truncated: int = 0
-    lengths: dict = field(default_factory=dict)        # token-length stats of kept examples
-    trained_tokens: int = 0
-    with_eos: int = 0                 # kept examples whose every trained turn contains a stop token
-    prefix_checked: int = 0
-    prefix_mismatch: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DataReport:
-    files: list[dict] = field(default_factory=list)    # one LoadReport per file, as dicts
-    train: SplitReport = field(default_factory=SplitReport)
-    eval: SplitReport = field(default_factory=SplitReport)
-    template: str = ""
-    stop_tokens: list[str] = field(default_factory=list)
-    max_length: int = 0
-    truncation: str = ""
-    first_example: str = ""           # rendered, trained tokens between ⟦ and ⟧
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Prefix checks re-tokenise every prompt; beyond this many examples per split a sample is enough.
 PREFIX_CHECK_LIMIT = 500
 
 
-def read_split(files: list[str], cfg: DataConfig, report: DataReport) -> list[Example]:
+def read_split(files: list[str], cfg: DataConfig, report: DataReport, formats: tuple[str, ...] = METHOD_FORMATS["sft"]) -> list:
     examples = []
     for file in files:
         rows, load_report = load_examples(
-            file, fmt=cfg.format, columns=cfg.columns, system_prompt=cfg.system_prompt, on_bad_row=cfg.on_bad_row
+            file, fmt=cfg.format, columns=cfg.columns, system_prompt=cfg.system_prompt, on_bad_row=cfg.on_bad_row, formats=formats
         )
         report.files.append(asdict(load_report))
         examples += rows
@@ -89,11 +62,6 @@ def truncate(tok: Tokenized, max_length: int, side: str) -> Tokenized:
         return Tokenized(tok.input_ids[:max_length], tok.labels[:max_length], spans, tok.prompt_prefix_ok)
     spans = [(max(a - cut, 0), b - cut) for a, b in tok.spans if b > cut]
     return Tokenized(tok.input_ids[cut:], tok.labels[cut:], spans, tok.prompt_prefix_ok)
-
-
-def count(counts: dict[str, int], reason: str) -> None:
-    # A plain dict, not a Counter: dataclasses.asdict rebuilds a Counter from its items, mangling it.
-    counts[reason] = counts.get(reason, 0) + 1
 
 
 def tokenize_split(
@@ -135,15 +103,7 @@ def tokenize_split(
         lengths.append(len(tok.input_ids))
         rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
     report.kept = len(rows)
-    if lengths:
-        ordered = sorted(lengths)
-        report.lengths = {
-            "min": ordered[0],
-            "mean": round(statistics.fmean(ordered), 1),
-            "p50": ordered[len(ordered) // 2],
-            "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
-            "max": ordered[-1],
-        }
+    report.lengths = length_stats(lengths)
     return rows
 
 
@@ -159,25 +119,37 @@ def mark_trained(tokenizer, row: dict) -> str:
     return "".join(pieces)
 
 
-def prepare_data(cfg: DataConfig, tokenizer, template: ChatTemplate, seed: int) -> tuple[list[dict], list[dict], DataReport]:
+# What a method's rows hold; every kind but `conversation` is tokenized by tunesmith.data.prepare_align.
+KINDS = {"sft": "conversation", "dpo": "preference", "reward": "preference", "kto": "unpaired", "ppo": "prompt", "grpo": "prompt"}
+
+
+def prepare_data(
+    cfg: DataConfig, tokenizer, template: ChatTemplate, seed: int, method: str = "sft"
+) -> tuple[list[dict], list[dict], DataReport]:
+    kind = KINDS[method]
     report = DataReport(
+        kind=kind,
         template=template.name,
         stop_tokens=[tokenizer.convert_ids_to_tokens(i) for i in template.stop_token_ids],
         max_length=cfg.max_length,
         truncation=cfg.truncation,
     )
-    train_examples = read_split(cfg.train, cfg, report)
+    train_examples = read_split(cfg.train, cfg, report, METHOD_FORMATS[method])
     if cfg.eval:
-        eval_examples = read_split(cfg.eval, cfg, report)
+        eval_examples = read_split(cfg.eval, cfg, report, METHOD_FORMATS[method])
     elif cfg.eval_split > 0:
         train_examples, eval_examples = split_eval(train_examples, cfg.eval_split, seed)
     else:
         eval_examples = []
-    train_rows = tokenize_split(train_examples, cfg, template, tokenizer, report.train)
-    eval_rows = tokenize_split(eval_examples, cfg, template, tokenizer, report.eval)
+    if kind == "conversation":
+        train_rows = tokenize_split(train_examples, cfg, template, tokenizer, report.train)
+        eval_rows = tokenize_split(eval_examples, cfg, template, tokenizer, report.eval)
+    else:
+        train_rows = tokenize_aligned(kind, train_examples, cfg, template, tokenizer, report.train)
+        eval_rows = tokenize_aligned(kind, eval_examples, cfg, template, tokenizer, report.eval)
     if not train_rows:
         raise TunesmithError(f"no training example left after filtering: dropped {dict(report.train.dropped)}")
-    report.first_example = mark_trained(tokenizer, train_rows[0])
+    report.first_example = mark_trained(tokenizer, train_rows[0]) if kind == "conversation" else mark_aligned(tokenizer, kind, train_rows[0])
     mismatched = report.train.prefix_mismatch + report.eval.prefix_mismatch
     if mismatched:
         raise TemplateError(

@@ -74,7 +74,8 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         gradient_checkpointing=t.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # Length grouping reads an input_ids column, which only SFT rows have.
+        train_sampling_strategy="group_by_length" if t.group_by_length and recipe.method == "sft" else "random",
         max_grad_norm=t.max_grad_norm,
         optim=OPTIMIZERS[t.optimizer],
         seed=t.seed,
@@ -116,8 +117,9 @@ class MetricsLogger(TrainerCallback):
             if key in ("total_flos", "epoch") or not isinstance(value, (int, float)):
                 continue
             record[self.KEYS.get(key, key)] = value
-        with self.run.metrics_file.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if record.get("tokens_per_s") == 0 and not state.num_input_tokens_seen:
+            del record["tokens_per_s"]  # a trainer whose batches have no input_ids counts no tokens: unknown, not zero
+        self.run.append_metrics(record)
 
 
 def trim_metrics(run: RunDir, up_to_step: int) -> None:
@@ -153,6 +155,9 @@ class ProgressBar(TrainerCallback):
         losses = [r["loss"] for r in state.log_history if "loss" in r]
         evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
         parts = [f"loss {losses[-1]:.4f}" if losses and math.isfinite(losses[-1]) else "loss -"]
+        accuracies = [r.get("rewards/accuracies", r.get("accuracy")) for r in state.log_history if "rewards/accuracies" in r or "accuracy" in r]
+        if accuracies:  # preference methods: share of pairs whose chosen reply out-scores the rejected one
+            parts.append(f"acc {accuracies[-1]:.2f}")
         if evals:
             parts.append(f"eval {evals[-1]:.4f}")
         parts.append(f"{tokens_per_s:,.0f} tok/s")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.config import ModelConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import RunDir, is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ PACKAGED_GGUF = {
 
 @dataclass
 class ModelSource:
-    kind: str           # 'local', 'gguf' or 'hub'
+    kind: str           # 'local', 'gguf', 'hub' or 'run'
     path: str           # what from_pretrained is given
     origin: str         # what the user asked for, for reports
+    template: str | None = None   # a run's template.json: a model trained by tunesmith keeps its template
 
 
 def cache_dir() -> Path:
@@ -69,20 +71,14 @@ def gguf_to_folder(gguf_path: Path) -> Path:
     # The weights are now plain float32; drop the GGUF quantiser so the model saves as safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)  # atomic: readers never see a half-written folder
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp)  # another process finished the same conversion first
+    _save_atomically(target, model, tokenizer)
     return target
 
 
 def resolve_source(cfg: ModelConfig) -> ModelSource:
     path = Path(cfg.path).expanduser()
+    if is_run_dir(path):
+        return _run_source(path, cfg.path)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise TunesmithError(f"model.path: GGUF file not found: {cfg.path}")
@@ -102,6 +98,47 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
             raise TunesmithError(f"model: cannot get {cfg.gguf_file} from hub repo {cfg.path!r}: {err.__class__.__name__}: {err}") from None
         return ModelSource("gguf", str(gguf_to_folder(Path(file))), cfg.path)
     return _hub_source(cfg)
+
+
+def _run_source(path: Path, origin: str) -> ModelSource:
+    """A tunesmith run as a starting point: its full model, or its adapter merged into its base (cached)."""
+    run = RunDir(path)
+    template = str(run.path / "template.json")
+    if (run.path / "model" / "config.json").is_file():
+        return ModelSource("run", str(run.path / "model"), origin, template)
+    adapter = run.path / "adapter" / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise TunesmithError(f"model.path: run {origin} has no final model/ or adapter/ (did it finish?)")
+    stat = adapter.stat()
+    key = hashlib.sha256(f"{adapter.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "merged" / f"{run.path.name}-{key}"
+    if not (target / "config.json").is_file():
+        _merge_run(run, target)
+    return ModelSource("run", str(target), origin, template)
+
+
+def _merge_run(run: RunDir, target: Path) -> None:
+    """Merge a LoRA run into its base, in the base's unquantised weights (a QLoRA run's too), and save."""
+    from peft import PeftModel
+
+    log.info("merging the adapter of %s into its base (once; cached in %s)", run.path, target)
+    base_cfg = run.recipe().model.model_copy(update={"quantization": "none"})
+    base, _, _ = load_model(base_cfg)
+    merged = PeftModel.from_pretrained(base, run.path / "adapter").merge_and_unload()
+    tokenizer = load_tokenizer(str(run.path / "adapter"))
+    _save_atomically(target, merged, tokenizer)
+
+
+def _save_atomically(target: Path, model, tokenizer) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: readers never see a half-written folder
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same work first
 
 
 # Other frameworks' copies of the weights, never read by transformers' PyTorch loader.
@@ -176,10 +213,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, source: ModelSource | None = None):
-    """The base model (and its tokenizer) as the recipe describes it, on the best available device."""
+def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = "causal_lm"):
+    """The base model (and its tokenizer) as the recipe describes it, on the best available device.
+
+    head: causal_lm (a language model) or reward (the same body with a scalar head on the last token:
+    AutoModelForSequenceClassification with one label, as reward models are built)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source = source or resolve_source(cfg)
     quant = quantization_config(cfg)
@@ -189,10 +229,16 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None):
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if head == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     tokenizer = load_tokenizer(source.path, cfg.trust_remote_code)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The reward head reads the last token that is not padding, found through the config's pad id.
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)  # sequence classifiers have none
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source
 
 

@@ -33,11 +33,12 @@ def check_target_modules(model, target_modules: list[str] | str) -> None:
         )
 
 
-def lora_config(cfg: PeftConfig):
+def lora_config(cfg: PeftConfig, task_type: str = "CAUSAL_LM"):
+    """task_type SEQ_CLS (reward models) also trains and saves the new scalar head in full."""
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -48,17 +49,26 @@ def lora_config(cfg: PeftConfig):
     )
 
 
-def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool):
-    """Full fine-tuning returns the model as is; LoRA/QLoRA return a PeftModel with only adapters trainable."""
+def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
+    """Check the adapter targets against the model and ready a quantised base for QLoRA."""
     if cfg.method == "none":
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     check_target_modules(model, cfg.target_modules)
     if cfg.method == "qlora":
         # Casts norms to fp32 and enables input grads so checkpointed 4-bit layers backpropagate.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return get_peft_model(model, lora_config(cfg))
+    return model
+
+
+def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: str = "CAUSAL_LM"):
+    """Full fine-tuning returns the model as is; LoRA/QLoRA return a PeftModel with only adapters trainable."""
+    if cfg.method == "none":
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(prepare_base(model, cfg, gradient_checkpointing), lora_config(cfg, task_type))
 
 
 def count_parameters(model) -> tuple[int, int]:

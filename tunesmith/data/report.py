@@ -1,0 +1,57 @@
+"""What data preparation reports: per-file load counts, per-split counts, lengths and checks.
+
+Shared by every method's preparation (tunesmith.data.prepare, tunesmith.data.prepare_align) and
+rendered by tunesmith.data.preflight.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SplitReport:
+    examples: int = 0                 # examples that reached tokenisation
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count, after loading
+    truncated: int = 0
+    lengths: dict = field(default_factory=dict)        # token-length stats of kept examples
+    trained_tokens: int = 0
+    with_eos: int = 0                 # kept examples whose every trained turn (every response) contains a stop token
+    prefix_checked: int = 0
+    prefix_mismatch: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataReport:
+    kind: str = "conversation"        # conversation (sft), preference, unpaired or prompt: what the rows hold
+    files: list[dict] = field(default_factory=list)    # one LoadReport per file, as dicts
+    train: SplitReport = field(default_factory=SplitReport)
+    eval: SplitReport = field(default_factory=SplitReport)
+    template: str = ""
+    stop_tokens: list[str] = field(default_factory=list)
+    max_length: int = 0
+    truncation: str = ""
+    first_example: str = ""           # rendered, trained tokens (responses) between ⟦ and ⟧
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count(counts: dict[str, int], reason: str) -> None:
+    # A plain dict, not a Counter: dataclasses.asdict rebuilds a Counter from its items, mangling it.
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def length_stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    return {
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": ordered[-1],
+    }

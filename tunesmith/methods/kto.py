@@ -1,0 +1,92 @@
+"""KTO: Kahneman-Tversky optimisation (Ethayarajh et al. 2024, arXiv:2402.01306) on unpaired replies
+labelled desirable or undesirable, with full fine-tuning, LoRA or QLoRA.
+
+    tunesmith train recipes/kto_tickets.yaml [kto.beta=0.2 ...] [--resume]
+
+Reads `unpaired` rows (prompt, completion, label) or preference pairs, each pair giving a desirable
+and an undesirable example. Each reply's implied reward (its log-probability ratio to the reference)
+is pushed above a reference point for desirable replies and below it for undesirable ones; the
+reference point is the KL divergence between policy and reference, estimated on mismatched
+prompt/reply pairs of the same batch (TRL's KTOTrainer, which does the loss). The reference is held
+as for DPO: `kto.reference` adapters_off, copy, or `kto.precompute_reference`.
+
+Steps, in order: open the run directory; load the tokenizer and template; load, check and tokenize
+the examples; load the model; load the reference; build the trainer; train; save; write the report.
+"""
+
+from __future__ import annotations
+
+import random
+
+from transformers import set_seed
+
+from tunesmith.config import Recipe
+from tunesmith.methods.common import trainer_arguments
+from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
+from tunesmith.models.load import load_model
+from tunesmith.models.peft import count_parameters, lora_config, prepare_base
+from tunesmith.runs import RunDir
+
+
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
+    s = start(recipe, resume)  # run directory, tokenizer and template, checked examples: before the model loads
+
+    model, _, _ = load_model(recipe.model, s.source)
+    reference = load_reference(recipe, s.source)
+    describe(s.run, model, recipe, s.source, f"kto, reference: {reference_mode(recipe)}")
+
+    set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
+    trainer = build_trainer(recipe, s.run, model, reference, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
+    parameters = count_parameters(trainer.model)
+    result, seconds = fit(trainer, s.run, resume)
+    return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, lambda records: [
+        f"- reference: {reference_mode(recipe)}",
+        f"- reward of desirable replies (train): {first_last(records, 'rewards/chosen') or '-'}",
+        f"- reward of undesirable replies (train): {first_last(records, 'rewards/rejected') or '-'}",
+        f"- KL estimate (train): {first_last(records, 'kl') or '-'}",
+    ])
+
+def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, train_rows, eval_rows, callbacks: list | None):
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import KTOConfig, KTOTrainer
+
+    cfg = recipe.kto
+    common = trainer_arguments(recipe, run, has_eval=bool(eval_rows))
+    # The KL estimate pairs each example with its neighbour's reply: batches must keep the order built below.
+    common["train_sampling_strategy"] = "sequential"
+    args = KTOConfig(**common, beta=cfg.beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
+                     precompute_ref_log_probs=cfg.precompute_reference, max_length=None)
+    extra = {"ref_model": reference}
+    if recipe.peft.method != "none":
+        extra["peft_config"] = lora_config(recipe.peft)  # TRL wraps; its reference is then the adapters-off policy
+    trainer = type("KTOTrainer", (KTOTrainer,), {"_prepare_dataset": keep_tokenized})(
+        model=prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing),
+        args=args,
+        train_dataset=Dataset.from_list(with_kl_replies(train_rows, recipe.train.batch_size, recipe.train.seed)),
+        eval_dataset=Dataset.from_list(with_kl_replies(eval_rows, recipe.train.eval_batch_size or recipe.train.batch_size, recipe.train.seed)) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=callbacks_for(recipe, run, callbacks),
+        **extra,
+    )
+    trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
+    return trainer
+
+
+def keep_tokenized(self, dataset, *args, **kwargs):
+    """KTOTrainer._prepare_dataset for rows tunesmith already tokenized and paired for the KL term."""
+    return dataset
+
+
+def with_kl_replies(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """Rows in a fixed shuffled order, each with the reply of the row before it in its batch (the first takes
+    the last's) as `KL_completion_ids`: mismatched prompt/reply pairs for the KL estimate, as TRL builds them.
+    Shuffling first keeps the two halves of one preference pair (same prompt) apart."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    out = []
+    for first in range(0, len(rows), batch_size):
+        batch = rows[first : first + batch_size]
+        replies = [batch[-1]["completion_ids"]] + [r["completion_ids"] for r in batch[:-1]]
+        out += [{**row, "KL_completion_ids": reply} for row, reply in zip(batch, replies)]
+    return out
