@@ -15,6 +15,21 @@ SMOL_TOKENIZER = FIXTURES / "smollm2_tokenizer"
 STORIES = Path(os.environ.get("TUNESMITH_SHARED", ROOT.parent / "shared")) / "models" / "stories260K"
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread: with several, every small matmul pays a thread handoff,
+    and a busy machine turns that into seconds. The slow end-to-end tests keep every thread."""
+    if "slow" in request.keywords:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     from tunesmith.models.load import load_tokenizer

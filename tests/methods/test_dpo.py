@@ -208,3 +208,31 @@ def test_precomputed_reference_trains_without_a_reference_model(stories_path, pa
     first = next(r for r in run.metrics() if "loss" in r)
     assert first["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: -log sigmoid(0)
     assert "- reference: precomputed" in (run.path / "report.md").read_text()
+
+
+def test_dpo_starts_from_an_sft_runs_adapter_with_its_template(stories_path, pairs_file, tmp_path, monkeypatch):
+    """model.path: an SFT run. Its adapter is merged into its base (cached), its template comes along, and the
+    policy (and so the reference) starts from the SFT weights, not from the base model."""
+    from peft import AutoPeftModelForCausalLM
+
+    from tunesmith.methods.sft import train as sft_train
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    sft = sft_train(validate({
+        "name": "sft", "model": {"path": str(stories_path), "dtype": "float32"},
+        "data": {"train": pairs_file, "format": "prompt_completion", "columns": {"completion": "chosen"}, "template": "chatml", "max_length": 128},
+        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 8, "warmup": 0},
+        "output_dir": str(tmp_path / "sft"),
+    }))
+    r = recipe(sft.path, pairs_file, tmp_path / "dpo", data={"template": "model"}, train={"max_steps": 1})
+    run = train(r)
+
+    env = json.loads((run.path / "environment.json").read_text())
+    assert env["source"]["kind"] == "run" and env["source"]["path"].startswith(str(tmp_path / "cache" / "merged"))
+    assert json.loads((run.path / "template.json").read_text()) == json.loads((sft.path / "template.json").read_text())
+    sft_model = AutoPeftModelForCausalLM.from_pretrained(sft.path / "adapter").eval()
+    rows = prepared_rows(recipe(stories_path, pairs_file, tmp_path / "x"))  # same chatml template, same tokens
+    expected = torch.stack([sequence_logps(sft_model, row["prompt_ids"], row["chosen_ids"]) for row in rows]).mean()
+    first = next(rec for rec in run.metrics() if "loss" in rec)
+    assert first["logps/chosen"] == pytest.approx(expected.item(), abs=1e-2)

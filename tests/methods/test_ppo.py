@@ -1,0 +1,111 @@
+"""PPO against a small reward model, on the pretrained stories260K model."""
+
+import json
+
+import pytest
+import torch
+
+from tunesmith.config import validate
+from tunesmith.methods.ppo import train
+from tunesmith.runs import RunDir
+
+COUNTRIES = ["France", "Japan", "Italy", "Spain", "Egypt", "Peru", "Kenya", "Chile"]
+
+
+@pytest.fixture(scope="module")
+def reward_run(stories_path, tmp_path_factory):
+    """A reward model trained for a few steps: good enough to score, which is all PPO's plumbing needs."""
+    from tunesmith.methods.reward import train as train_reward
+
+    folder = tmp_path_factory.mktemp("reward")
+    pairs = [{"prompt": f"Capital of {c}?", "chosen": "The capital is nice.", "rejected": "No."} for c in COUNTRIES]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    recipe = validate({
+        "name": "rm", "method": "reward",
+        "model": {"path": str(stories_path), "dtype": "float32"},
+        "data": {"train": str(folder / "pairs.jsonl"), "template": "chatml", "max_length": 128},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 8, "warmup": 0},
+        "output_dir": str(folder / "run"),
+    })
+    return str(train_reward(recipe).path)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Capital of {c}?"}) + "\n" for c in COUNTRIES), encoding="utf-8")
+    return str(path)
+
+
+def recipe(stories_path, prompts, reward, out, **sections):
+    raw = {
+        "name": "p", "method": "ppo",
+        "model": {"path": str(stories_path), "dtype": "float32"},
+        "data": {"train": prompts, "eval": prompts, "template": "chatml", "max_length": 128},
+        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
+        "train": {"max_steps": 4, "lr": 5e-3, "batch_size": 4, "logging_steps": 1, "warmup": 0, "scheduler": "cosine",
+                  "eval_steps": 2, "save_steps": 2},
+        "ppo": {"reward_model": reward, "max_new_tokens": 12, "mini_batch_size": 2, "ppo_epochs": 2},
+        "output_dir": str(out),
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return validate(raw)
+
+
+class Watch:
+    """The policy's weights after the last step, and which of them are trainable."""
+
+    def __call__(self, loop, record):
+        self.after = {n: p.detach().clone() for n, p in loop.policy.named_parameters()}
+        self.trainable = {n for n, p in loop.policy.named_parameters() if p.requires_grad}
+
+
+def test_ppo_updates_adapters_and_value_head_against_the_reward_model(stories_path, prompts_file, reward_run, tmp_path):
+    watch = Watch()
+    run = train(recipe(stories_path, prompts_file, reward_run, tmp_path / "run"), callbacks=[watch])
+    records = run.metrics()
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    first = records[0]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
+    assert first["approx_kl"] >= 0 and first["clip_frac"] >= 0
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["value_loss"], r["reward"]])).all() for r in records)
+    assert records[-1]["kl"] > 0  # the policy moved away from the reference
+    assert "eval_reward" in records[1] and "eval_reward" in records[3]
+    assert watch.trainable and all("lora_" in n for n in watch.trainable)
+    from transformers import AutoModelForCausalLM
+
+    original = dict(AutoModelForCausalLM.from_pretrained(stories_path).named_parameters())
+    frozen = set(watch.after) - watch.trainable
+    assert frozen and all(  # base weights untouched
+        torch.equal(watch.after[n], original[n.replace("base_model.model.", "").replace(".base_layer", "")]) for n in frozen
+    )
+    adapter = {n: p for n, p in watch.after.items() if "lora_B" in n}
+    assert adapter and any(p.abs().sum() > 0 for p in adapter.values())  # lora_B starts at zero: moved
+    assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert "reward (eval, greedy replies): first" in (run.path / "report.md").read_text()
+
+
+class Crash:
+    def __call__(self, loop, record):
+        if loop.step == 2:
+            raise KeyboardInterrupt
+
+
+def test_ppo_resumed_after_a_kill_matches_an_uninterrupted_run(stories_path, prompts_file, reward_run, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = train(recipe(stories_path, prompts_file, reward_run, tmp_path / "a"))
+    killed = recipe(stories_path, prompts_file, reward_run, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, callbacks=[Crash()])
+    assert RunDir(tmp_path / "b").last_checkpoint().name == "checkpoint-2"
+    resumed = train(killed, resume=True)
+    keys = ("reward", "kl", "loss")
+    assert [r["step"] for r in resumed.metrics()] == [r["step"] for r in straight.metrics()]
+    assert [r[k] for r in resumed.metrics() for k in keys] == pytest.approx([r[k] for r in straight.metrics() for k in keys], abs=1e-4)
+    a = load_file(straight.path / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed.path / "adapter" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
