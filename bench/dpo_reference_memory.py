@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _children import ROOT, run_each
 
 CONFIGS = {
     "lora_adapters_off": ["dpo.reference=adapters_off"],
@@ -67,18 +64,7 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args.steps)))
         return
-    os.chdir(ROOT)
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    results = []
-    for name in args.configs.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)], env=env, capture_output=True, text=True
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][7:]))
-        print(f"done: {name}", file=sys.stderr)
+    results = run_each(__file__, args.configs.split(","), args.steps)
     base = results[0]
     print(f"{'config':18} {'peak RSS':>9} {'vs first':>9} {'tokens/s':>9} {'vs first':>9} {'wall':>7}")
     for r in results:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _children import ROOT, run_each
 
 CONFIGS = {
     "lora": [],
@@ -63,17 +60,7 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args.steps)))
         return
-    os.chdir(ROOT)
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    results = []
-    for name in args.configs.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)], env=env, capture_output=True, text=True
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][7:]))
+    results = run_each(__file__, args.configs.split(","), args.steps)
     base = results[0]["tokens_per_s"]
     print(f"{'config':12} {'tokens/s':>9} {'vs ' + results[0]['config']:>9} {'peak RSS':>9}")
     for r in results:
