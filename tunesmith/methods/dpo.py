@@ -34,6 +34,7 @@ from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, lora_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir
 
+
 def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
     s = start(recipe, resume)  # run directory, tokenizer and template, checked pairs: before the model loads
 
@@ -62,6 +63,7 @@ def report_lines(recipe: Recipe):
         return out
 
     return lines
+
 
 def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, train_rows, eval_rows, callbacks: list | None):
     from datasets import Dataset

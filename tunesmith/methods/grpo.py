@@ -51,6 +51,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
         f"- reply length in tokens: {first_last(records, 'completions/mean_length') or '-'}",
     ])
 
+
 def build_trainer(recipe: Recipe, run: RunDir, model, reward_funcs: list, tokenizer, train_rows, eval_rows, callbacks: list | None):
     from datasets import Dataset
     from transformers import PrinterCallback

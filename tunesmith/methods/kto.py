@@ -46,6 +46,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
         f"- KL estimate (train): {first_last(records, 'kl') or '-'}",
     ])
 
+
 def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, train_rows, eval_rows, callbacks: list | None):
     from datasets import Dataset
     from transformers import PrinterCallback

@@ -48,6 +48,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
         f"Score pairs or replies with it: `tunesmith score {s.run.path} --data pairs.jsonl`",
     ])
 
+
 def build_trainer(recipe: Recipe, run: RunDir, model, tokenizer, train_rows, eval_rows, callbacks: list | None):
     from datasets import Dataset
     from transformers import PrinterCallback
