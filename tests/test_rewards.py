@@ -44,3 +44,12 @@ def test_trl_adapter_passes_reply_text_and_data_columns_only():
     out = adapted(P[:2], [[{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}]],
                   answer=["a", "b"], trainer_state=object(), log_metric=print, completion_ids=[[1], [2]])
     assert out == [1.0, 0.0] and seen == {"answer": ["a", "b"]} and adapted.__name__ == "fn"
+
+
+def test_a_completion_column_reaches_reward_functions_through_trl():
+    """TRL drops a data column named `completion` (its own name for replies); it travels renamed."""
+    rows = rewards.rows_for_trl([{"prompt": P[0], "completion": "billing", "lang": "en"}])
+    assert "completion" not in rows[0]
+    trl_kwargs = {k: [v] for k, v in rows[0].items() if k not in ("prompt", "completion")}  # what TRL passes on
+    fn = rewards.for_trl(rewards.exact_match("completion"))
+    assert fn(P[:1], [[{"role": "assistant", "content": "Billing"}]], **trl_kwargs) == [1.0]

@@ -124,17 +124,27 @@ def build(spec: RewardFunction) -> RewardFn:
 
 
 def for_trl(fn: RewardFn) -> RewardFn:
-    """Adapt our signature to TRL's: it passes conversational replies as [{role, content}] lists, and extra
-    keyword arguments (trainer state, logging hooks) that are not data columns."""
+    """Adapt our signature to TRL's: it passes conversational replies as [{role, content}] lists, extra
+    keyword arguments (trainer state, logging hooks) that are not data columns, and the columns it
+    reserves under the names rows_for_trl gave them."""
 
     def reward(prompts, completions, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        columns = {k: v for k, v in kwargs.items() if k not in TRL_KWARGS}
+        columns = {RENAMED.get(k, k): v for k, v in kwargs.items() if k not in TRL_KWARGS}
         return fn(prompts, texts, **columns)
 
     reward.__name__ = getattr(fn, "__name__", "reward")
     return reward
 
 
+def rows_for_trl(rows: list[dict]) -> list[dict]:
+    """TRL's GRPOTrainer keeps a `completion` column from the reward functions (it names its own replies
+    so): hand it over under another name, which for_trl turns back."""
+    aside = {v: k for k, v in RENAMED.items()}
+    return [{aside.get(k, k): v for k, v in row.items()} for row in rows]
+
+
 # Keyword arguments TRL's GRPOTrainer adds beside the data columns.
 TRL_KWARGS = {"completion_ids", "trainer_state", "log_extra", "log_metric", "environments", "prompt_ids"}
+# Data columns TRL would not pass on under their own name: the name they travel under -> theirs.
+RENAMED = {"data_completion": "completion"}
