@@ -81,3 +81,26 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def reward_run(stories_path, tmp_path_factory):
+    """A reward run on stories260K trained for a few steps: good enough to score, which is all the plumbing
+    that uses reward models (PPO, GRPO rewards) needs."""
+    import json
+
+    from tunesmith.config import validate
+    from tunesmith.methods.reward import train as train_reward
+
+    folder = tmp_path_factory.mktemp("reward")
+    pairs = [{"prompt": f"Capital of {c}?", "chosen": "The capital is nice.", "rejected": "No."} for c in ("France", "Japan", "Italy", "Spain", "Egypt", "Peru", "Kenya", "Chile")]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    recipe = validate({
+        "name": "rm", "method": "reward",
+        "model": {"path": str(stories_path), "dtype": "float32"},
+        "data": {"train": str(folder / "pairs.jsonl"), "template": "chatml", "max_length": 128},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 8, "warmup": 0},
+        "output_dir": str(folder / "run"),
+    })
+    return str(train_reward(recipe).path)

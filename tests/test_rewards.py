@@ -53,3 +53,13 @@ def test_a_completion_column_reaches_reward_functions_through_trl():
     trl_kwargs = {k: [v] for k, v in rows[0].items() if k not in ("prompt", "completion")}  # what TRL passes on
     fn = rewards.for_trl(rewards.exact_match("completion"))
     assert fn(P[:1], [[{"role": "assistant", "content": "Billing"}]], **trl_kwargs) == [1.0]
+
+
+def test_reward_model_reward_scores_with_the_reward_runs_template(reward_run):
+    from tunesmith.models.reward import load_reward_model, score
+
+    fn = rewards.build(RewardFunction(type="reward_model", path=reward_run))
+    prompts = [[{"role": "user", "content": "Capital of Peru?"}]] * 2
+    replies = ["The capital is nice.", "No."]
+    assert fn(prompts, replies) == pytest.approx(score(load_reward_model(reward_run), prompts, replies))
+    assert fn.__name__ == "reward_model_run"

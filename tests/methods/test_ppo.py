@@ -13,25 +13,6 @@ COUNTRIES = ["France", "Japan", "Italy", "Spain", "Egypt", "Peru", "Kenya", "Chi
 
 
 @pytest.fixture(scope="module")
-def reward_run(stories_path, tmp_path_factory):
-    """A reward model trained for a few steps: good enough to score, which is all PPO's plumbing needs."""
-    from tunesmith.methods.reward import train as train_reward
-
-    folder = tmp_path_factory.mktemp("reward")
-    pairs = [{"prompt": f"Capital of {c}?", "chosen": "The capital is nice.", "rejected": "No."} for c in COUNTRIES]
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
-    recipe = validate({
-        "name": "rm", "method": "reward",
-        "model": {"path": str(stories_path), "dtype": "float32"},
-        "data": {"train": str(folder / "pairs.jsonl"), "template": "chatml", "max_length": 128},
-        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-        "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 8, "warmup": 0},
-        "output_dir": str(folder / "run"),
-    })
-    return str(train_reward(recipe).path)
-
-
-@pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Capital of {c}?"}) + "\n" for c in COUNTRIES), encoding="utf-8")
