@@ -230,7 +230,10 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = 
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
     if head == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, **kwargs)
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        with suppress_seqcls_warning():  # the new head is expected to be missing from a language model's weights
+            model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     tokenizer = load_tokenizer(source.path, cfg.trust_remote_code)
