@@ -32,11 +32,57 @@ def cmd_train(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from tunesmith.eval.generate import generate, load_for_inference, require_conversation
+    from tunesmith.eval.engines import open_engine
 
-    loaded = load_for_inference(args.target, template=args.template)
-    conversation = require_conversation(args.prompt, args.system or loaded.system_prompt)
-    print(generate(loaded, [conversation], max_new_tokens=args.max_new_tokens, progress=False)[0])
+    if (args.prompt is None) == (args.input is None):
+        raise TunesmithError("generate: give a prompt, or --input prompts.jsonl --output out.jsonl (not both)")
+    if args.input and not args.output:
+        raise TunesmithError("generate --input: also give --output out.jsonl")
+    decoding = decoding_from(args)
+    engine = open_engine(args.target, template=args.template, engine=args.engine, decoding=decoding)
+    if args.input:
+        from tunesmith.eval.batch import generate_file
+
+        n = generate_file(engine, args.input, args.output, decoding, args.batch_size, args.system)
+        print(f"{n} outputs written to {args.output}", file=sys.stderr)
+        return
+    from tunesmith.eval.generate import require_conversation
+
+    conversation = require_conversation(args.prompt, args.system or engine.system_prompt)
+    print(engine.complete([conversation], decoding, progress=False)[0].text)
+
+
+def add_decoding_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """Decoding flags shared by generate, eval and eval select (greedy unless --temperature > 0)."""
+    g = p.add_argument_group("decoding (greedy by default)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0: off")
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0: off")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="cut the output at this string (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"], help="auto: vLLM when installed on a GPU")
+
+
+def decoding_from(args):
+    from tunesmith.eval.engines import Decoding
+
+    return Decoding(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        # A shell passes --stop '\n' as backslash-n: read \n and \t as the characters.
+        stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop],
+        seed=args.seed,
+    )
 
 
 def cmd_quickstart(args) -> None:
@@ -57,12 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="answer a prompt with a run or a model, using its chat template")
+    p = sub.add_parser(
+        "generate",
+        help="answer a prompt (or a JSONL file of prompts) with a run or a model, using its chat template",
+        description="Answer one prompt, or every row of --input (a 'prompt' string or 'messages' list per row) into --output.",
+    )
     p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
-    p.add_argument("prompt", help="the user message")
+    p.add_argument("prompt", nargs="?", help="the user message")
+    p.add_argument("--input", help="JSONL file of prompts (batch mode)")
+    p.add_argument("--output", help="JSONL file to write: each input row plus 'output'")
     p.add_argument("--system", help="system message (default for a run: the data.system_prompt it was trained with)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    add_decoding_args(p, max_new_tokens=128)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
