@@ -85,6 +85,41 @@ def decoding_from(args):
     )
 
 
+def cmd_eval(args) -> None:
+    from tunesmith.eval.evaluate import run_eval
+
+    run_eval(
+        args.target,
+        args.data,
+        metrics=split_list(args.metrics),
+        compare=args.compare,
+        name=args.name,
+        out=args.out,
+        decoding=decoding_from(args),
+        batch_size=args.batch_size,
+        engine=args.engine,
+        template=args.template,
+        system=args.system,
+        labels=split_list(args.labels),
+        label_from=args.label_from,
+        label_regex=args.label_regex,
+        match=args.match,
+        perplexity_scope=args.perplexity_scope,
+        limit=args.limit,
+        human_sheet=args.human_sheet,
+    )
+
+
+def cmd_eval_import_sheet(args) -> None:
+    from tunesmith.eval.sheet import import_sheet
+
+    import_sheet(args.sheet, args.key)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
 def cmd_quickstart(args) -> None:
     from tunesmith.quickstart import run_quickstart
 
@@ -92,6 +127,8 @@ def cmd_quickstart(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tunesmith.eval.metrics import EVAL_METRICS
+
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune, check and serve open LLMs.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +154,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_args(p, max_new_tokens=128)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run or model on held-out data; compare, report, review sheets (also: eval select, eval import-sheet)",
+        description="Generate on --data with the model's own template, score, compare with --compare, and write "
+        "predictions.jsonl, metrics.json, report.md and report.html. Also: `tunesmith eval select` (rank base models "
+        "few-shot) and `tunesmith eval import-sheet` (read a filled review sheet).",
+    )
+    p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
+    p.add_argument("--data", required=True, help="eval file, in any training-data format (last assistant turn = reference)")
+    p.add_argument("--metrics", help=f"comma list of {', '.join(EVAL_METRICS)} (default: all that apply)")
+    p.add_argument("--compare", action="append", default=[], metavar="OTHER", help="'base' (the run's base model) or another run/model; repeatable")
+    p.add_argument("--name", help="report name (default: the data file's name)")
+    p.add_argument("--out", help="output folder (default: RUN/eval/NAME, or evals/NAME for a plain model)")
+    p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    p.add_argument("--system", help="system message for every row without one (default: the run's data.system_prompt)")
+    p.add_argument("--labels", help="classification label set, comma-separated (default: detected from short references)")
+    p.add_argument("--label-from", choices=["first_line", "regex", "closest"], help="how a label is read from an output (default: closest with a label set)")
+    p.add_argument("--label-regex", help="regex whose first group (or match) is the label")
+    p.add_argument("--match", default="lenient", choices=["lenient", "first_line", "strict"], help="exact-match normalisation")
+    p.add_argument("--perplexity-scope", default="response", choices=["response", "text"], help="score the reference answer only, or every token")
+    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
+    add_decoding_args(p, max_new_tokens=256)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-import-sheet", help="read a filled review sheet: mean rating per model, win rates (tunesmith eval import-sheet)")
+    p.add_argument("sheet", help="the CSV written by --human-sheet, with ratings filled in")
+    p.add_argument("--key", help="key file (default: SHEET.key.json next to it)")
+    p.set_defaults(func=cmd_eval_import_sheet)
+
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
     p.add_argument("--recipe", default="recipes/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the recipe")
@@ -124,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `tunesmith eval select ...` and `tunesmith eval import-sheet ...` are the commands eval-select and eval-import-sheet.
+EVAL_SUBCOMMANDS = ("select", "import-sheet")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_SUBCOMMANDS:
+        argv = [f"eval-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

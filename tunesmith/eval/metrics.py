@@ -24,6 +24,9 @@ import string
 import unicodedata
 from collections import Counter
 
+# What `tunesmith eval --metrics` accepts (rouge gives rouge1/rouge2/rougeL, accuracy also macro_f1).
+EVAL_METRICS = ("exact_match", "accuracy", "bleu", "chrf", "rouge", "perplexity")
+
 _PUNCT = string.punctuation + "。、「」『』·…“”‘’"
 # Hangul syllables and jamo, Hiragana/Katakana, CJK ideographs: scripts written without spaces between morphemes.
 _CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
