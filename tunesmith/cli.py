@@ -110,6 +110,24 @@ def cmd_eval(args) -> None:
     )
 
 
+def cmd_eval_select(args) -> None:
+    from tunesmith.eval.select import run_select
+
+    run_select(
+        split_list(args.models) or [],
+        args.data,
+        few_shot=args.few_shot,
+        metrics=split_list(args.metrics),
+        rank_by=args.rank_by,
+        decoding=decoding_from(args),
+        batch_size=args.batch_size,
+        system=args.system,
+        seed=args.seed,
+        limit=args.limit,
+        out=args.out,
+    )
+
+
 def cmd_eval_import_sheet(args) -> None:
     from tunesmith.eval.sheet import import_sheet
 
@@ -178,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
     add_decoding_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-select", help="rank candidate base models few-shot on the task, before fine-tuning (tunesmith eval select)")
+    p.add_argument("--models", required=True, help="comma-separated models: folders, hub ids or .gguf files")
+    p.add_argument("--data", required=True, help="task data, in any training-data format")
+    p.add_argument("--few-shot", type=int, default=3, help="in-context examples taken from the data (not scored)")
+    p.add_argument("--metrics", help=f"comma list of {', '.join(EVAL_METRICS)} (default: all that apply)")
+    p.add_argument("--rank-by", help="metric to rank by (default: accuracy for labels, else chrf)")
+    p.add_argument("--system", help="system message for every row without one")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--out", help="output folder (default: evals/select-DATA)")
+    add_decoding_args(p, max_new_tokens=64)
+    p.set_defaults(func=cmd_eval_select)
 
     p = sub.add_parser("eval-import-sheet", help="read a filled review sheet: mean rating per model, win rates (tunesmith eval import-sheet)")
     p.add_argument("sheet", help="the CSV written by --human-sheet, with ratings filled in")
