@@ -134,6 +134,18 @@ def cmd_eval_import_sheet(args) -> None:
     import_sheet(args.sheet, args.key)
 
 
+def cmd_runs_list(args) -> None:
+    from tunesmith.eval.experiments import list_runs
+
+    list_runs(args.folder)
+
+
+def cmd_runs_compare(args) -> None:
+    from tunesmith.eval.experiments import compare_runs
+
+    compare_runs(args.runs, args.out)
+
+
 def split_list(value: str | None) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()] if value else None
 
@@ -213,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sheet", help="the CSV written by --human-sheet, with ratings filled in")
     p.add_argument("--key", help="key file (default: SHEET.key.json next to it)")
     p.set_defaults(func=cmd_eval_import_sheet)
+
+    p = sub.add_parser("runs", help="the experiment table: list runs, compare their configs and metrics")
+    runs = p.add_subparsers(dest="runs_command", required=True)
+    q = runs.add_parser("list", help="one line per run in a folder")
+    q.add_argument("folder", nargs="?", default="runs")
+    q.set_defaults(func=cmd_runs_list)
+    q = runs.add_parser("compare", help="what differs in the configs, next to the metrics; Markdown, CSV and one loss plot")
+    q.add_argument("runs", nargs="+", help="run directories")
+    q.add_argument("--out", default="runs/compare", help="folder for compare.md, compare.csv and loss.png")
+    q.set_defaults(func=cmd_runs_compare)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
     p.add_argument("--recipe", default="recipes/quickstart.yaml")
