@@ -24,7 +24,7 @@ def tickets_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("tickets") / "tickets.jsonl", rows)
 
 
-def train_tiny_run(model_path, data_file, out, **train):
+def train_tiny_run(model_path, data_file, out, sections=None, **train):
     from tunesmith.config import validate
     from tunesmith.methods.sft import train as sft_train
 
@@ -35,6 +35,7 @@ def train_tiny_run(model_path, data_file, out, **train):
         "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "train": {"max_steps": 2, "lr": 1e-2, "batch_size": 12, "logging_steps": 1, "warmup": 0, "eval_steps": 1, "save_steps": 2, **train},
         "output_dir": str(out),
+        **(sections or {}),
     }
     return sft_train(validate(raw)).path
 

@@ -29,6 +29,7 @@ from tunesmith.methods.common import (
     ProgressBar,
     check_optimizer,
     check_tracking,
+    generation_eval_callbacks,
     trainer_arguments,
     trim_metrics,
 )
@@ -106,6 +107,8 @@ def build_trainer(recipe: Recipe, run: RunDir, model, tokenizer, train_rows, eva
         remove_unused_columns=False,
     )
     extra = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
+    # Generation metrics join the eval metrics before early stopping and best-checkpoint selection read them.
+    extra = generation_eval_callbacks(recipe, run) + extra
     trainer = SFTTrainer(
         model=model,
         args=args,
