@@ -2,19 +2,38 @@
 
 import csv
 import json
+import os
 
 import pytest
+import yaml
 
-from tests.eval.conftest import train_tiny_run
 from tunesmith.cli import main
 from tunesmith.eval.experiments import differing_keys, flatten, run_metrics
 
 
-@pytest.fixture(scope="module")
-def two_runs(stories_path, tickets_file, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("two_runs")
-    a = train_tiny_run(stories_path, tickets_file, folder / "lr-high")
-    b = train_tiny_run(stories_path, tickets_file, folder / "lr-low", lr=1e-4, max_steps=3, save_steps=3)
+def make_run(folder, name, config, changes, records, made_at):
+    """A run directory as training leaves it, as far as runs list/compare read it."""
+    run = folder / name
+    run.mkdir(parents=True)
+    config = {**config, "name": name, "train": {**config["train"], **changes}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (run / "template.json").write_text("{}", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.utime(run / "config.yaml", (made_at, made_at))
+    return run
+
+
+@pytest.fixture
+def two_runs(tiny_run, tmp_path):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text(encoding="utf-8"))
+    folder = tmp_path / "runs"
+    a = make_run(folder, "lr-high", config, {"lr": 1e-2}, [
+        {"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.5}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.25},
+    ], made_at=1_000)
+    b = make_run(folder, "lr-low", config, {"lr": 1e-4, "max_steps": 3}, [
+        {"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.9, "eval_exact_match": 0.25}, {"step": 3, "loss": 2.8},
+        {"step": 3, "eval_loss": 2.95}, {"step": 3, "eval_exact_match": 0.5},
+    ], made_at=2_000)
     (a / "eval" / "held").mkdir(parents=True)
     (a / "eval" / "held" / "metrics.json").write_text(json.dumps({"name": "held", "metrics": {"accuracy": 0.75}, "compare": {}}))
     return folder, a, b
@@ -28,11 +47,7 @@ def test_flatten_and_differing_keys():
 
 def test_run_metrics_read_losses_and_eval_reports(two_runs):
     _, a, b = two_runs
-    records = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
-    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    metrics = run_metrics(b)
-    assert metrics["steps"] == 3
-    assert (metrics["final_eval_loss"], metrics["best_eval_loss"]) == (evals[-1], min(evals))
+    assert run_metrics(b) == {"steps": 3, "final_loss": 2.8, "final_eval_loss": 2.95, "best_eval_loss": 2.9, "best_eval_exact_match": 0.5}
     assert run_metrics(a)["held/accuracy"] == 0.75
 
 
@@ -41,13 +56,13 @@ def test_runs_compare_writes_table_csv_and_plot(two_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["runs", "compare", str(a), str(b), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0].startswith("| run | train.max_steps | train.lr | train.save_steps |")
+    assert printed.splitlines()[0].startswith("| run | train.lr | train.max_steps | steps | final_loss |")
     with (out / "compare.csv").open(encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["lr-high", "lr-low"]
     assert [float(r["train.lr"]) for r in rows] == [1e-2, 1e-4]
     assert rows[0]["held/accuracy"] == "0.75" and rows[1]["held/accuracy"] == ""
-    assert float(rows[1]["best_eval_loss"]) == run_metrics(b)["best_eval_loss"]
+    assert (rows[0]["best_eval_loss"], rows[1]["best_eval_loss"]) == ("2.25", "2.9")
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert "![loss curves](loss.png)" in (out / "compare.md").read_text()
 
