@@ -76,6 +76,8 @@ def test_decoding_errors_name_the_flag():
     with pytest.raises(TunesmithError, match="set --temperature above 0"):
         Decoding(top_k=5)
     assert Decoding().hf_kwargs() == {"do_sample": False}
+    # top_k 0 is passed as 0 (off), not left to the generation config's default of 50.
+    assert Decoding(temperature=0.7).hf_kwargs() == {"do_sample": True, "temperature": 0.7, "top_p": 1.0, "top_k": 0}
 
 
 def test_open_engine_falls_back_to_transformers_without_vllm(stories_path):

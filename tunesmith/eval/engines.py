@@ -59,7 +59,8 @@ class Decoding:
         """transformers' generate arguments (besides max_new_tokens and stop strings), only those that differ from off."""
         kwargs: dict = {"do_sample": self.sampling}
         if self.sampling:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            # top_k=0 explicitly: None would mean the model's generation_config default (50 in transformers).
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         if self.num_beams > 1:
             kwargs["num_beams"] = self.num_beams
         if self.repetition_penalty != 1.0:

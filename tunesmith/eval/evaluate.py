@@ -64,10 +64,15 @@ def load_eval_data(path: str, fmt: str = "auto", columns: dict | None = None, li
     examples, _ = load_examples(path, fmt=fmt, columns=columns)
     # Row ids: the file's own "id" field where it has one, else the row's place in the file.
     ids_by_place = {where: row.get("id") for where, row in read_rows(path) if isinstance(row, dict)}
-    ids = [str(ids_by_place.get(e.where) or e.where.rsplit(":", 1)[-1].replace("row ", "").replace("item ", "")) for e in examples]
+    ids = [str(ids_by_place[e.where]) if ids_by_place.get(e.where) is not None else place(e.where) for e in examples]
     if limit:
         examples, ids = examples[:limit], ids[:limit]
     return EvalData(path, examples, ids)
+
+
+def place(where: str) -> str:
+    """'data.jsonl:12' -> '12', 'data.parquet:row 3' -> '3': the row's number in its file."""
+    return where.rsplit(":", 1)[-1].replace("row ", "").replace("item ", "")
 
 
 @dataclass

@@ -24,6 +24,10 @@ from tunesmith.runs import RunDir, is_run_dir
 MAIN_KEYS = ["model.path", "method", "peft.method", "data.train", "train.epochs", "train.max_steps", "train.lr"]
 
 
+# Logged eval metrics shown at their best (highest) value: generation_eval's and TRL's token accuracy.
+HIGHER_IS_BETTER = {"eval_exact_match", "eval_accuracy", "eval_chrf", "eval_bleu", "eval_rougeL", "eval_mean_token_accuracy"}
+
+
 def find_runs(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if is_run_dir(folder):
@@ -58,9 +62,7 @@ def run_metrics(run: Path) -> dict:
         metrics["final_loss"] = train[-1]
     if evals:
         metrics["final_eval_loss"], metrics["best_eval_loss"] = evals[-1], min(evals)
-    generated = sorted({k for r in records for k in r if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime")
-                        and not k.endswith(("_per_second", "_tokens_seen"))})
-    for key in generated:
+    for key in sorted({k for r in records for k in r if k in HIGHER_IS_BETTER}):
         metrics[f"best_{key}"] = max(r[key] for r in records if key in r)
     for file in sorted(run.glob("eval/*/metrics.json")):
         summary = json.loads(file.read_text(encoding="utf-8"))
