@@ -49,6 +49,17 @@ def test_sheet_round_trip_unblinds_ratings(tmp_path):
     assert json.loads((tmp_path / "review.results.json").read_text())["rows"] == 4
 
 
+def test_import_sheet_command(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    sheet = tmp_path / "review.csv"
+    write_sheet(sheet, IDS, ["p1", "p2", "p3", "p4"], ["refund", "billing", "shipping", "account"], OUTPUTS, seed=2)
+    fill(sheet, lambda text: "4" if text in set(OUTPUTS["tuned"]) else "3")
+    assert main(["eval", "import-sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert "| tuned | 4 | 4.00 |" in out and "| tuned vs base | 100.0% | 4 |" in out
+
+
 def test_cp949_and_semicolon_sheets_are_read(tmp_path):
     sheet = tmp_path / "s.csv"
     write_sheet(sheet, ["a"], ["질문"], ["답"], {"m": ["출력"]})

@@ -90,7 +90,21 @@ def safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
+# Fonts with Hangul, tried in order; matplotlib falls back glyph by glyph along the list (DejaVu has no Hangul:
+# without one of these, Korean labels show as boxes in the PNG, while the tables beside it still read right).
+HANGUL_FONTS = ["Noto Sans CJK KR", "Noto Sans KR", "NanumGothic", "Malgun Gothic", "Apple SD Gothic Neo", "AppleGothic"]
+
+
+def hangul_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in HANGUL_FONTS if name in installed] + ["DejaVu Sans"]
+
+
 def plot_confusion(confusion: dict, title: str, out: Path) -> None:
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,20 +112,22 @@ def plot_confusion(confusion: dict, title: str, out: Path) -> None:
 
     matrix, labels, columns = confusion["matrix"], confusion["labels"], confusion["columns"]
     size = max(3.5, 0.6 * len(columns) + 1.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    peak = max((v for row in matrix for v in row), default=0)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black", fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("reference")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    with plt.rc_context({"font.family": hangul_fonts()}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        peak = max((v for row in matrix for v in row), default=0)
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black", fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("reference")
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out)
+        plt.close(fig)
 
 
 def md_cell(text: str) -> str:
