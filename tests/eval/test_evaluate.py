@@ -16,6 +16,7 @@ from tunesmith.eval.metrics import exact_match
 
 def test_eval_run_with_compare_base_writes_reports_and_metrics(tiny_run, tickets_file, capsys):
     assert main(["eval", str(tiny_run), "--data", str(tickets_file), "--compare", "base", "--max-new-tokens", "4", "--batch-size", "6",
+                 "--metrics", "exact_match,accuracy,bleu,chrf,rouge,perplexity",
                  "--human-sheet", str(tiny_run / "review.csv")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| metric | tiny | base |")
@@ -56,6 +57,16 @@ def test_eval_run_with_compare_base_writes_reports_and_metrics(tiny_run, tickets
     assert "배송이 언제 오나요?" in html
     sheet = (tiny_run / "review.csv").read_bytes()
     assert sheet.startswith(b"\xef\xbb\xbf") and sheet.decode("utf-8-sig").count("\n") == 13
+
+
+def test_default_metrics_follow_the_references(tickets_file, tmp_path):
+    from tunesmith.eval.evaluate import load_eval_data, plan_scoring
+
+    labels = plan_scoring(load_eval_data(str(tickets_file)), None, None, None, None, "lenient", "response")
+    assert labels.metrics == ["exact_match", "accuracy", "perplexity"] and labels.label_from == "closest"
+    free = write_jsonl(tmp_path / "free.jsonl", [{"question": f"q{i}", "answer": f"a long answer number {i}"} for i in range(4)])
+    text = plan_scoring(load_eval_data(str(free)), None, None, None, None, "lenient", "response")
+    assert text.metrics == ["exact_match", "bleu", "chrf", "rouge", "perplexity"] and text.labels is None
 
 
 def test_eval_plain_model_text_rows_give_perplexity_only(stories_path, tmp_path, monkeypatch):

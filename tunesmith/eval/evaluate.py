@@ -103,7 +103,8 @@ def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | 
         return Scoring(["perplexity"], perplexity_scope="text")
     found = labels or label_set(data.references)
     if metrics is None:
-        metrics = ["exact_match", "bleu", "chrf", "rouge", "perplexity"] + (["accuracy"] if found or label_regex else [])
+        # n-gram overlap says nothing about one-word labels (BLEU of a single word is 0 even when it is right).
+        metrics = ["exact_match", "accuracy", "perplexity"] if found or label_regex else ["exact_match", "bleu", "chrf", "rouge", "perplexity"]
     if "accuracy" in metrics and not (found or label_regex or label_from == "first_line"):
         raise TunesmithError("--metrics accuracy: give --labels a,b,c or --label-regex, or use --label-from first_line")
     mode = label_from or ("regex" if label_regex else "closest" if found else "first_line")

@@ -129,7 +129,9 @@ def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int
         if token == pad_id:
             n = k
             break
-    return Completion(cut_at_stop(tokenizer.decode(generated[:n], skip_special_tokens=True), stop), n)
+    # A token budget can end inside a multi-byte character (byte-level BPE): drop the half character.
+    text = tokenizer.decode(generated[:n], skip_special_tokens=True).rstrip("\ufffd")
+    return Completion(cut_at_stop(text, stop), n)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
