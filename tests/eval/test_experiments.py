@@ -61,6 +61,7 @@ def test_runs_compare_writes_table_csv_and_plot(two_runs, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["lr-high", "lr-low"]
     assert [float(r["train.lr"]) for r in rows] == [1e-2, 1e-4]
+    assert "| lr-low | 0.0001 | 3 |" in printed  # config values as written, not rounded
     assert rows[0]["held/accuracy"] == "0.75" and rows[1]["held/accuracy"] == ""
     assert (rows[0]["best_eval_loss"], rows[1]["best_eval_loss"]) == ("2.25", "2.9")
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")

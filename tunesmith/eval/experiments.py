@@ -79,18 +79,27 @@ def differing_keys(configs: list[dict]) -> list[str]:
     return [k for k in keys if k not in ("name", "output_dir") and len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
 
 
-def experiment_table(runs: list[Path], keys: list[str] | None = None) -> tuple[list[str], list[list]]:
+def experiment_table(runs: list[Path], keys: list[str] | None = None) -> tuple[list[str], list[list], int]:
+    """Header, rows, and how many columns after the run name are config keys."""
     configs = [run_config(r) for r in runs]
     metrics = [run_metrics(r) for r in runs]
     keys = keys or differing_keys(configs)
     metric_keys = list(dict.fromkeys(k for m in metrics for k in m))
     headers = ["run", *keys, *metric_keys]
     rows = [[run.name, *(c.get(k, "") for k in keys), *(m.get(k, "") for k in metric_keys)] for run, c, m in zip(runs, configs, metrics)]
-    return headers, rows
+    return headers, rows, len(keys)
 
 
-def shown(headers: list[str], rows: list[list]) -> list[list[str]]:
-    return [[fmt(h.rsplit("/", 1)[-1], v) if isinstance(v, float) else str(v) for h, v in zip(headers, row)] for row in rows]
+def shown(headers: list[str], rows: list[list], n_config: int) -> list[list[str]]:
+    """Cells as text: config values as written (5e-05 stays 5e-05), metrics rounded like eval reports."""
+    def cell(column: int, header: str, value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:g}" if column <= n_config else fmt(header.rsplit("/", 1)[-1], value)
+        return str(value)
+
+    return [[cell(k, h, v) for k, (h, v) in enumerate(zip(headers, row))] for row in rows]
 
 
 def plot_losses(runs: list[Path], out: Path) -> None:
@@ -124,8 +133,8 @@ def list_runs(folder: str) -> str:
     if not runs:
         print(f"no runs in {folder}")
         return ""
-    headers, rows = experiment_table(runs, keys=MAIN_KEYS)
-    text = to_markdown([("table", headers, shown(headers, rows))]).rstrip()
+    headers, rows, n_config = experiment_table(runs, keys=MAIN_KEYS)
+    text = to_markdown([("table", headers, shown(headers, rows, n_config))]).rstrip()
     print(text)
     return text
 
@@ -135,7 +144,7 @@ def compare_runs(paths: list[str], out: str) -> Path:
     missing = [str(p) for p in runs if not is_run_dir(p)]
     if missing:
         raise TunesmithError(f"not a run directory (no config.yaml and template.json): {', '.join(missing)}")
-    headers, rows = experiment_table(runs)
+    headers, rows, n_config = experiment_table(runs)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "compare.csv").open("w", encoding="utf-8-sig", newline="") as f:
@@ -143,8 +152,8 @@ def compare_runs(paths: list[str], out: str) -> Path:
         writer.writerow(headers)
         writer.writerows(rows)
     plot_losses(runs, folder / "loss.png")
-    text = to_markdown([("table", headers, shown(headers, rows)), ("img", "loss.png", "loss curves")])
-    (folder / "compare.md").write_text(text, encoding="utf-8")
-    print(to_markdown([("table", headers, shown(headers, rows))]).rstrip())
+    table = ("table", headers, shown(headers, rows, n_config))
+    (folder / "compare.md").write_text(to_markdown([table, ("img", "loss.png", "loss curves")]), encoding="utf-8")
+    print(to_markdown([table]).rstrip())
     print(f"written: {folder}/compare.md, compare.csv, loss.png")
     return folder
