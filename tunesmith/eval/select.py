@@ -6,13 +6,14 @@ K in-context examples, before any training, and rank them.
 The K examples (drawn once with --seed) come from the data file and are not scored; every candidate
 gets the same examples, the same scored rows and the same decoding. Each candidate uses its own chat
 template (chatml when it has none). Ranked by accuracy for classification-like references, else chrF;
---rank-by names another metric (perplexity ranks lowest first).
+--rank-by names another metric (perplexity ranks lowest first); ties go to the lower perplexity.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def run_select(
     rank_by = rank_by or ("accuracy" if "accuracy" in scoring.metrics else "chrf" if "chrf" in scoring.metrics else scoring.metrics[0])
     if rank_by not in rows[0]:
         raise TunesmithError(f"--rank-by: {rank_by!r} was not computed; computed: {', '.join(k for k in rows[0] if k not in ('model', 'template'))}")
-    rows.sort(key=lambda r: r[rank_by], reverse=rank_by != "perplexity")
+    # Ties (often all zero before fine-tuning) go to the model that finds the references more likely.
+    direction = 1 if rank_by == "perplexity" else -1
+    rows.sort(key=lambda r: (direction * r[rank_by], r.get("perplexity", math.inf)))
     folder = Path(out or Path("evals") / f"select-{Path(data_file).stem}")
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"data": data_file, "few_shot": few_shot, "shot_ids": [data.ids[i] for i in shots], "n": len(task.examples),
