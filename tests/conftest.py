@@ -15,6 +15,28 @@ SMOL_TOKENIZER = FIXTURES / "smollm2_tokenizer"
 STORIES = Path(os.environ.get("TUNESMITH_SHARED", ROOT.parent / "shared")) / "models" / "stories260K"
 
 
+# Ticket classification rows with Korean ones, for tests that need labelled conversations.
+TICKETS = [
+    ("Where is my parcel?", "shipping"), ("I want my money back", "refund"), ("Why was I charged twice?", "billing"),
+    ("배송이 언제 오나요?", "shipping"), ("환불해 주세요", "refund"), ("청구서가 이상해요", "billing"),
+    ("My order is late", "shipping"), ("Refund my order please", "refund"), ("Invoice is wrong", "billing"),
+    ("택배가 안 왔어요", "shipping"), ("돈을 돌려주세요", "refund"), ("결제가 두 번 됐어요", "billing"),
+]
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tickets_file(tmp_path_factory):
+    rows = [{"id": f"k{i}", "prompt": p, "completion": c} for i, (p, c) in enumerate(TICKETS)]
+    return write_jsonl(tmp_path_factory.mktemp("tickets") / "tickets.jsonl", rows)
+
+
 @pytest.fixture(autouse=True)
 def one_thread_for_tiny_models(request):
     """Tiny models run fastest on one thread: with several, every small matmul pays a thread handoff,

@@ -33,11 +33,122 @@ def cmd_train(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from tunesmith.eval.generate import generate, load_for_inference, require_conversation
+    from tunesmith.eval.engines import open_engine
 
-    loaded = load_for_inference(args.target, template=args.template)
-    conversation = require_conversation(args.prompt, args.system or loaded.system_prompt)
-    print(generate(loaded, [conversation], max_new_tokens=args.max_new_tokens, progress=False)[0])
+    if (args.prompt is None) == (args.input is None):
+        raise TunesmithError("generate: give a prompt, or --input prompts.jsonl --output out.jsonl (not both)")
+    if args.input and not args.output:
+        raise TunesmithError("generate --input: also give --output out.jsonl")
+    decoding = decoding_from(args)
+    engine = open_engine(args.target, template=args.template, engine=args.engine, decoding=decoding)
+    if args.input:
+        from tunesmith.eval.batch import generate_file
+
+        n = generate_file(engine, args.input, args.output, decoding, args.batch_size, args.system)
+        print(f"{n} outputs written to {args.output}", file=sys.stderr)
+        return
+    from tunesmith.eval.generate import require_conversation
+
+    conversation = require_conversation(args.prompt, args.system or engine.system_prompt)
+    print(engine.complete([conversation], decoding, progress=False)[0].text)
+
+
+def add_decoding_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """Decoding flags shared by generate, eval and eval select (greedy unless --temperature > 0)."""
+    g = p.add_argument_group("decoding (greedy by default)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0: off")
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0: off")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="cut the output at this string (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"], help="auto: vLLM when installed on a GPU")
+
+
+def decoding_from(args):
+    from tunesmith.eval.engines import Decoding
+
+    return Decoding(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        # A shell passes --stop '\n' as backslash-n: read \n and \t as the characters.
+        stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop],
+        seed=args.seed,
+    )
+
+
+def cmd_eval(args) -> None:
+    from tunesmith.eval.evaluate import run_eval
+
+    run_eval(
+        args.target,
+        args.data,
+        metrics=split_list(args.metrics),
+        compare=args.compare,
+        name=args.name,
+        out=args.out,
+        decoding=decoding_from(args),
+        batch_size=args.batch_size,
+        engine=args.engine,
+        template=args.template,
+        system=args.system,
+        labels=split_list(args.labels),
+        label_from=args.label_from,
+        label_regex=args.label_regex,
+        match=args.match,
+        perplexity_scope=args.perplexity_scope,
+        limit=args.limit,
+        human_sheet=args.human_sheet,
+    )
+
+
+def cmd_eval_select(args) -> None:
+    from tunesmith.eval.select import run_select
+
+    run_select(
+        split_list(args.models) or [],
+        args.data,
+        few_shot=args.few_shot,
+        metrics=split_list(args.metrics),
+        rank_by=args.rank_by,
+        decoding=decoding_from(args),
+        batch_size=args.batch_size,
+        system=args.system,
+        seed=args.seed,
+        limit=args.limit,
+        out=args.out,
+    )
+
+
+def cmd_eval_import_sheet(args) -> None:
+    from tunesmith.eval.sheet import import_sheet
+
+    import_sheet(args.sheet, args.key)
+
+
+def cmd_runs_list(args) -> None:
+    from tunesmith.eval.experiments import list_runs
+
+    list_runs(args.folder)
+
+
+def cmd_runs_compare(args) -> None:
+    from tunesmith.eval.experiments import compare_runs
+
+    compare_runs(args.runs, args.out)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
 
 
 def cmd_score(args) -> None:
@@ -57,6 +168,8 @@ def cmd_quickstart(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tunesmith.eval.metrics import EVAL_METRICS
+
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune, check and serve open LLMs.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,13 +181,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="answer a prompt with a run or a model, using its chat template")
+    p = sub.add_parser(
+        "generate",
+        help="answer a prompt (or a JSONL file of prompts) with a run or a model, using its chat template",
+        description="Answer one prompt, or every row of --input (a 'prompt' string or 'messages' list per row) into --output.",
+    )
     p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
-    p.add_argument("prompt", help="the user message")
+    p.add_argument("prompt", nargs="?", help="the user message")
+    p.add_argument("--input", help="JSONL file of prompts (batch mode)")
+    p.add_argument("--output", help="JSONL file to write: each input row plus 'output'")
     p.add_argument("--system", help="system message (default for a run: the data.system_prompt it was trained with)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    add_decoding_args(p, max_new_tokens=128)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run or model on held-out data; compare, report, review sheets (also: eval select, eval import-sheet)",
+        description="Generate on --data with the model's own template, score, compare with --compare, and write "
+        "predictions.jsonl, metrics.json, report.md and report.html. Also: `tunesmith eval select` (rank base models "
+        "few-shot) and `tunesmith eval import-sheet` (read a filled review sheet).",
+    )
+    p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
+    p.add_argument("--data", required=True, help="eval file, in any training-data format (last assistant turn = reference)")
+    p.add_argument("--metrics", help=f"comma list of {', '.join(EVAL_METRICS)} (default: all that apply)")
+    p.add_argument("--compare", action="append", default=[], metavar="OTHER", help="'base' (the run's base model) or another run/model; repeatable")
+    p.add_argument("--name", help="report name (default: the data file's name)")
+    p.add_argument("--out", help="output folder (default: RUN/eval/NAME, or evals/NAME for a plain model)")
+    p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    p.add_argument("--system", help="system message for every row without one (default: the run's data.system_prompt)")
+    p.add_argument("--labels", help="classification label set, comma-separated (default: detected from short references)")
+    p.add_argument("--label-from", choices=["first_line", "regex", "closest"], help="how a label is read from an output (default: closest with a label set)")
+    p.add_argument("--label-regex", help="regex whose first group (or match) is the label")
+    p.add_argument("--match", default="lenient", choices=["lenient", "first_line", "strict"], help="exact-match normalisation")
+    p.add_argument("--perplexity-scope", default="response", choices=["response", "text"], help="score the reference answer only, or every token")
+    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
+    add_decoding_args(p, max_new_tokens=256)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-select", help="rank candidate base models few-shot on the task, before fine-tuning (tunesmith eval select)")
+    p.add_argument("--models", required=True, help="comma-separated models: folders, hub ids or .gguf files")
+    p.add_argument("--data", required=True, help="task data, in any training-data format")
+    p.add_argument("--few-shot", type=int, default=3, help="in-context examples taken from the data (not scored)")
+    p.add_argument("--metrics", help=f"comma list of {', '.join(EVAL_METRICS)} (default: all that apply)")
+    p.add_argument("--rank-by", help="metric to rank by (default: accuracy for labels, else chrf)")
+    p.add_argument("--system", help="system message for every row without one")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--out", help="output folder (default: evals/select-DATA)")
+    add_decoding_args(p, max_new_tokens=64)
+    p.set_defaults(func=cmd_eval_select)
+
+    p = sub.add_parser("eval-import-sheet", help="read a filled review sheet: mean rating per model, win rates (tunesmith eval import-sheet)")
+    p.add_argument("sheet", help="the CSV written by --human-sheet, with ratings filled in")
+    p.add_argument("--key", help="key file (default: SHEET.key.json next to it)")
+    p.set_defaults(func=cmd_eval_import_sheet)
+
+    p = sub.add_parser("runs", help="the experiment table: list runs, compare their configs and metrics")
+    runs = p.add_subparsers(dest="runs_command", required=True)
+    q = runs.add_parser("list", help="one line per run in a folder")
+    q.add_argument("folder", nargs="?", default="runs")
+    q.set_defaults(func=cmd_runs_list)
+    q = runs.add_parser("compare", help="what differs in the configs, next to the metrics; Markdown, CSV and one loss plot")
+    q.add_argument("runs", nargs="+", help="run directories")
+    q.add_argument("--out", default="runs/compare", help="folder for compare.md, compare.csv and loss.png")
+    q.set_defaults(func=cmd_runs_compare)
 
     p = sub.add_parser("score", help="score preference pairs or prompt/reply rows with a reward model run")
     p.add_argument("run", help="run directory of a `method: reward` run")
@@ -90,7 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `tunesmith eval select ...` and `tunesmith eval import-sheet ...` are the commands eval-select and eval-import-sheet.
+EVAL_SUBCOMMANDS = ("select", "import-sheet")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_SUBCOMMANDS:
+        argv = [f"eval-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

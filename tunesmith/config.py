@@ -104,6 +104,28 @@ class PeftConfig(_Section):
         return values
 
 
+class GenerationEvalConfig(_Section):
+    """Generation metrics during training: at every evaluation, answer a fixed subset of the eval conversations
+    greedily and score the answers; logged to metrics.jsonl as eval_<metric>."""
+
+    metric: Literal["exact_match", "accuracy", "chrf", "bleu", "rougeL"] | None = Field(
+        None,
+        description="Metric computed at every evaluation (train.eval_steps, or each epoch); none: off. accuracy reads "
+        "labels as `tunesmith eval` does (label set detected from the references).",
+    )
+    samples: int = Field(32, gt=0, description="Eval conversations answered each time (the first N of the eval data).")
+    max_new_tokens: int = Field(32, gt=0, description="Longest answer generated for the metric, in tokens.")
+    select_best: bool = Field(
+        False, description="Use this metric (higher is better) instead of eval loss for train.keep_best and early stopping."
+    )
+
+    @model_validator(mode="after")
+    def _select_needs_metric(self) -> GenerationEvalConfig:
+        if self.select_best and self.metric is None:
+            raise ValueError("select_best: needs generation_eval.metric (e.g. exact_match)")
+        return self
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimiser steps.")
@@ -296,6 +318,7 @@ class Recipe(_Section):
     data: DataConfig
     peft: PeftConfig = Field(default_factory=PeftConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    generation_eval: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
     dpo: DpoConfig | None = Field(None, description="Settings of method dpo.")
     kto: KtoConfig | None = Field(None, description="Settings of method kto.")
     reward: RewardModelConfig | None = Field(None, description="Settings of method reward.")
@@ -330,6 +353,17 @@ class Recipe(_Section):
             raise ValueError("model.dtype 'float16' cannot be fully fine-tuned (fp16 weights lose the updates): use bfloat16 or float32, or train adapters")
         if self.peft.method == "none" and (self.peft.rslora or self.peft.dora):
             raise ValueError("peft.rslora and peft.dora apply to LoRA: set peft.method lora or qlora")
+        return self
+
+    @model_validator(mode="after")
+    def _generation_eval_needs_eval_data(self) -> Recipe:
+        if self.generation_eval.metric and not (self.data.eval or self.data.eval_split > 0):
+            raise ValueError("generation_eval.metric needs evaluation data: set data.eval or data.eval_split")
+        if self.generation_eval.metric and self.method != "sft":
+            raise ValueError(
+                f"generation_eval.metric applies to method sft; {self.method} logs its own eval metrics "
+                "(reward accuracies, eval_reward), and `tunesmith eval` scores any run's generations"
+            )
         return self
 
     def _check_method_sections(self) -> None:

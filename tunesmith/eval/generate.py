@@ -1,7 +1,13 @@
 """Load a run (or a plain model) for inference and generate with its template.
 
 A run directory brings its own template (template.json); a plain model uses its tokenizer's chat
-template. Generation is batched with left padding and stops on the template's stop tokens.
+template. Generation is batched with left padding and stops on the template's stop tokens, and
+optionally on stop strings (the output is cut before the first one; a batch ends early once every
+row has hit one).
+
+Two engines give the same output format (a `Completion` per prompt, in input order):
+`TransformersEngine` (any machine) and `VLLMEngine` (used by `open_engine` when vllm is installed and a
+GPU is present). Both are fed the same token ids, rendered with the run's template.
 """
 
 from __future__ import annotations
@@ -56,24 +62,46 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     progress: bool = True,
+    stop: list[str] | None = None,
     **decoding,
 ) -> list[str]:
-    """One completion per conversation (greedy unless decoding says otherwise), in input order."""
+    """One completion per conversation (greedy unless decoding says otherwise), in input order.
+
+    `decoding` goes to transformers' generate as is (do_sample, temperature, num_beams, ...).
+    """
+    prompts = [prompt_ids(loaded.template, loaded.tokenizer, conv) for conv in conversations]
+    completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding)
+    return [c.text for c in completions]
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int      # generated tokens, the end-of-turn token included, padding not
+
+
+def generate_ids(
+    loaded: Loaded, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress: bool, stop: list[str], hf_kwargs: dict
+) -> list[Completion]:
     import torch
     from tqdm.auto import tqdm
 
     tokenizer, model = loaded.tokenizer, loaded.model
     pad_id = tokenizer.pad_token_id
-    do_sample = decoding.pop("do_sample", False)
-    encoded = [prompt_ids(loaded.template, tokenizer, conv) for conv in conversations]
+    stop_ids = set(loaded.template.stop_token_ids)
+    hf_kwargs = dict(hf_kwargs)
+    do_sample = hf_kwargs.pop("do_sample", False)
+    if stop:
+        hf_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
     # Longest first keeps padding low inside each batch; results are put back in input order.
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs: list[str] = [""] * len(encoded)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=f"generate {loaded.name}", disable=not progress, unit="batch"):
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch])
-        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[Completion] = [Completion("", 0)] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=f"generate {loaded.name}", disable=not progress, unit="prompt")
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        input_ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in batch])   # (B, T), left padded
+        attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids.to(model.device),
@@ -82,11 +110,34 @@ def generate(
                 do_sample=do_sample,
                 eos_token_id=loaded.template.stop_token_ids,
                 pad_token_id=pad_id,
-                **decoding,
+                **hf_kwargs,
             )
         for row, i in enumerate(batch):
-            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+            outputs[i] = _completion(out[row, width:].tolist(), tokenizer, stop_ids, pad_id, stop)
+        bar.update(len(batch))
+    bar.close()
     return outputs
+
+
+def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int, stop: list[str]) -> Completion:
+    """Generated ids up to the first stop token (kept) or padding (a row finished by a stop string), decoded and cut."""
+    n = len(generated)
+    for k, token in enumerate(generated):
+        if token in stop_ids:
+            n = k + 1
+            break
+        if token == pad_id:
+            n = k
+            break
+    # A token budget can end inside a multi-byte character (byte-level BPE): drop the half character.
+    text = tokenizer.decode(generated[:n], skip_special_tokens=True).rstrip("\ufffd")
+    return Completion(cut_at_stop(text, stop), n)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The text before the earliest stop string."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
 
 
 def require_conversation(prompt: str | list[dict], system: str | None = None) -> list[dict]:

@@ -88,8 +88,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=t.keep_best or bool(t.early_stopping_patience),
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        **best_metric(recipe),
         report_to=[TRACKERS[recipe.tracking]] if recipe.tracking != "none" else [],
         run_name=recipe.name,
         include_num_input_tokens_seen="non_padding",
@@ -99,6 +98,14 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         disable_tqdm=True,  # ProgressBar below shows loss and tokens/s instead
         dataloader_num_workers=0,
     )
+
+
+def best_metric(recipe: Recipe) -> dict:
+    """What keep_best and early stopping compare: eval loss, or a generation metric (higher is better)."""
+    gen = recipe.generation_eval
+    if gen.select_best:
+        return dict(metric_for_best_model=f"eval_{gen.metric}", greater_is_better=True)
+    return dict(metric_for_best_model="eval_loss", greater_is_better=False)
 
 
 class MetricsLogger(TrainerCallback):
@@ -167,3 +174,63 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class GenerationEval(TrainerCallback):
+    """At every evaluation: greedy answers to a fixed subset of eval conversations, scored and added to the eval
+    metrics as eval_<metric>, before early stopping and best-checkpoint selection read them (so it must come
+    before EarlyStoppingCallback in the callback list), and appended to metrics.jsonl."""
+
+    def __init__(self, run: RunDir, metric: str, template, conversations: list[list[dict]], references: list[str], max_new_tokens: int):
+        self.run, self.metric, self.template = run, metric, template
+        self.conversations, self.references, self.max_new_tokens = conversations, references, max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
+        from tunesmith.eval.generate import Loaded, generate
+
+        was_training = model.training
+        model.eval()
+        loaded = Loaded(model, processing_class, self.template, "eval")
+        outputs = generate(loaded, self.conversations, self.max_new_tokens, args.per_device_eval_batch_size, progress=False)
+        model.train(was_training)
+        key = f"eval_{self.metric}"
+        value = generation_score(self.metric, outputs, self.references)
+        if metrics is not None:
+            metrics[key] = value
+        if state.is_world_process_zero:
+            self.run.append_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), key: value})
+
+
+def generation_score(metric: str, outputs: list[str], references: list[str]) -> float:
+    """One number, scored as `tunesmith eval` scores it (accuracy: labels detected from the references)."""
+    from tunesmith.eval.classification import label_set
+    from tunesmith.eval.evaluate import Scoring, score_outputs
+
+    labels = label_set(references) if metric == "accuracy" else None
+    scoring = Scoring(["rouge" if metric == "rougeL" else metric], labels, "closest" if labels else "first_line")
+    return score_outputs(outputs, references, scoring)[0][metric]
+
+
+def generation_eval_callbacks(recipe: Recipe, run: RunDir) -> list[TrainerCallback]:
+    """The GenerationEval callback the recipe asks for (none when generation_eval.metric is unset).
+
+    The eval conversations are read again, as prepare_data read them: the eval files, or the same seeded
+    split of the training files."""
+    gen = recipe.generation_eval
+    if gen.metric is None:
+        return []
+    from tunesmith.data.load import load_examples
+    from tunesmith.data.prepare import split_eval
+    from tunesmith.data.templates import ChatTemplate
+
+    cfg = recipe.data
+
+    def read(files):
+        return [e for f in files for e in load_examples(f, cfg.format, cfg.columns, cfg.system_prompt, cfg.on_bad_row)[0]]
+
+    examples = read(cfg.eval) if cfg.eval else split_eval(read(cfg.train), cfg.eval_split, recipe.train.seed)[1]
+    if examples[0].messages is None:
+        raise TunesmithError("generation_eval.metric: the eval data is plain text, with no answers to generate; unset it")
+    examples = examples[: gen.samples]
+    template = ChatTemplate.load(run.path / "template.json")
+    return [GenerationEval(run, gen.metric, template, [e.messages[:-1] for e in examples], [e.messages[-1]["content"] for e in examples], gen.max_new_tokens)]

@@ -16,7 +16,7 @@ from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, trim_metrics
+from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, generation_eval_callbacks, trim_metrics
 from tunesmith.runs import RunDir, environment, plot_loss
 
 console = Console(stderr=True, soft_wrap=True)
@@ -72,11 +72,12 @@ def describe(run: RunDir, model, recipe: Recipe, source, what: str) -> None:
 
 
 def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
-    """metrics.jsonl, the progress bar, early stopping when asked, then the caller's own."""
+    """metrics.jsonl, the progress bar, generation metrics and early stopping when asked, then the caller's own.
+    Generation metrics join the eval metrics before early stopping and best-checkpoint selection read them."""
     from transformers import EarlyStoppingCallback
 
     stopping = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
-    return [MetricsLogger(run), ProgressBar(), *stopping, *(callbacks or [])]
+    return [MetricsLogger(run), ProgressBar(), *generation_eval_callbacks(recipe, run), *stopping, *(callbacks or [])]
 
 
 # dpo losses that score replies without a reference policy.

@@ -1,0 +1,302 @@
+"""`tunesmith eval RUN_OR_MODEL --data FILE [--compare base ...]`: generate on held-out data with the
+template the model was trained with, score, compare, and write a report.
+
+    tunesmith eval runs/quickstart --data examples/data/support_tickets/heldout.jsonl --compare base
+
+Eval data is read like training data (same files and formats): the last assistant turn of each row is
+the reference and the messages before it the prompt; `text` rows are scored by perplexity only. A run
+brings its template and the system prompt it was trained with; `--compare base` is the run's base model
+with that same template and system prompt. Every model sees the same rows and the same decoding.
+
+Writes `<run>/eval/<name>/` (a plain model: `--out`, default `evals/<name>/`): predictions.jsonl,
+metrics.json, report.md and report.html (one file, opens offline).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.data.formats import Example
+from tunesmith.data.load import load_examples, read_rows
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.classification import classification_report, extract_label, label_set
+from tunesmith.eval.engines import Decoding
+from tunesmith.eval.metrics import EVAL_METRICS, bleu, chrf, exact_match, normalize, perplexity, rouge
+from tunesmith.runs import RunDir, is_run_dir
+
+# How exact match compares an output with its reference (keyword arguments of metrics.normalize).
+MATCH_MODES = {
+    "lenient": {},                                     # NFKC, lowercase, outer punctuation and extra spaces dropped
+    "first_line": {"first_line": True},                # the same, on the first non-empty line of the output
+    "strict": {"lower": False, "strip_punct": False},  # case and punctuation count
+}
+
+
+@dataclass
+class EvalData:
+    file: str
+    examples: list[Example]
+    ids: list[str]
+
+    @property
+    def is_text(self) -> bool:
+        return self.examples[0].text is not None
+
+    @property
+    def references(self) -> list[str]:
+        return [] if self.is_text else [e.messages[-1]["content"] for e in self.examples]
+
+    def prompts(self, system: str | None) -> list[list[dict]]:
+        """Each conversation without its answer; `system` is added where a row has no system message."""
+        return [with_system(e.messages[:-1], system) for e in self.examples]
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if system and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system}, *messages]
+    return list(messages)
+
+
+def load_eval_data(path: str, fmt: str = "auto", columns: dict | None = None, limit: int | None = None) -> EvalData:
+    examples, _ = load_examples(path, fmt=fmt, columns=columns)
+    # Row ids: the file's own "id" field where it has one, else the row's place in the file.
+    ids_by_place = {where: row.get("id") for where, row in read_rows(path) if isinstance(row, dict)}
+    ids = [str(ids_by_place[e.where]) if ids_by_place.get(e.where) is not None else place(e.where) for e in examples]
+    if limit:
+        examples, ids = examples[:limit], ids[:limit]
+    return EvalData(path, examples, ids)
+
+
+def place(where: str) -> str:
+    """'data.jsonl:12' -> '12', 'data.parquet:row 3' -> '3': the row's number in its file."""
+    return where.rsplit(":", 1)[-1].replace("row ", "").replace("item ", "")
+
+
+@dataclass
+class Scoring:
+    """What to compute, decided once for all models."""
+
+    metrics: list[str]
+    labels: list[str] | None = None
+    label_from: str = "closest"
+    label_regex: str | None = None
+    match: str = "lenient"
+    bleu_tokenize: str = "auto"
+    perplexity_scope: str = "response"
+
+
+def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | None, label_from: str | None,
+                 label_regex: str | None, match: str, perplexity_scope: str, human_sheet: str | None = None) -> Scoring:
+    unknown = [m for m in metrics or [] if m not in EVAL_METRICS]
+    if unknown:
+        raise TunesmithError(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
+    if match not in MATCH_MODES:
+        raise TunesmithError(f"--match: {match!r} is not one of {', '.join(MATCH_MODES)}")
+    if data.is_text:
+        if human_sheet:
+            raise TunesmithError(f"--human-sheet: {data.file} holds text rows, with no prompts to answer")
+        if metrics and metrics != ["perplexity"]:
+            raise TunesmithError(f"{data.file}: text rows have no reference answer; only perplexity applies (got --metrics {','.join(metrics)})")
+        return Scoring(["perplexity"], perplexity_scope="text")
+    found = labels or label_set(data.references)
+    if metrics is None:
+        # n-gram overlap says nothing about one-word labels (BLEU of a single word is 0 even when it is right).
+        metrics = ["exact_match", "accuracy", "perplexity"] if found or label_regex else ["exact_match", "bleu", "chrf", "rouge", "perplexity"]
+    if "accuracy" in metrics and not (found or label_regex or label_from == "first_line"):
+        raise TunesmithError("--metrics accuracy: give --labels a,b,c or --label-regex, or use --label-from first_line")
+    mode = label_from or ("regex" if label_regex else "closest" if found else "first_line")
+    return Scoring(metrics, [normalize(label) for label in found] if found else None, mode, label_regex, match, perplexity_scope=perplexity_scope)
+
+
+def score_outputs(outputs: list[str], references: list[str], scoring: Scoring) -> tuple[dict, dict]:
+    """Flat metric numbers and the details behind them (classification report, BLEU tokenizer)."""
+    flat, details = {}, {}
+    if "exact_match" in scoring.metrics:
+        flat["exact_match"] = exact_match(outputs, references, **MATCH_MODES[scoring.match])
+    if "accuracy" in scoring.metrics:
+        predicted = [extract_label(o, scoring.label_from, scoring.labels, scoring.label_regex) for o in outputs]
+        report = classification_report(predicted, [normalize(r) for r in references], scoring.labels)
+        flat["accuracy"], flat["macro_f1"] = report["accuracy"], report["macro_f1"]
+        details["classification"] = report
+        details["predicted_labels"] = predicted
+    if "bleu" in scoring.metrics:
+        flat["bleu"], details["bleu_tokenize"] = bleu(outputs, references, scoring.bleu_tokenize)
+    if "chrf" in scoring.metrics:
+        flat["chrf"] = chrf(outputs, references)
+    if "rouge" in scoring.metrics:
+        flat.update(rouge(outputs, references))
+    return flat, details
+
+
+@dataclass
+class ModelResult:
+    name: str
+    target: str
+    outputs: list[str]
+    metrics: dict
+    details: dict = field(default_factory=dict)
+
+
+def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding, batch_size: int, system: str | None) -> ModelResult:
+    outputs, flat, details = [], {}, {"engine": engine.name_of_engine}
+    system = system if system is not None else engine.system_prompt
+    if not data.is_text and scoring.metrics != ["perplexity"]:
+        completions = engine.complete(data.prompts(system), decoding, batch_size=batch_size)
+        outputs = [c.text for c in completions]
+        flat, more = score_outputs(outputs, data.references, scoring)
+        details.update(more, generated_tokens=sum(c.tokens for c in completions))
+    if "perplexity" in scoring.metrics:
+        if engine.name_of_engine != "transformers":
+            details["perplexity"] = "not computed: needs the transformers engine (--engine transformers)"
+        else:
+            from tunesmith.eval.perplexity import nll_sums
+
+            examples = data.examples if data.is_text else [
+                Example(with_system(e.messages, system), None, e.where) for e in data.examples
+            ]
+            sums, counts = nll_sums(engine.loaded, examples, scope=scoring.perplexity_scope, batch_size=batch_size)
+            flat["perplexity"] = perplexity(sums, counts)
+            details["perplexity_tokens"] = sum(counts)
+            details["perplexity_scope"] = scoring.perplexity_scope
+    return ModelResult(engine.name, "", outputs, flat, details)
+
+
+def open_target(spec: str, primary: str, template: str, engine: str, decoding: Decoding):
+    """The engine for `spec`: 'base' is the primary run's base model; anything else a run or a model."""
+    from tunesmith.eval.engines import open_base_of_run, open_engine
+
+    if spec == "base":
+        if not is_run_dir(primary):
+            raise TunesmithError(f"--compare base: {primary} is not a run directory, so it has no base model; name the model instead")
+        return open_base_of_run(primary), str(RunDir(Path(primary)).recipe().model.path)
+    return open_engine(spec, template=template, engine=engine, decoding=decoding), spec
+
+
+def output_dir(target: str, name: str, out: str | None) -> Path:
+    if out:
+        return Path(out)
+    return Path(target) / "eval" / name if is_run_dir(target) else Path("evals") / name
+
+
+def run_eval(
+    target: str,
+    data_file: str,
+    metrics: list[str] | None = None,
+    compare: list[str] = (),
+    name: str | None = None,
+    out: str | None = None,
+    decoding: Decoding | None = None,
+    batch_size: int = 8,
+    engine: str = "auto",
+    template: str = "model",
+    system: str | None = None,
+    labels: list[str] | None = None,
+    label_from: str | None = None,
+    label_regex: str | None = None,
+    match: str = "lenient",
+    perplexity_scope: str = "response",
+    limit: int | None = None,
+    human_sheet: str | None = None,
+) -> dict:
+    """Evaluate `target` (and each of `compare`) on `data_file`; returns what metrics.json holds."""
+    from tunesmith.eval.report import print_summary, write_report
+
+    decoding = decoding or Decoding()
+    data = load_eval_data(data_file, limit=limit)
+    scoring = plan_scoring(data, metrics, labels, label_from, label_regex, match, perplexity_scope, human_sheet)
+    name = name or Path(data_file.split("::")[0]).stem
+    folder = output_dir(target, name, out)
+    results: list[ModelResult] = []
+    primary_system = system
+    for spec in [target, *compare]:
+        model, origin = open_target(spec, target, template, engine, decoding)
+        if not results and primary_system is None:
+            primary_system = model.system_prompt
+        # A plain model compared with a run gets the run's system prompt: the same prompts for every model.
+        own = system if system is not None else (model.system_prompt if model.system_prompt is not None else primary_system)
+        result = evaluate_model(model, data, scoring, decoding, batch_size, own)
+        result.target = origin
+        result.name = unique_name(result.name if spec != "base" else "base", [r.name for r in results])
+        results.append(result)
+        del model
+        gc.collect()
+    differ = differing_rows(data, results, scoring) if len(results) > 1 else []
+    summary = build_summary(name, data, results, scoring, decoding, differ)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_predictions(folder / "predictions.jsonl", data, results, primary_system)
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_report(folder, summary, data, results, differ, run=target if is_run_dir(target) else None)
+    if human_sheet:
+        from tunesmith.eval.sheet import write_sheet
+
+        write_sheet(human_sheet, data.ids, [prompt_text(p) for p in data.prompts(None)] if not data.is_text else [],
+                    data.references, {r.name: r.outputs for r in results})
+    print_summary(summary, data, results, differ, folder, human_sheet)
+    return summary
+
+
+def unique_name(name: str, taken: list[str]) -> str:
+    candidate, k = name, 2
+    while candidate in taken:
+        candidate, k = f"{name}-{k}", k + 1
+    return candidate
+
+
+def build_summary(name: str, data: EvalData, results: list[ModelResult], scoring: Scoring, decoding: Decoding, differ: list[int]) -> dict:
+    """The metrics.json contract: flat numbers for the target, per-model numbers under compare, the rest in details."""
+    first, others = results[0], results[1:]
+    return {
+        "name": name,
+        "target": first.target,
+        "data": data.file,
+        "n": len(data.examples),
+        "metrics": first.metrics,
+        "compare": {r.name: r.metrics for r in others},
+        "details": {
+            "models": {r.name: {"target": r.target, **{k: v for k, v in r.details.items() if k != "predicted_labels"}} for r in results},
+            "target_name": first.name,
+            "metrics_requested": scoring.metrics,
+            "labels": scoring.labels,
+            "label_from": scoring.label_from if "accuracy" in scoring.metrics else None,
+            "match": scoring.match,
+            "differences": len(differ),
+        },
+        "decoding": decoding.to_dict(),
+    }
+
+
+def comparable(output: str, scoring: Scoring) -> str:
+    """What counts as 'the same answer': the extracted label for classification, else the normalised text."""
+    if "accuracy" in scoring.metrics:
+        return extract_label(output, scoring.label_from, scoring.labels, scoring.label_regex)
+    return normalize(output, **MATCH_MODES[scoring.match])
+
+
+def differing_rows(data: EvalData, results: list[ModelResult], scoring: Scoring) -> list[int]:
+    """Rows where the models' answers differ (by `comparable`)."""
+    if data.is_text or not results[0].outputs:
+        return []
+    return [i for i in range(len(data.examples)) if len({comparable(r.outputs[i], scoring) for r in results}) > 1]
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """A conversation as a reviewer reads it: the user message alone, or every turn prefixed by its role."""
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+
+
+def write_predictions(path: Path, data: EvalData, results: list[ModelResult], system: str | None) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for i, example in enumerate(data.examples):
+            row = {"id": data.ids[i]}
+            if data.is_text:
+                row["text"] = example.text
+            else:
+                row.update(prompt=with_system(example.messages[:-1], system), reference=data.references[i])
+                row["outputs"] = {r.name: r.outputs[i] for r in results}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
