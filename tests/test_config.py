@@ -399,3 +399,16 @@ def test_method_keys_are_listed_with_their_meaning():
     assert rows["dpo.loss"][0] == "'sigmoid'" and "arXiv:2305.18290" in rows["dpo.loss"][1]
     assert rows["grpo.rewards[].type"][0] == "(required)"
     assert rows["ppo.reward_model"][0] == "(required)"
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "reward", "grpo", "ppo"])
+def test_a_resolved_config_validates_again(method, tmp_path):
+    """config.yaml holds every key, defaults included: reading a run back must not trip the checks."""
+    from tunesmith.config import validate
+    from tunesmith.runs import RunDir
+
+    sections = {"grpo": {"rewards": [{"type": "regex", "pattern": "x"}]}, "ppo": {"reward_model": "r"}}
+    recipe = validate({"model": {"path": "m"}, "data": {"train": "t"}, "method": method, **({method: sections[method]} if method in sections else {})})
+    run = RunDir(tmp_path)
+    run.write_config(recipe)
+    assert run.recipe() == recipe

@@ -191,11 +191,13 @@ class DpoConfig(_Section):
             raise ValueError("label_smoothing: loss 'robust' needs a value > 0 (e.g. 0.1); with 0 it is plain sigmoid DPO")
         if self.loss != "robust" and self.label_smoothing:
             raise ValueError(f"label_smoothing: applies to loss 'robust' only (loss is {self.loss!r})")
-        if self.loss != "simpo" and "simpo_gamma" in self.model_fields_set:
+        # Compared with the defaults, not with the keys given: a run's resolved config.yaml holds every key.
+        defaults = {name: info.default for name, info in type(self).model_fields.items()}
+        if self.loss != "simpo" and self.simpo_gamma != defaults["simpo_gamma"]:
             raise ValueError(f"simpo_gamma: applies to loss 'simpo' only (loss is {self.loss!r})")
         if self.loss in REFERENCE_FREE:
             for key in ("reference", "precompute_reference"):
-                if key in self.model_fields_set:
+                if getattr(self, key) != defaults[key]:
                     raise ValueError(f"{key}: loss {self.loss!r} is reference-free; remove the key")
         return self
 

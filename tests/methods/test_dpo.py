@@ -236,3 +236,27 @@ def test_dpo_starts_from_an_sft_runs_adapter_with_its_template(stories_path, pai
     expected = torch.stack([sequence_logps(sft_model, row["prompt_ids"], row["chosen_ids"]) for row in rows]).mean()
     first = next(rec for rec in run.metrics() if "loss" in rec)
     assert first["logps/chosen"] == pytest.approx(expected.item(), abs=1e-2)
+
+
+def test_eval_reports_the_implicit_reward_accuracy_of_a_dpo_run(stories_path, pairs_file, tmp_path, capsys):
+    """`tunesmith eval RUN --data pairs`: beta * (log p_policy - log p_reference) of each reply, independently
+    recomputed here from the adapter model and the base model."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.cli import main
+
+    run = train(recipe(stories_path, pairs_file, tmp_path / "run", dpo={"beta": 0.5}, train={"max_steps": 4}))
+    assert main(["eval", str(run.path), "--data", pairs_file, "--name", "pairs"]) == 0
+    assert "reward_accuracy" in capsys.readouterr().out
+    summary = json.loads((run.path / "eval" / "pairs" / "metrics.json").read_text())
+
+    rows = prepared_rows(recipe(stories_path, pairs_file, tmp_path / "x"))
+    policy = AutoPeftModelForCausalLM.from_pretrained(run.path / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(stories_path).eval()
+    rewards = {k: torch.stack([0.5 * (sequence_logps(policy, r["prompt_ids"], r[k]) - sequence_logps(base, r["prompt_ids"], r[k])) for r in rows])
+               for k in ("chosen_ids", "rejected_ids")}
+    expected = (rewards["chosen_ids"] > rewards["rejected_ids"]).float().mean().item()
+    assert summary["n"] == 8 and summary["metrics"]["reward_accuracy"] == pytest.approx(expected)
+    assert summary["metrics"]["reward_margin"] == pytest.approx((rewards["chosen_ids"] - rewards["rejected_ids"]).mean().item(), abs=1e-3)
+    assert summary["metrics"]["reward_accuracy"] >= 0.75

@@ -202,7 +202,13 @@ def run_eval(
     human_sheet: str | None = None,
 ) -> dict:
     """Evaluate `target` (and each of `compare`) on `data_file`; returns what metrics.json holds."""
+    from tunesmith.eval.preference import is_preference_file, run_preference_eval
     from tunesmith.eval.report import print_summary, write_report
+
+    if is_preference_file(data_file):  # pairs: reward accuracy, not generation
+        if compare or human_sheet:
+            raise TunesmithError(f"{data_file}: preference pairs are scored by reward accuracy; --compare and --human-sheet need conversations")
+        return run_preference_eval(target, data_file, name, out, system, batch_size, limit)
 
     decoding = decoding or Decoding()
     data = load_eval_data(data_file, limit=limit)
