@@ -66,3 +66,10 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_words(tmp_path_factory) -> Path:
+    """Like tiny_llama, but greedy generation writes a repeated word, where seed 0's model writes only
+    newlines: for tests that need non-empty generations."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama_words"), seed=1)
