@@ -50,7 +50,8 @@ def cmd_constitution(args) -> None:
 
     decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed)
     run(args.model, args.prompts, args.principles, args.out, rounds=args.rounds, batch_size=args.batch_size, decoding=decoding,
-        critique_template=args.critique_template, revision_template=args.revision_template, system=args.system, template=args.template)
+        critique_template=args.critique_template, revision_template=args.revision_template, system=args.system, template=args.template,
+        truncated=args.truncated)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="top-k sampling (with --temperature)")
     p.add_argument("--repetition-penalty", type=float, help="above 1 discourages repeats")
     p.add_argument("--seed", type=int, default=42, help="sampling seed")
+    p.add_argument("--truncated", choices=("drop", "keep"), default="drop",
+                   help="rows whose answers used up --max-new-tokens (likely cut off): drop them, counted (default), or keep them")
     p.add_argument("--critique-template", help="Jinja file for the critique request (default: built in)")
     p.add_argument("--revision-template", help="Jinja file for the revision request (default: built in)")
     p.add_argument("--system", help="system message for answering (default for a run: its data.system_prompt)")

@@ -70,6 +70,7 @@ def write(tmp_path, name, text):
         ("- name: a\n  critique: c\n  revision: r\n- name: a\n  critique: d\n  revision: s\n", r"\[1\]\.name: 'a' is already the name of \[0\]"),
         ("name: a\ncritique: c\n", r"expected a non-empty list of principles.*found an object"),
         ("[]\n", r"found an empty list"),
+        ("- be nice\n", r"\[0\]: 'be nice': expected a mapping with keys name, critique, revision"),
         ("- name: [a\n", r"not valid YAML"),
     ],
 )
@@ -300,6 +301,28 @@ def test_sft_dataset_trains_with_the_sft_method(tiny_llama, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
 
 
+def test_texts_that_hit_the_token_limit_are_dropped_and_counted_or_kept(tmp_path):
+    drafts = {"Cut first q": ["long answer…", "short answer"], "Cut final q": ["a0", "rambling…"], "Cut pass q": ["ok…"]}
+    model = Scripted(drafts, {"short answer": "NO_PROBLEM", "ok…": "NO_PROBLEM"})
+    traces = self_critique(inputs_for(tmp_path, list(drafts)), model, rounds=1, say=lambda _: None, cut=lambda text: text.endswith("…"))
+    assert [(t.response_truncated, t.final_truncated) for t in traces] == [(True, False), (False, True), (True, True)]
+    assert [r["revision_truncated"] for r in traces[1].rounds] == [True]
+
+    dropped = build_datasets(traces)
+    assert dropped.sft == [{"prompt": "Cut first q", "completion": "short answer"}]
+    assert dropped.sft_dropped == {"truncated": 2}
+    assert dropped.preference == [] and dropped.preference_dropped == {"truncated": 2, "no_problem_found": 1}
+    kept = build_datasets(traces, truncated="keep")
+    assert len(kept.sft) == 3 and len(kept.preference) == 2 and kept.sft_dropped == {}
+
+    report = produce(inputs_for(tmp_path, list(drafts)), Scripted(drafts, model.verdicts), tmp_path / "out", rounds=1,
+                     meta={"model": "scripted"}, say=lambda _: None, cut=lambda text: text.endswith("…"))
+    assert report["hit_token_limit"] == {"responses": 2, "revisions": 1}
+    assert "token limit:  2 first answers and 1 revisions used up --max-new-tokens" in render_summary(report, tmp_path / "out")
+    with pytest.raises(TunesmithError, match="--truncated: 'cut' is not one of drop, keep"):
+        produce(inputs_for(tmp_path, ["Q"]), model, tmp_path / "other", rounds=1, truncated="cut")
+
+
 def test_template_overrides_are_used(tmp_path):
     critique = write(tmp_path, "critique.jinja", "JUDGE [{{ principle.name }}] {{ prompt }} => {{ response }}\n")
     revision = write(tmp_path, "revision.jinja", "FIX {{ prompt }} => {{ response }} because {% for c in critiques %}{{ c.principle.name }}:{{ c.verdict }};{% endfor %}")
@@ -359,13 +382,15 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_llama_words, tmp_path, capsys):
     principles = write(tmp_path, "principles.yaml", PRINCIPLES)
     out = tmp_path / "out"
     code = main(["constitution", "--model", str(model), "--prompts", prompts, "--principles", principles, "--out", str(out),
-                 "--rounds", "1", "--max-new-tokens", "6", "--batch-size", "4", "--system", "Be brief."])
+                 "--rounds", "1", "--max-new-tokens", "6", "--batch-size", "4", "--system", "Be brief.", "--truncated", "keep"])
     assert code == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["model"] == str(model) and report["system_prompt"] == "Be brief." and report["decoding"]["max_new_tokens"] == 6
     # A random model never writes a verdict line: every critique is unparsed, so every answer is revised once.
     assert report["critiques"] == {"total": 6, "no_problem": 0, "problem": 0, "unparsed": 6}
     assert report["rounds_used"] == {"0": 0, "1": 3} and report["stopped"]["max_rounds"] == 3
+    # 6 tokens of a model that never says EOS: every text is cut off, and counted as such
+    assert report["hit_token_limit"] == {"responses": 3, "revisions": 3} and report["truncated"] == "keep"
     trace = [json.loads(line) for line in (out / "trace.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [t["id"] for t in trace] == ["1", "2", "chat"] and all(t["rounds"][0]["revision"] == t["final"] for t in trace)
     examples, load_report = load_examples(out / "sft.jsonl")

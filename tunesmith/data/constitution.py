@@ -13,7 +13,12 @@ say NO_PROBLEM, and revise the others; last, write into the output folder:
     sft.jsonl         prompt -> final answer (prompt_completion format)
     preference.jsonl  prompt, chosen = final answer, rejected = first answer
     trace.jsonl       one line per prompt: the first answer, every round's critiques and revision
-    report.json       counts: prompts read, revised, rounds used, stop reasons, verdicts, kept/dropped
+    report.json       counts: prompts read, revised, rounds used (revisions made per prompt: 0 when
+                      the first answer passed), stop reasons, verdicts, kept/dropped by reason
+
+An answer or revision that used up --max-new-tokens was most likely cut off mid-sentence; training on
+it would teach the model to stop there. Such rows are dropped (reason `truncated`, counted) unless
+truncated="keep". The tokens are counted by re-encoding the text, so this is a close estimate.
 
 Deviation from the paper, which samples one principle per round: every round checks every principle,
 and one revision addresses all the critiques that found a problem. A revision is not critiqued again
@@ -57,6 +62,8 @@ STOPS = ("no_problem", "max_rounds", "empty_response", "empty_revision")
 
 # conversations in, one completion per conversation out (in order): eval.generate.generate with its settings bound.
 GenerateFn = Callable[[list[list[dict]]], list[str]]
+# whether a generated text used up the token limit (so was probably cut off)
+CutFn = Callable[[str], bool]
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
@@ -105,6 +112,8 @@ def _principle_error(e: dict) -> str:
         return f"{loc}: required key is missing"
     if e["type"] == "string_too_short":
         return f"{loc}: empty; write the text"
+    if e["type"] == "model_type":
+        return f"{loc}: {e.get('input')!r}: expected a mapping with keys {', '.join(Principle.model_fields)}"
     return f"{loc}: {e.get('input')!r}: {e['msg']}"
 
 
@@ -277,6 +286,8 @@ class Trace:
     rounds: list[dict] = field(default_factory=list)   # {round, critiques: [{principle, verdict, text}], revision}
     final: str = ""
     stop: str | None = None             # one of STOPS once finished
+    response_truncated: bool = False    # the first answer used up the token limit
+    final_truncated: bool = False
 
     @property
     def revisions(self) -> int:
@@ -284,13 +295,15 @@ class Trace:
 
 
 def self_critique(
-    inputs: Inputs, generate: GenerateFn, rounds: int, system_prompt: str | None = None, say: Callable[[str], None] = print
+    inputs: Inputs, generate: GenerateFn, rounds: int, system_prompt: str | None = None,
+    say: Callable[[str], None] = print, cut: CutFn = lambda text: False,
 ) -> list[Trace]:
     """Answer, then critique and revise up to `rounds` times; each step is one batched generate call."""
     traces = [Trace(p.id, p.prompt, conversation_for(p.prompt, system_prompt)) for p in inputs.prompts]
     say(f"answering {len(traces)} prompts")
     for trace, text in zip(traces, generate([t.conversation for t in traces]), strict=True):
         trace.response = trace.final = text.strip()
+        trace.response_truncated = trace.final_truncated = cut(text)
         if not trace.final:
             trace.stop = "empty_response"
 
@@ -303,7 +316,7 @@ def self_critique(
         requests = [(t, p) for t in active for p in inputs.principles]
         asks = [render(inputs.templates, "critique", principle=p, **_context(t)) for t, p in requests]
         for t in active:
-            t.rounds.append({"round": number, "critiques": [], "revision": None})
+            t.rounds.append({"round": number, "critiques": [], "revision": None, "revision_truncated": False})
         for (t, p), text in zip(requests, generate(asks), strict=True):
             t.rounds[-1]["critiques"].append({"principle": p.name, "verdict": parse_verdict(text), "text": text.strip()})
 
@@ -322,6 +335,7 @@ def self_critique(
             asks.append(render(inputs.templates, "revision", critiques=found, **_context(t)))
         for t, text in zip(to_revise, generate(asks), strict=True):
             t.final = t.rounds[-1]["revision"] = text.strip()
+            t.final_truncated = t.rounds[-1]["revision_truncated"] = cut(text)
             if not t.final:
                 t.stop = "empty_revision"
     for t in traces:
@@ -341,25 +355,34 @@ class Datasets:
     preference_dropped: dict[str, int] = field(default_factory=dict)
 
 
-def build_datasets(traces: list[Trace]) -> Datasets:
+def build_datasets(traces: list[Trace], truncated: str = "drop") -> Datasets:
     """Rows for sft.jsonl and preference.jsonl; every prompt left out is counted under its reason.
 
     Both drop `empty_response` (the first answer was empty, nothing was critiqued) and `empty_revision`
     (a revision came back empty). The preference set also drops prompts whose final answer equals the
     first one: `no_problem_found` (the first answer passed every critique) and `revision_identical`.
+    With truncated="drop", a row whose texts used up the token limit is dropped as `truncated`.
     """
     data = Datasets()
+
+    def drop(dropped: dict[str, int], reason: str) -> None:
+        dropped[reason] = dropped.get(reason, 0) + 1
+
     for t in traces:
         if t.stop in ("empty_response", "empty_revision"):
-            for dropped in (data.sft_dropped, data.preference_dropped):
-                dropped[t.stop] = dropped.get(t.stop, 0) + 1
+            drop(data.sft_dropped, t.stop)
+            drop(data.preference_dropped, t.stop)
             continue
-        data.sft.append({"prompt": t.prompt, "completion": _reply(t.prompt, t.final)})
+        if t.final_truncated and truncated == "drop":
+            drop(data.sft_dropped, "truncated")
+        else:
+            data.sft.append({"prompt": t.prompt, "completion": _reply(t.prompt, t.final)})
         if t.final == t.response:
-            reason = "no_problem_found" if t.revisions == 0 else "revision_identical"
-            data.preference_dropped[reason] = data.preference_dropped.get(reason, 0) + 1
-            continue
-        data.preference.append({"prompt": t.prompt, "chosen": _reply(t.prompt, t.final), "rejected": _reply(t.prompt, t.response)})
+            drop(data.preference_dropped, "no_problem_found" if t.revisions == 0 else "revision_identical")
+        elif (t.final_truncated or t.response_truncated) and truncated == "drop":
+            drop(data.preference_dropped, "truncated")
+        else:
+            data.preference.append({"prompt": t.prompt, "chosen": _reply(t.prompt, t.final), "rejected": _reply(t.prompt, t.response)})
     return data
 
 
@@ -377,6 +400,10 @@ def summarize(traces: list[Trace], data: Datasets, rounds: int) -> dict:
         "rounds_used": {str(n): used[n] for n in range(rounds + 1)},
         "stopped": {stop: sum(t.stop == stop for t in traces) for stop in STOPS},
         "critiques": {"total": sum(verdicts.values()), **{v: verdicts[v] for v in ("no_problem", "problem", "unparsed")}},
+        "hit_token_limit": {
+            "responses": sum(t.response_truncated for t in traces),
+            "revisions": sum(r["revision_truncated"] for t in traces for r in t.rounds),
+        },
         "sft": {"kept": len(data.sft), "dropped": data.sft_dropped},
         "preference": {"kept": len(data.preference), "dropped": data.preference_dropped},
     }
@@ -394,12 +421,24 @@ def render_summary(report: dict, out: Path) -> str:
         f"  stopped:      {counts(report['stopped'])}",
         f"  critiques:    {c['total']} (no_problem {c['no_problem']}, problem {c['problem']}, unparsed {c['unparsed']}: treated as problems)",
     ]
+    hit = report["hit_token_limit"]
+    if hit["responses"] or hit["revisions"]:
+        lines.append(f"  token limit:  {hit['responses']} first answers and {hit['revisions']} revisions used up --max-new-tokens (likely cut off)")
     for name in ("sft", "preference"):
         part = report[name]
         dropped = sum(part["dropped"].values())
         lines.append(f"  {name + '.jsonl:':17} {part['kept']} kept, {dropped} dropped" + (f" ({counts(part['dropped'])})" if dropped else ""))
     lines.append(f"  written to {out}/: {', '.join(OUTPUTS)} ({report['seconds']:.0f} s)")
     return "\n".join(lines)
+
+
+def check_settings(rounds: int, truncated: str, batch_size: int = 1) -> None:
+    if rounds < 1:
+        raise TunesmithError(f"--rounds: {rounds}: needs at least 1 round")
+    if batch_size < 1:
+        raise TunesmithError(f"--batch-size: {batch_size}: must be at least 1")
+    if truncated not in ("drop", "keep"):
+        raise TunesmithError(f"--truncated: {truncated!r} is not one of drop, keep")
 
 
 def check_output(out: str | Path) -> Path:
@@ -414,15 +453,14 @@ def check_output(out: str | Path) -> Path:
 
 def produce(
     inputs: Inputs, generate: GenerateFn, out: str | Path, rounds: int, system_prompt: str | None = None,
-    meta: dict | None = None, say: Callable[[str], None] = print,
+    meta: dict | None = None, say: Callable[[str], None] = print, cut: CutFn = lambda text: False, truncated: str = "drop",
 ) -> dict:
     """Run the loop with `generate` and write the four files; returns report.json's content."""
-    if rounds < 1:
-        raise TunesmithError(f"--rounds: {rounds}: needs at least 1 round")
+    check_settings(rounds, truncated)
     out = check_output(out)
     started = time.perf_counter()
-    traces = self_critique(inputs, generate, rounds, system_prompt, say)
-    data = build_datasets(traces)
+    traces = self_critique(inputs, generate, rounds, system_prompt, say, cut)
+    data = build_datasets(traces, truncated)
     report = {
         **(meta or {}),
         "prompts_file": inputs.prompts_file,
@@ -431,6 +469,7 @@ def produce(
         "templates": {"critique": inputs.templates.critique_source, "revision": inputs.templates.revision_source},
         "system_prompt": system_prompt,
         "rounds": rounds,
+        "truncated": truncated,
         **summarize(traces, data, rounds),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -484,7 +523,7 @@ class Decoding:
 def run(
     model: str, prompts: str, principles: str, out: str, rounds: int = 2, batch_size: int = 8,
     decoding: Decoding | None = None, critique_template: str | None = None, revision_template: str | None = None,
-    system: str | None = None, template: str = "model", progress: bool = True,
+    system: str | None = None, template: str = "model", truncated: str = "drop", progress: bool = True,
 ) -> dict:
     """The `tunesmith constitution` command: check the inputs, load the model, produce the data."""
     from rich.console import Console
@@ -492,10 +531,7 @@ def run(
     from tunesmith.eval.generate import generate, load_for_inference
 
     decoding = decoding or Decoding()
-    if batch_size < 1:
-        raise TunesmithError(f"--batch-size: {batch_size}: must be at least 1")
-    if rounds < 1:
-        raise TunesmithError(f"--rounds: {rounds}: needs at least 1 round")
+    check_settings(rounds, truncated, batch_size)
     inputs = load_inputs(prompts, principles, critique_template, revision_template)
     check_output(out)
 
@@ -509,9 +545,12 @@ def run(
     def answer(conversations: list[list[dict]]) -> list[str]:
         return generate(loaded, conversations, max_new_tokens=decoding.max_new_tokens, batch_size=batch_size, progress=progress, **kwargs)
 
+    def cut(text: str) -> bool:
+        return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) >= decoding.max_new_tokens
+
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     meta = {"model": loaded.name, "template": loaded.template.name, "batch_size": batch_size, "decoding": asdict(decoding)}
     system_prompt = system if system is not None else loaded.system_prompt
-    report = produce(inputs, answer, out, rounds, system_prompt, meta, say=lambda line: console.print(line, markup=False))
+    report = produce(inputs, answer, out, rounds, system_prompt, meta, lambda line: console.print(line, markup=False), cut, truncated)
     print(render_summary(report, Path(out)))
     return report
