@@ -323,6 +323,17 @@ def test_texts_that_hit_the_token_limit_are_dropped_and_counted_or_kept(tmp_path
         produce(inputs_for(tmp_path, ["Q"]), model, tmp_path / "other", rounds=1, truncated="cut")
 
 
+def test_used_token_limit(smol_tokenizer):
+    from tunesmith.data.constitution import used_token_limit
+
+    ids = smol_tokenizer("The cat sat on the mat and looked at the dog", add_special_tokens=False)["input_ids"]
+    text = smol_tokenizer.decode(ids)
+    assert not used_token_limit(text, smol_tokenizer, len(ids) + 2)
+    assert used_token_limit(text, smol_tokenizer, len(ids) + 1)   # one token of slack for re-encoding merges
+    assert used_token_limit(text, smol_tokenizer, len(ids))
+    assert used_token_limit("서울까지 얼마나 걸려요\ufffd", smol_tokenizer, 500)  # stopped inside a character
+
+
 def test_template_overrides_are_used(tmp_path):
     critique = write(tmp_path, "critique.jinja", "JUDGE [{{ principle.name }}] {{ prompt }} => {{ response }}\n")
     revision = write(tmp_path, "revision.jinja", "FIX {{ prompt }} => {{ response }} because {% for c in critiques %}{{ c.principle.name }}:{{ c.verdict }};{% endfor %}")

@@ -18,7 +18,8 @@ say NO_PROBLEM, and revise the others; last, write into the output folder:
 
 An answer or revision that used up --max-new-tokens was most likely cut off mid-sentence; training on
 it would teach the model to stop there. Such rows are dropped (reason `truncated`, counted) unless
-truncated="keep". The tokens are counted by re-encoding the text, so this is a close estimate.
+truncated="keep". The tokens are counted by re-encoding the text, so this is a close estimate (see
+used_token_limit).
 
 Deviation from the paper, which samples one principle per round: every round checks every principle,
 and one revision addresses all the critiques that found a problem. A revision is not critiqued again
@@ -432,6 +433,17 @@ def render_summary(report: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def used_token_limit(text: str, tokenizer, max_new_tokens: int) -> bool:
+    """Whether a generated text most likely stopped at the token limit rather than at its end-of-turn token.
+
+    A text that ends in U+FFFD stopped inside a multi-byte character. Otherwise the text is re-encoded;
+    that can merge a pair of tokens the model wrote apart ("\n" "\n" -> "\n\n"), so one token of slack.
+    """
+    if text.endswith("\ufffd"):
+        return True
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1
+
+
 def check_settings(rounds: int, truncated: str, batch_size: int = 1) -> None:
     if rounds < 1:
         raise TunesmithError(f"--rounds: {rounds}: needs at least 1 round")
@@ -546,7 +558,7 @@ def run(
         return generate(loaded, conversations, max_new_tokens=decoding.max_new_tokens, batch_size=batch_size, progress=progress, **kwargs)
 
     def cut(text: str) -> bool:
-        return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) >= decoding.max_new_tokens
+        return used_token_limit(text, loaded.tokenizer, decoding.max_new_tokens)
 
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     meta = {"model": loaded.name, "template": loaded.template.name, "batch_size": batch_size, "decoding": asdict(decoding)}
