@@ -106,6 +106,13 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_words(tmp_path_factory) -> Path:
+    """Like tiny_llama, but greedy generation writes a repeated word, where seed 0's model writes only
+    newlines: for tests that need non-empty generations."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama_words"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def reward_run(stories_path, tmp_path_factory):
     """A reward run on stories260K trained for a few steps: good enough to score, which is all the plumbing
     that uses reward models (PPO, GRPO rewards) needs."""

@@ -54,7 +54,7 @@ def test_version(capsys):
 
 def test_subcommands_are_listed():
     help_text = build_parser().format_help()
-    for command in ("train", "generate", "quickstart"):
+    for command in ("train", "generate", "quickstart", "constitution"):
         assert command in help_text
 
 

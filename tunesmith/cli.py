@@ -167,6 +167,15 @@ def cmd_quickstart(args) -> None:
     run_quickstart(args.recipe, args.overrides)
 
 
+def cmd_constitution(args) -> None:
+    from tunesmith.data.constitution import Decoding, run
+
+    decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed)
+    run(args.model, args.prompts, args.principles, args.out, rounds=args.rounds, batch_size=args.batch_size, decoding=decoding,
+        critique_template=args.critique_template, revision_template=args.revision_template, system=args.system, template=args.template,
+        truncated=args.truncated)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tunesmith.eval.metrics import EVAL_METRICS
 
@@ -258,6 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="recipes/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the recipe")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser(
+        "constitution",
+        help="self-critique data: answer, critique against principles, revise; writes SFT and preference sets",
+        description="Answer each prompt, critique the answer against every principle, revise; up to --rounds rounds, "
+        "stopping early for a prompt when every critique says NO_PROBLEM. Writes sft.jsonl, preference.jsonl, "
+        "trace.jsonl and report.json into --out.",
+    )
+    p.add_argument("--model", required=True, help="run directory, model folder, hub id or .gguf file")
+    p.add_argument("--prompts", required=True, help='JSONL rows with "prompt" (string) or "messages", optional "id"')
+    p.add_argument("--principles", required=True, help="YAML list of {name, critique, revision}")
+    p.add_argument("--out", required=True, help="folder for the datasets, the trace and the report")
+    p.add_argument("--rounds", type=int, default=2, help="most critique-and-revise rounds per prompt (default 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="conversations per generate batch (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, critique or revision (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sampling")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (with --temperature)")
+    p.add_argument("--top-k", type=int, help="top-k sampling (with --temperature)")
+    p.add_argument("--repetition-penalty", type=float, help="above 1 discourages repeats")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed")
+    p.add_argument("--truncated", choices=("drop", "keep"), default="drop",
+                   help="rows whose answers used up --max-new-tokens (likely cut off): drop them, counted (default), or keep them")
+    p.add_argument("--critique-template", help="Jinja file for the critique request (default: built in)")
+    p.add_argument("--revision-template", help="Jinja file for the revision request (default: built in)")
+    p.add_argument("--system", help="system message for answering (default for a run: its data.system_prompt)")
+    p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    p.set_defaults(func=cmd_constitution)
     return parser
 
 

@@ -112,7 +112,7 @@ def to_example(
     columns = columns or {}
     if fmt == "text":
         key, text = required_field(row, "text", columns, where)
-        _expect_string(text, key, where)
+        expect_string(text, key, where)
         if not text.strip():
             raise DataError(where, key, "empty text", "empty_content")
         return Example(messages=None, text=text, where=where)
@@ -139,8 +139,8 @@ Turn = tuple[str, str, str, str]
 def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
     ikey, instruction = required_field(row, "instruction", columns, where)
     okey, output = required_field(row, "output", columns, where)
-    _expect_string(instruction, ikey, where)
-    _expect_string(output, okey, where)
+    expect_string(instruction, ikey, where)
+    expect_string(output, okey, where)
     nkey, extra = _optional_string(row, "input", columns, where)
     skey, system = _optional_string(row, "system", columns, where)
     hkey = columns.get("history", "history")
@@ -156,7 +156,7 @@ def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn],
                 found = f"a list of {len(pair)}" if isinstance(pair, list) else type_name(pair)
                 raise DataError(where, path, f"expected an [instruction, output] pair, found {found}", "wrong_type")
             for j, role in enumerate(("user", "assistant")):
-                _expect_string(pair[j], f"{path}[{j}]", where)
+                expect_string(pair[j], f"{path}[{j}]", where)
                 turns.append((role, pair[j], f"{path}[{j}]", f"{path}[{j}]"))
     user = instruction + "\n\n" + extra if extra else instruction
     turns += [("user", user, ikey, ikey), ("assistant", output, okey, okey)]
@@ -199,8 +199,8 @@ def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[
 def _question_answer(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
     qkey, question = required_field(row, "question", columns, where)
     akey, answer = required_field(row, "answer", columns, where)
-    _expect_string(question, qkey, where)
-    _expect_string(answer, akey, where)
+    expect_string(question, qkey, where)
+    expect_string(answer, akey, where)
     return [("user", question, qkey, qkey), ("assistant", answer, akey, akey)], akey
 
 
@@ -226,11 +226,11 @@ def _optional_string(row: dict, name: str, columns: dict[str, str], where: str) 
     value = row.get(key)
     if value is None:
         return key, ""
-    _expect_string(value, key, where)
+    expect_string(value, key, where)
     return key, value if value.strip() else ""
 
 
-def _expect_string(value, path: str, where: str) -> None:
+def expect_string(value, path: str, where: str) -> None:
     if not isinstance(value, str):
         raise DataError(where, path, f"expected a string, found {type_name(value)}", "wrong_type")
 
@@ -252,10 +252,10 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
                     problem += f"; for role/content messages set data.format: messages and data.columns: {{messages: {path}}}"
                 raise DataError(where, f"{item_path}.{key}", problem, "missing_field")
         role, content = item[role_key], item[content_key]
-        _expect_string(role, f"{item_path}.{role_key}", where)
+        expect_string(role, f"{item_path}.{role_key}", where)
         if role not in roles:
             raise DataError(where, f"{item_path}.{role_key}", f"unknown role {role!r}; allowed: {', '.join(roles)}", "unknown_role")
-        _expect_string(content, f"{item_path}.{content_key}", where)
+        expect_string(content, f"{item_path}.{content_key}", where)
         turns.append((roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}"))
     return turns
 
