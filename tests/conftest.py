@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,6 +36,17 @@ def write_jsonl(path, rows):
 def tickets_file(tmp_path_factory):
     rows = [{"id": f"k{i}", "prompt": p, "completion": c} for i, (p, c) in enumerate(TICKETS)]
     return write_jsonl(tmp_path_factory.mktemp("tickets") / "tickets.jsonl", rows)
+
+
+class Snapshot(TrainerCallback):
+    """Copies of every parameter (by name) when training starts and ends, and which were trainable."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from tests.conftest import Snapshot
+
 from tunesmith.config import validate
 from tunesmith.methods.dpo import build_trainer, train
 from tunesmith.runs import RunDir
@@ -137,15 +139,6 @@ def test_simpo_and_orpo_log_their_reference_free_losses(stories_path, pairs_file
             nll = -(probe.whole_chosen.sum() / probe.whole_length)
             expected = nll - beta * F.logsigmoid(log_odds).mean()
         assert step2["loss"] == pytest.approx(expected.item(), abs=1e-3), loss
-
-
-class Snapshot(TrainerCallback):
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge", "simpo", "orpo"])

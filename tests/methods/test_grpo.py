@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import TrainerCallback
+
+from tests.conftest import Snapshot
 
 from tunesmith.config import validate
 from tunesmith.methods.grpo import train
@@ -26,14 +27,6 @@ def prompts_and_reward(tmp_path):
     return str(data), f"{reward}:fewer_characters"
 
 
-class Snapshot(TrainerCallback):
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def test_grpo_moves_the_policy_towards_higher_reward(stories_path, prompts_and_reward, tmp_path):
     data, function = prompts_and_reward
     recipe = validate({
@@ -52,7 +45,7 @@ def test_grpo_moves_the_policy_towards_higher_reward(stories_path, prompts_and_r
     assert len(rewards) == 8
     # Rewards are measured on the policy's own samples at each step: later samples are shorter.
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2
-    assert all(not torch.equal(snap.before[n], snap.after[n]) for n in snap.before if "lora_B" in n)
+    assert all(not torch.equal(snap.before[n], snap.after[n]) for n in snap.trainable if "lora_B" in n)
     report = (run.path / "report.md").read_text()
     assert "fewer_characters: first" in report
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()

@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import TrainerCallback
+
+from tests.conftest import Snapshot
 
 from tunesmith.config import validate
 from tunesmith.methods.kto import train, with_kl_replies
@@ -36,15 +37,6 @@ def recipe(model_path, data_file, out, **sections):
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return validate(raw)
-
-
-class Snapshot(TrainerCallback):
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_kto_separates_desirable_from_undesirable_replies(stories_path, unpaired_file, tmp_path):

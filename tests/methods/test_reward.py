@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import TrainerCallback
+
+from tests.conftest import Snapshot
 
 from tunesmith.config import validate
 from tunesmith.methods.reward import train
@@ -36,15 +37,6 @@ def recipe(model_path, folder, out, **sections):
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return validate(raw)
-
-
-class Snapshot(TrainerCallback):
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_reward_model_learns_a_separable_preference_and_scores_it_back(stories_path, pairs, tmp_path, capsys):
