@@ -44,8 +44,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
         f"- pairwise accuracy (train): {first_last(records, 'accuracy') or '-'}",
         f"- pairwise accuracy (eval): {first_last(records, 'eval_accuracy') or 'no eval data'}",
         f"- reward margin (train): {first_last(records, 'margin') or '-'}",
-        "",
-        f"Score pairs or replies with it: `tunesmith score {s.run.path} --data pairs.jsonl`",
+        f"- score pairs or replies with it: `tunesmith score {s.run.path} --data pairs.jsonl`",
     ])
 
 
