@@ -159,6 +159,11 @@ def test_hub_id_is_not_checked_locally(recipe_file, path):
     assert recipe.model.path == path
 
 
+def test_a_run_not_trained_yet_is_a_missing_local_path_not_a_hub_id(recipe_file, tmp_path):
+    (tmp_path / "runs").mkdir()
+    assert "model.path: 'runs/my-sft' does not exist" in config_error(recipe_file({"model": {"path": "runs/my-sft"}}))
+
+
 def test_existing_local_model_folder_passes(recipe_file, tmp_path):
     (tmp_path / "my_model").mkdir()
     recipe = load_recipe(recipe_file({"model": {"path": "./my_model"}}))
@@ -314,7 +319,7 @@ def test_shipped_recipe_validates(path, monkeypatch):
     except ConfigError as err:
         for line in str(err).splitlines():
             missing = line.split("'")[1]
-            assert missing in made_by_recipes and "not a directory" in line, line
+            assert missing in made_by_recipes and ("not a directory" in line or "does not exist" in line), line
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

@@ -551,12 +551,14 @@ def _fields_at(loc: list) -> list[str]:
 
 
 def _looks_local(path: str) -> bool:
-    """A hub id is 'name' or 'org/name'; anything else (absolute, ./, ~, .gguf, deeper) is a local path."""
+    """A hub id is 'name' or 'org/name'; anything else (absolute, ./, ~, .gguf, deeper) is a local path, and so
+    is 'folder/name' when that folder exists here (runs/my-sft before the run was trained)."""
     return (
         path.startswith(("/", "./", "../", "~"))
         or path.endswith(".gguf")
         or path.count("/") > 1
         or Path(path).expanduser().exists()
+        or (path.count("/") == 1 and Path(path).parent.is_dir())
     )
 
 
