@@ -39,6 +39,46 @@ def cmd_generate(args) -> None:
     print(generate(loaded, [conversation], max_new_tokens=args.max_new_tokens, progress=False)[0])
 
 
+def cmd_merge(args) -> None:
+    from tunesmith.models.merge import export_adapter, merge_run
+
+    if args.adapter_only:
+        out = export_adapter(args.run, args.out)
+        print(f"adapter with tokenizer and template written to {out} (load with peft.PeftModel.from_pretrained)")
+        return
+    result = merge_run(
+        args.run, args.out, dtype=args.dtype, prompts=args.prompts, n_prompts=args.gate_prompts,
+        max_logit_diff=args.max_logit_diff, max_kl=args.max_kl, force=args.force,
+    )
+    f = result.fidelity
+    verdict = "passed" if result.passed else "FAILED (kept because of --force)"
+    print(
+        f"fidelity gate {verdict}: {f.sequences} sequences, {f.tokens} tokens from {result.prompts_from}; "
+        f"max |logit diff| {f.max_abs_logit_diff:.3g} (allowed {result.max_logit_diff:g}), "
+        f"mean KL {f.mean_kl:.3g} nats/token (allowed {result.max_kl:g}), dtype {result.dtype}"
+    )
+    print(f"merged model written to {result.out}")
+
+
+def cmd_push(args) -> None:
+    from tunesmith.publish.push import push
+
+    plan = push(
+        args.target, args.repo, private=args.private, dry_run=args.dry_run, out=args.out,
+        license=args.license, language=args.language, datasets=args.dataset,
+    )
+    visibility = "private" if plan.private else "public"
+    print(f"{'would upload' if args.dry_run else 'uploaded'} to {plan.repo} ({visibility} model repo), from {plan.folder}:")
+    for path, size in plan.files:
+        print(f"  {path:40} {size:>14,} bytes")
+    for note in plan.notes:
+        print(f"note: {note}")
+    if args.dry_run:
+        print("dry run: nothing uploaded")
+    else:
+        print(f"https://huggingface.co/{plan.repo}")
+
+
 def cmd_quickstart(args) -> None:
     from tunesmith.quickstart import run_quickstart
 
@@ -64,6 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge a run's LoRA adapter into its base, checked by a fidelity gate (or export the adapter alone)",
+        description="Merge a LoRA/QLoRA run into a plain transformers folder with the run's template, then compare "
+        "merged and adapter logits on the run's eval data and fail above the thresholds.",
+    )
+    p.add_argument("run", help="run directory with an adapter/")
+    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="merge dtype (default: the run's model.dtype)")
+    p.add_argument("--adapter-only", action="store_true", help="export the adapter with tokenizer and template instead of merging")
+    p.add_argument("--prompts", help="gate sequences: a .txt file (one prompt per line) or a data file (default: the run's eval data)")
+    p.add_argument("--gate-prompts", type=int, default=8, help="how many sequences the gate compares on")
+    p.add_argument("--max-logit-diff", type=float, help="gate: largest allowed |logit difference| (default depends on dtype)")
+    p.add_argument("--max-kl", type=float, help="gate: largest allowed mean KL in nats/token (default depends on dtype)")
+    p.add_argument("--force", action="store_true", help="keep the merged model even if it fails the gate")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "push",
+        help="publish a run, merged model or adapter to the Hugging Face Hub with a model card",
+        description="Build the folder exactly as it will be uploaded (weights, tokenizer with the run's template, "
+        "model card), then upload it. The token comes from HF_TOKEN or `hf auth login` and is never printed.",
+    )
+    p.add_argument("target", help="run directory, or a folder written by tunesmith merge")
+    p.add_argument("--repo", required=True, help="hub repo id, owner/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="build and list the folder, upload nothing")
+    p.add_argument("--out", help="where to build the folder (default: a temporary folder)")
+    p.add_argument("--license", help="license id for the card (default: the base model's, else 'other')")
+    p.add_argument("--language", action="append", help="language code for the card, repeatable (default: the base model's)")
+    p.add_argument("--dataset", action="append", help="hub dataset id for the card, repeatable")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
     p.add_argument("--recipe", default="recipes/quickstart.yaml")
