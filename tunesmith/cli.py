@@ -79,6 +79,23 @@ def cmd_push(args) -> None:
         print(f"https://huggingface.co/{plan.repo}")
 
 
+def cmd_serve(args) -> None:
+    from tunesmith.serve.server import serve
+
+    serve(
+        args.target, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout,
+        adapters=args.adapter or [], engine=args.engine, api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY"),
+        template=args.template, dtype=args.dtype, max_batch=args.max_batch, max_tokens=args.max_tokens,
+    )
+
+
+def cmd_chat(args) -> None:
+    from tunesmith.chat import chat
+
+    chat(args.target, template=args.template, system=args.system, max_new_tokens=args.max_new_tokens,
+         temperature=args.temperature, top_p=args.top_p)
+
+
 def cmd_quickstart(args) -> None:
     from tunesmith.quickstart import run_quickstart
 
@@ -137,6 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", action="append", help="language code for the card, repeatable (default: the base model's)")
     p.add_argument("--dataset", action="append", help="hub dataset id for the card, repeatable")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server for a run or model, with several LoRA adapters on one base",
+        description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /generate. Each model "
+        "name (the base, the run, every --adapter) uses the chat template its run trained with.",
+    )
+    p.add_argument("target", help="run directory, model folder (e.g. from tunesmith merge), hub id or .gguf file")
+    p.add_argument("--adapter", action="append", metavar="NAME=RUN", help="serve another run's adapter on the same base, repeatable")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $TUNESMITH_API_KEY, else none)")
+    p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto", help="auto: vLLM when installed with a GPU")
+    p.add_argument("--template", default="model", help="template for a plain model (runs and merged folders bring their own)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype for a plain model")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+    p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives no max_tokens")
+    p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal with a run or a model, using its chat template")
+    p.add_argument("target", help="run directory, model folder, hub id or .gguf file")
+    p.add_argument("--system", help="system message (default for a run: the data.system_prompt it was trained with)")
+    p.add_argument("--template", default="model", help="template for a plain model (a run uses its own)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
     p.add_argument("--recipe", default="recipes/quickstart.yaml")
