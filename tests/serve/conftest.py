@@ -51,12 +51,22 @@ def story_runs(lora_run_factory, stories_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live(story_runs):
-    from tunesmith.serve.server import create_app
+def start_server():
+    """`with start_server(target, **options) as live:` a server for any run or model folder."""
 
+    def start(target, **options) -> LiveServer:
+        from tunesmith.serve.server import create_app
+
+        app, catalog, engine = create_app(str(target), engine="transformers", **options)
+        return LiveServer(app, engine, catalog)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def live(story_runs, start_server):
     first, second = story_runs
-    app, catalog, engine = create_app(str(first), adapters=[f"second={second}"], engine="transformers", api_key="sk-test", max_tokens=16)
-    with LiveServer(app, engine, catalog) as server:
+    with start_server(first, adapters=[f"second={second}"], api_key="sk-test", max_tokens=16) as server:
         yield server
 
 

@@ -122,8 +122,12 @@ def intro(info: CardInfo) -> str:
         peft = recipe["peft"]["method"]
         how = f", trained with tunesmith ({recipe['method']}, {peft if peft != 'none' else 'full fine-tuning'})"
     text = f"This is {what}{base}{how}."
-    if recipe and (recipe["model"].get("gguf_file") or str(recipe["model"]["path"]).endswith(".gguf")):
-        text += " The base weights came from a GGUF file, de-quantised to float before training."
+    source = (info.environment or {}).get("source") or {}
+    if source.get("kind") == "gguf":
+        text += (
+            " Training used a GGUF copy of the base, de-quantised to float, whose weights can differ slightly "
+            "from the original checkpoint's."
+        )
     return text
 
 

@@ -4,18 +4,20 @@
     tunesmith serve merged/a                       # models: `a` (a plain or merged model folder)
 
 Each name carries the chat template its run trained with (template.json) and the run's training
-system prompt, used when a request brings none. Every adapter must have been trained on the base
+system prompt, used when a request brings none; so does a folder written by `tunesmith merge`. Every adapter must have been trained on the base
 being served: an adapter applied to another base gives garbage without any error.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import ModelConfig
 from tunesmith.data.templates import ChatTemplate, resolve_template
 from tunesmith.errors import TunesmithError
+from tunesmith.models.merge import PROVENANCE
 from tunesmith.runs import RunDir, is_run_dir
 
 
@@ -61,13 +63,15 @@ def build_catalog(target: str, adapters: list[str] = (), template: str = "model"
     else:
         base = ModelConfig(path=target, dtype=dtype)
         base_path = resolve_source(base).path
-        saved = Path(base_path) / "template.json"  # a folder written by tunesmith merge carries its run's template
+        # A folder written by tunesmith merge carries its run's template and training system prompt.
+        saved, provenance = Path(base_path) / "template.json", Path(base_path) / PROVENANCE
         if saved.is_file():
             chosen = ChatTemplate.load(saved)
         else:
             chosen = resolve_template(template, load_tokenizer(base_path), generation_eos(base_path))
+        system = json.loads(provenance.read_text(encoding="utf-8"))["recipe"]["data"]["system_prompt"] if provenance.is_file() else None
         default = Path(target).name if Path(target).exists() else target
-        models[default] = ServedModel(default, chosen)
+        models[default] = ServedModel(default, chosen, system)
     for spec in adapters:
         name, run = parse_adapter(spec, models)
         check_same_base(run, base_path, target)
