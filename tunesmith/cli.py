@@ -48,14 +48,15 @@ def cmd_merge(args) -> None:
         return
     result = merge_run(
         args.run, args.out, dtype=args.dtype, prompts=args.prompts, n_prompts=args.gate_prompts,
-        max_logit_diff=args.max_logit_diff, max_kl=args.max_kl, force=args.force,
+        max_logit_diff=args.max_logit_diff, max_kl=args.max_kl, max_share=args.max_share, force=args.force,
     )
     f = result.fidelity
-    verdict = "passed" if result.passed else "FAILED (kept because of --force)"
+    verdict = "passed" if result.passed else "FAILED (kept because of --force): " + "; ".join(result.problems)
     print(
-        f"fidelity gate {verdict}: {f.sequences} sequences, {f.tokens} tokens from {result.prompts_from}; "
+        f"fidelity gate {verdict}\n  {f.sequences} sequences, {f.tokens} tokens from {result.prompts_from}, dtype {result.dtype}: "
         f"max |logit diff| {f.max_abs_logit_diff:.3g} (allowed {result.max_logit_diff:g}), "
-        f"mean KL {f.mean_kl:.3g} nats/token (allowed {result.max_kl:g}), dtype {result.dtype}"
+        f"mean KL {f.mean_kl:.3g} nats/token (allowed {result.max_kl:g}; "
+        f"{f.share:.2%} of the adapter's own effect, KL adapter||base {f.adapter_kl:.3g}, allowed {result.max_share:.0%})"
     )
     print(f"merged model written to {result.out}")
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-prompts", type=int, default=8, help="how many sequences the gate compares on")
     p.add_argument("--max-logit-diff", type=float, help="gate: largest allowed |logit difference| (default depends on dtype)")
     p.add_argument("--max-kl", type=float, help="gate: largest allowed mean KL in nats/token (default depends on dtype)")
+    p.add_argument("--max-share", type=float, default=0.05, help="gate: largest allowed mean KL as a share of the adapter's own effect, KL(adapter||base)")
     p.add_argument("--force", action="store_true", help="keep the merged model even if it fails the gate")
     p.set_defaults(func=cmd_merge)
 

@@ -10,7 +10,7 @@ import torch
 from tunesmith.cli import main
 from tunesmith.data.templates import ChatTemplate
 from tunesmith.errors import TunesmithError
-from tunesmith.models.fidelity import compare, logit_gap
+from tunesmith.models.fidelity import Fidelity, compare, logit_gap
 from tunesmith.models.merge import FidelityError, merge_run
 
 PROBE = torch.tensor([[1, 50, 100, 200, 300, 400, 2]])
@@ -41,6 +41,17 @@ def test_compare_averages_kl_over_tokens_and_takes_the_max_difference():
     assert fidelity.mean_kl == pytest.approx(float((torch.full((3,), 1 / 3) * (torch.log(torch.tensor(1 / 3)) - q.log())).sum()) / 3, rel=1e-5)
 
 
+def test_gate_puts_the_drift_next_to_the_adapter_effect():
+    drift = Fidelity(max_abs_logit_diff=0.5, mean_kl=0.004, adapter_kl=0.05, tokens=10, sequences=1)
+    assert drift.share == pytest.approx(0.08)
+    assert drift.problems(max_logit_diff=1.0, max_kl=0.01, max_share=0.1) == []
+    [problem] = drift.problems(max_logit_diff=1.0, max_kl=0.01, max_share=0.05)
+    assert "8.0% of the adapter's own effect" in problem
+    assert len(drift.problems(max_logit_diff=0.1, max_kl=0.001, max_share=0.05)) == 3
+    noise = Fidelity(1e-5, 1e-8, 0.0, 10, 1)  # an adapter without effect: rounding noise is no reason to fail
+    assert noise.problems(max_logit_diff=1e-2, max_kl=1e-4, max_share=0.05) == []
+
+
 def test_merge_reproduces_the_adapter_and_serves_with_the_run_template(lora_run, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -51,7 +62,7 @@ def test_merge_reproduces_the_adapter_and_serves_with_the_run_template(lora_run,
     out = tmp_path / "merged"
     assert main(["merge", str(lora_run), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "fidelity gate passed: 8 sequences" in printed and "the run's eval data" in printed
+    assert "fidelity gate passed\n  8 sequences" in printed and "the run's eval data" in printed
 
     base_path = RunDir(lora_run).recipe().model.path
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), lora_run / "adapter").eval()
@@ -87,22 +98,23 @@ def test_gate_fails_on_a_planted_corruption_and_leaves_nothing(lora_run, tmp_pat
 
     monkeypatch.setattr(merge, "save_merged", corrupt_then_save)
     out = tmp_path / "merged"
-    with pytest.raises(FidelityError, match=r"failed the fidelity gate on 8 sequences .* max \|logit diff\| .* mean KL") as info:
+    with pytest.raises(FidelityError, match=r"failed the fidelity gate on 8 sequences .*: max \|logit diff\| [\d.e-]+ > 0.01") as info:
         merge_run(lora_run, out)
-    assert "Nothing was written" in str(info.value)
+    assert "Nothing was written" in str(info.value) and "Pass --force" in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
     kept = merge_run(lora_run, out, force=True)
     assert not kept.passed and kept.fidelity.max_abs_logit_diff > kept.max_logit_diff
+    assert kept.problems == [f"max |logit diff| {kept.fidelity.max_abs_logit_diff:.3g} > 0.01"]
     assert json.loads((out / "tunesmith.json").read_text())["merge"]["passed"] is False
 
 
 def test_thresholds_and_prompt_file_are_configurable(lora_run, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Capital of Chile?\n\nCapital of Cuba?\n")
-    result = merge_run(lora_run, tmp_path / "merged", prompts=str(prompts), max_logit_diff=0.5, max_kl=0.1)
+    result = merge_run(lora_run, tmp_path / "merged", prompts=str(prompts), max_logit_diff=0.5, max_kl=0.1, max_share=0.2)
     assert result.passed and result.fidelity.sequences == 2
-    assert (result.max_logit_diff, result.max_kl) == (0.5, 0.1)
+    assert (result.max_logit_diff, result.max_kl, result.max_share) == (0.5, 0.1, 0.2)
     assert result.prompts_from == f"prompts from {prompts}"
     with pytest.raises(TunesmithError, match="already exists and is not empty"):
         merge_run(lora_run, tmp_path / "merged")

@@ -155,3 +155,15 @@ def test_upload_creates_the_repo_and_uploads_the_built_folder(run_with_eval, tok
 def test_bad_repo_id_is_a_user_error(run_with_eval, tmp_path, capsys):
     assert main(["push", str(run_with_eval), "--repo", "no-owner", "--dry-run", "--out", str(tmp_path / "x")]) == 2
     assert "expected owner/name" in capsys.readouterr().err
+
+
+def test_license_and_language_default_to_the_base_model_card(run_with_eval, tiny_llama, tmp_path, capsys):
+    base = shutil.copytree(tiny_llama, tmp_path / "base")
+    (base / "README.md").write_text("---\nlicense: mit\nlanguage:\n- en\n- ko\n---\n# base\n")
+    config = yaml.safe_load((run_with_eval / "config.yaml").read_text())
+    config["model"]["path"] = str(base)
+    (run_with_eval / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["push", str(run_with_eval), "--repo", "me/x", "--dry-run", "--out", str(tmp_path / "up")]) == 0
+    assert "note: license" not in capsys.readouterr().out
+    meta, _ = split_card((tmp_path / "up" / "README.md").read_text())
+    assert (meta["license"], meta["language"]) == ("mit", ["en", "ko"])

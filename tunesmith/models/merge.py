@@ -27,7 +27,7 @@ from pathlib import Path
 from tunesmith.config import Recipe, _looks_local
 from tunesmith.data.templates import ChatTemplate, install_template, prompt_ids
 from tunesmith.errors import TunesmithError
-from tunesmith.models.fidelity import DEFAULT_THRESHOLDS, Fidelity, compare, model_logits
+from tunesmith.models.fidelity import DEFAULT_MAX_SHARE, DEFAULT_THRESHOLDS, Fidelity, adapter_logits, compare, model_logits
 from tunesmith.runs import RunDir, is_run_dir
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,13 @@ class MergeResult:
     fidelity: Fidelity
     max_logit_diff: float
     max_kl: float
+    max_share: float
     prompts_from: str
-    passed: bool
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
 
 
 def open_adapter_run(target: str | Path) -> tuple[RunDir, Recipe]:
@@ -77,6 +82,7 @@ def merge_run(
     n_prompts: int = 8,
     max_logit_diff: float | None = None,
     max_kl: float | None = None,
+    max_share: float = DEFAULT_MAX_SHARE,
     force: bool = False,
 ) -> MergeResult:
     from peft import PeftModel
@@ -99,7 +105,7 @@ def merge_run(
     template = ChatTemplate.load(run.path / "template.json")
     sequences, prompts_from = gate_sequences(recipe, tokenizer, template, prompts, n_prompts)
     model = PeftModel.from_pretrained(base, run.final_dir).to(inference_device()).eval()
-    reference = model_logits(model, sequences, tokenizer.pad_token_id)
+    reference, adapter_kl = adapter_logits(model, sequences, tokenizer.pad_token_id)
 
     merged = model.merge_and_unload(safe_merge=True)  # safe_merge: NaNs in the merged weights are an error
     staging = out.with_name(out.name + ".partial")
@@ -109,17 +115,21 @@ def merge_run(
 
     reloaded = load_model(base_cfg.model_copy(update={"path": str(staging), "gguf_file": None}))[0]
     reloaded = reloaded.to(inference_device()).eval()
-    fidelity = compare(reference, model_logits(reloaded, sequences, tokenizer.pad_token_id))
-    passed = fidelity.passes(max_logit_diff, max_kl)
-    result = MergeResult(out, resolved, fidelity, max_logit_diff, max_kl, prompts_from, passed)
+    fidelity = compare(reference, model_logits(reloaded, sequences, tokenizer.pad_token_id), adapter_kl)
+    problems = fidelity.problems(max_logit_diff, max_kl, max_share)
+    result = MergeResult(out, resolved, fidelity, max_logit_diff, max_kl, max_share, prompts_from, problems)
     write_provenance(staging, run, recipe, source, result)
-    if not passed and not force:
+    if problems and not force:
         shutil.rmtree(staging)
+        advice = (
+            "Try --dtype float32 (a 16-bit merge rounds part of the update away), or pass --force to keep it anyway."
+            if resolved != "float32"
+            else "Pass --force to keep the merged model anyway."
+        )
         raise FidelityError(
             f"merge failed the fidelity gate on {fidelity.sequences} sequences ({fidelity.tokens} tokens, {prompts_from}): "
-            f"max |logit diff| {fidelity.max_abs_logit_diff:.3g} (allowed {max_logit_diff:g}), "
-            f"mean KL {fidelity.mean_kl:.3g} nats/token (allowed {max_kl:g}). Nothing was written to {out}. "
-            "Try --dtype float32, or pass --force to keep the merged model anyway."
+            + "; ".join(problems)
+            + f". Nothing was written to {out}. {advice}"
         )
     staging.rename(out)
     return result
@@ -163,7 +173,7 @@ def write_provenance(folder: Path, run: RunDir, recipe: Recipe, source, result: 
         data["merge"] = {
             "dtype": result.dtype,
             "fidelity": asdict(result.fidelity),
-            "thresholds": {"max_logit_diff": result.max_logit_diff, "max_kl": result.max_kl},
+            "thresholds": {"max_logit_diff": result.max_logit_diff, "max_kl": result.max_kl, "max_share": result.max_share},
             "prompts": result.prompts_from,
             "passed": result.passed,
         }

@@ -245,7 +245,7 @@ def merge_section(info: CardInfo) -> str:
         f"The adapter was merged into the base in {info.merge['dtype']}. On {f['sequences']} sequences ({f['tokens']} tokens, "
         f"{info.merge['prompts']}) the merged model's logits differ from the adapter model's by at most "
         f"{f['max_abs_logit_diff']:.3g} (allowed {limits['max_logit_diff']:g}); mean KL {f['mean_kl']:.3g} nats/token "
-        f"(allowed {limits['max_kl']:g})."
+        f"(allowed {limits['max_kl']:g}), against {f['adapter_kl']:.3g} between the adapter model and its base."
     )
 
 

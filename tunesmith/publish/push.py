@@ -138,12 +138,13 @@ def point_adapter_at(config_file: Path, base_model: str) -> None:
 
 def card_info(source: Source, repo: str, base_model, license, language, datasets, notes: list[str]) -> CardInfo:
     run = source.run
+    base_meta = base_card(source) if license is None or not language else {}
     if license is None:
-        license = base_card_field(source, "license") or "other"
+        license = base_meta.get("license") or "other"
         if license == "other":
             notes.append("license: unknown, written as 'other' (pass --license, e.g. apache-2.0)")
     if not language:
-        found = base_card_field(source, "language")
+        found = base_meta.get("language")
         language = [found] if isinstance(found, str) else list(found or [])
         if not language:
             notes.append("language: not set (pass --language, e.g. --language en)")
@@ -182,28 +183,26 @@ def stop_token_names(template: dict | None, folder: Path, tokenizer_config: dict
     return [names.get(i, f"id {i}") for i in template["stop_token_ids"]]
 
 
-def base_card_field(source: Source, key: str):
-    """A field of the base model's own card, when the base is a downloaded hub folder holding one."""
+def base_card(source: Source) -> dict:
+    """The front matter of the base model's own card, when the base is a downloaded hub folder holding one."""
     if not source.recipe:
-        return None
+        return {}
     from tunesmith.config import ModelConfig
     from tunesmith.models.load import resolve_source
 
     try:
         folder = Path(resolve_source(ModelConfig(**source.recipe["model"])).path)
     except TunesmithError:
-        return None
+        return {}
     readme = folder / "README.md"
-    if not readme.is_file():
-        return None
-    text = readme.read_text(encoding="utf-8")
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     if not text.startswith("---"):
-        return None
+        return {}
     try:
         meta = yaml.safe_load(text.split("---", 2)[1]) or {}
     except yaml.YAMLError:
-        return None
-    return meta.get(key) if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def push(

@@ -237,7 +237,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         messages = [m.as_dict() for m in body.messages] if body.messages else require_conversation(body.prompt)
         ids = chat_ids(served, messages)
         requests = requests_for(served, [ids], body, [budget(len(ids), body.max_tokens, "messages")])
-        [result] = await run(collect(requests[:1], body.stop_list()))
+        [result] = await run(collect(requests, body.stop_list()))
         return {"model": served.name, "text": result.text, "finish_reason": result.finish_reason, "usage": usage([ids], [result])}
 
     return app

@@ -56,7 +56,7 @@ def build_catalog(target: str, adapters: list[str] = (), template: str = "model"
         if run.final_dir.name == "adapter":
             tokenizer = load_tokenizer(base_path)
             models[recipe.model.path] = ServedModel(
-                recipe.model.path, base_template(tokenizer, base_path, own.template, generation_eos(base_path))
+                recipe.model.path, base_template(tokenizer, own.template, generation_eos(base_path))
             )
         models[own.name] = own
         default = own.name
@@ -91,7 +91,7 @@ def run_model(name: str, run: RunDir) -> ServedModel:
     )
 
 
-def base_template(tokenizer, base_path: str, fallback: ChatTemplate, extra_eos: list[int]) -> ChatTemplate:
+def base_template(tokenizer, fallback: ChatTemplate, extra_eos: list[int]) -> ChatTemplate:
     """The base model's own chat template; a base without one is served with the run's."""
     if not tokenizer.chat_template:
         return fallback

@@ -113,6 +113,8 @@ class GenerateRequest(Sampled):
     prompt: str | None = None
     messages: list[Message] | None = None
     temperature: float = Field(0.0, ge=0.0, le=2.0)   # greedy unless asked: what `tunesmith generate` does
+    n: Literal[1] = 1
+    stream: Literal[False] = False
 
     @model_validator(mode="after")
     def _one_input(self):
