@@ -7,8 +7,8 @@ free localhost port, warms it up, then sends the same greedy chat requests (supp
 quickstart's held-out file, answered in a few sentences, max_tokens fixed) twice: one after another, and
 from 16 concurrent clients that each send their share back to back. Prints completion tokens/s and
 p50/p95 request latency for each mode, and the throughput ratio (the target on CPU: >= 3x).
---threads sets the server's torch threads (OMP_NUM_THREADS); on a CPU shared with other work, fewer
-threads than cores avoids threads waiting on each other.
+--threads sets the server's torch threads (`tunesmith serve --threads`); on a CPU shared with other
+work, fewer threads than cores keeps them from waiting on each other.
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ def start_server(port: int, dtype: str, max_batch: int, threads: int | None) -> 
     import httpx2
 
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "tunesmith.cli", "serve", MODEL, "--port", str(port), "--dtype", dtype,
-               "--max-batch", str(max_batch), "--engine", "transformers"]
+               "--max-batch", str(max_batch), "--engine", "transformers", *(["--threads", str(threads)] if threads else [])]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -86,7 +86,7 @@ def cmd_serve(args) -> None:
     serve(
         args.target, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout,
         adapters=args.adapter or [], engine=args.engine, api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY"),
-        template=args.template, dtype=args.dtype, max_batch=args.max_batch, max_tokens=args.max_tokens,
+        template=args.template, dtype=args.dtype, max_batch=args.max_batch, max_tokens=args.max_tokens, threads=args.threads,
     )
 
 
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
     p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives no max_tokens")
     p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; fewer helps on a CPU shared with other work)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal with a run or a model, using its chat template")

@@ -2,6 +2,7 @@
 and answers equal to what `tunesmith generate` gives for the same run."""
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -107,6 +108,36 @@ def test_many_concurrent_requests_are_batched_and_all_correct(live):
     assert [r.choices[0].message.content for r in replies] == [single[job] for job in jobs]
     assert live.engine.stats()["largest_batch"] > 1  # they shared forward passes
     live.engine.counts["largest_batch"] = max(largest_before, live.engine.counts["largest_batch"])
+
+
+def test_requests_arriving_mid_generation_join_the_running_batch(live):
+    import threading
+
+    sync = openai.OpenAI(base_url=live.url + "/v1", api_key="sk-test", max_retries=0)
+    expected = {p: ask(sync, "second", p).choices[0].message.content for p in PROMPTS[:4]}
+    joined_before = live.engine.stats()["joined"]
+    long = {}
+    runner = threading.Thread(target=lambda: long.update(r=ask(sync, "second", "It was raining", max_tokens=300)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while live.engine.stats()["running"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+    async def newcomers():
+        client = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key="sk-test", max_retries=0)
+        replies = await asyncio.gather(*(
+            client.chat.completions.create(model="second", messages=[{"role": "user", "content": p}], temperature=0, max_tokens=20)
+            for p in PROMPTS[:4]
+        ))
+        await client.close()
+        return replies
+
+    replies = asyncio.run(newcomers())
+    runner.join()
+    assert [r.choices[0].message.content for r in replies] == list(expected.values())
+    assert long["r"].usage.completion_tokens == 300
+    assert live.engine.stats()["joined"] - joined_before == 4  # none waited for the long one to finish
 
 
 def test_client_sees_openai_errors(client, live):

@@ -5,8 +5,8 @@ early cancels the generation) and `stats()`. Two implementations:
 
 - `TransformersEngine` (here): any device. A background thread collects waiting requests and runs
   them as one left-padded batch per adapter, decoding step by step with a KV cache, so concurrent
-  requests share forward passes instead of queueing behind each other. Finished and cancelled rows
-  leave the batch at once.
+  requests share forward passes instead of queueing behind each other. Between steps, finished and
+  cancelled rows leave the batch and newly arrived requests for the same adapter join it (batch.py).
 - `VLLMEngine` (vllm_engine.py): vLLM's AsyncLLMEngine with LoRARequest per adapter, when vLLM and
   a GPU are present.
 """
@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tunesmith.serve.batch import Batch, can_join, concat, prefill, select, step
 from tunesmith.serve.catalog import Catalog, ServedModel
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class TransformersEngine:
         self.max_batch = max_batch
         self.batch_wait = batch_wait         # seconds the first waiting request waits for others to join it
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.counts = {"completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0}
+        self.counts = {"completed": 0, "cancelled": 0, "batches": 0, "joined": 0, "largest_batch": 0}
         self.running = 0
+        self._in_flight: list[Job] = []
         self._waiting: list[Job] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -170,32 +172,43 @@ class TransformersEngine:
             self._waiting.clear()
 
     def _take_batch(self) -> list[Job]:
-        """Up to max_batch waiting jobs for the adapter of the oldest one; cancelled ones are dropped here."""
-        self.counts["cancelled"] += sum(job.cancelled for job in self._waiting)
-        self._waiting = [job for job in self._waiting if not job.cancelled]
+        """Up to max_batch waiting jobs for the adapter of the oldest one. Call with the lock held."""
+        self._prune()
         if not self._waiting:
             return []
-        adapter = self._waiting[0].request.model.adapter
-        batch = [job for job in self._waiting if job.request.model.adapter == adapter][: self.max_batch]
-        chosen = set(map(id, batch))
-        self._waiting = [job for job in self._waiting if id(job) not in chosen]
-        return batch
+        return self._take(self._waiting[0].request.model.adapter, self.max_batch)
 
-    def _run(self, batch: list[Job]) -> None:
+    def _joiners(self, adapter, room: int) -> list[Job]:
+        """Waiting jobs that can join a running batch for `adapter` between two steps."""
+        with self._cond:
+            self._prune()
+            if room <= 0 or self._stopping or any(job.request.model.adapter != adapter for job in self._waiting):
+                return []  # another adapter is waiting: let this batch drain, so that it gets its turn
+            return self._take(adapter, room)
+
+    def _prune(self) -> None:
+        self.counts["cancelled"] += sum(job.cancelled for job in self._waiting)
+        self._waiting = [job for job in self._waiting if not job.cancelled]
+
+    def _take(self, adapter, room: int) -> list[Job]:
+        taken = [job for job in self._waiting if job.request.model.adapter == adapter][:room]
+        chosen = set(map(id, taken))
+        self._waiting = [job for job in self._waiting if id(job) not in chosen]
+        return taken
+
+    def _run(self, jobs: list[Job]) -> None:
         import torch
 
-        self.running = len(batch)
-        self.counts["batches"] += 1
-        self.counts["largest_batch"] = max(self.counts["largest_batch"], len(batch))
+        self._in_flight = jobs
         try:
-            with torch.inference_mode(), self._weights_for(batch[0].request.model):
-                self._decode(batch)
+            with torch.inference_mode(), self._weights_for(jobs[0].request.model):
+                self._decode(jobs)
         except Exception as err:  # a failed batch fails its requests, not the server
             log.exception("generation failed")
-            for job in batch:
+            for job in self._in_flight:
                 job.send(err)
         finally:
-            self.running = 0
+            self.running, self._in_flight = 0, []
 
     def _weights_for(self, model: ServedModel):
         if not self.adapter_names:
@@ -205,35 +218,28 @@ class TransformersEngine:
         self.model.set_adapter(self.adapter_names[model.name])
         return contextlib.nullcontext()
 
-    def _decode(self, jobs: list[Job]) -> None:
-        import torch
+    def _prefill(self, jobs: list[Job]) -> Batch:
+        self.counts["batches"] += 1
+        generators = [seeded(job.request.sampling.seed, self.model.device) for job in jobs]
+        return prefill(self.model, [job.request.prompt_ids for job in jobs], self.tokenizer.pad_token_id, jobs, generators)
 
-        device = self.model.device
-        pad = self.tokenizer.pad_token_id
-        width = max(len(job.request.prompt_ids) for job in jobs)
-        ids = torch.tensor([[pad] * (width - len(j.request.prompt_ids)) + j.request.prompt_ids for j in jobs], device=device)
-        mask = torch.tensor([[0] * (width - len(j.request.prompt_ids)) + [1] * len(j.request.prompt_ids) for j in jobs], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]  # logits (B, V)
-        last = positions[:, -1]                                      # (B,)
-        generators = [seeded(job.request.sampling.seed, device) for job in jobs]
-        while True:
-            tokens = sample(logits, [job.request.sampling for job in jobs], generators)
-            keep = [row for row, (job, token) in enumerate(zip(jobs, tokens)) if self._advance(job, token)]
-            if not keep:
-                return
-            if len(keep) < len(jobs):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, last = mask[index], last[index]
-                jobs, generators, tokens = [jobs[r] for r in keep], [generators[r] for r in keep], [tokens[r] for r in keep]
-                self.running = len(jobs)
-            mask = torch.cat([mask, mask.new_ones(len(jobs), 1)], dim=1)
-            last = last + 1
-            step = torch.tensor(tokens, device=device)[:, None]     # (B, 1)
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=last[:, None], past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1, :]
+    def _decode(self, jobs: list[Job]) -> None:
+        """Decode until every row is done; between steps, finished rows leave and waiting ones join."""
+        adapter = jobs[0].request.model.adapter
+        batch = self._prefill(jobs)
+        while batch is not None:
+            self._in_flight, self.running = batch.jobs, len(batch)
+            self.counts["largest_batch"] = max(self.counts["largest_batch"], len(batch))
+            tokens = sample(batch.logits, [job.request.sampling for job in batch.jobs], batch.generators)
+            rows = [row for row, (job, token) in enumerate(zip(batch.jobs, tokens)) if self._advance(job, token)]
+            batch = select(batch, rows)
+            if batch is not None:
+                step(self.model, batch, [tokens[row] for row in rows])
+            if batch is None or can_join(batch):
+                joiners = self._joiners(adapter, self.max_batch - (len(batch) if batch else 0))
+                if joiners:
+                    self.counts["joined"] += len(joiners) if batch is not None else 0
+                    batch = concat(batch, self._prefill(joiners))
 
     def _advance(self, job: Job, token: int) -> bool:
         """Hand the token to the job's client; whether the job goes on generating."""

@@ -60,11 +60,15 @@ def create_app(
     return app, catalog, loaded
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: int = 30, **options) -> None:
+def serve(target: str, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: int = 30, threads: int | None = None, **options) -> None:
     for package in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(package) is None:
             raise TunesmithError(f"tunesmith serve needs {package}: pip install 'tunesmith[serve]'")
+    import torch
     import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
 
     app, catalog, engine = create_app(target, **options)
     auth = "API key required" if options.get("api_key") else "no API key"
