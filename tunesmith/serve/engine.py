@@ -238,6 +238,7 @@ class TransformersEngine:
             if batch is None or can_join(batch):
                 joiners = self._joiners(adapter, self.max_batch - (len(batch) if batch else 0))
                 if joiners:
+                    self._in_flight = (batch.jobs if batch is not None else []) + joiners  # failures reach them too
                     self.counts["joined"] += len(joiners) if batch is not None else 0
                     batch = concat(batch, self._prefill(joiners))
 
