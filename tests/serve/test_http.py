@@ -116,3 +116,22 @@ def test_a_client_leaving_mid_stream_cancels_its_generation(http, live):
     assert after["running"] == 0 and after["completed"] == before["completed"]  # stopped, not run to its 380 tokens
     # The server goes on serving.
     assert http.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_failing_generation_is_a_500_in_the_error_shape_and_the_server_goes_on(story_runs, start_server, monkeypatch):
+    import tunesmith.serve.engine as engine_module
+
+    real_prefill = engine_module.prefill
+    calls = []
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real_prefill(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "prefill", broken_once)
+    with start_server(story_runs[0]) as server, httpx2.Client(base_url=server.url, timeout=60) as client:
+        error = error_of(client.post("/v1/chat/completions", json=CHAT), 500)
+        assert error["type"] == "server_error" and "out of memory (simulated)" in error["message"]
+        assert client.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["finish_reason"] == "length"
