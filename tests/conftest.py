@@ -145,3 +145,40 @@ def reward_run(stories_path, tmp_path_factory):
         "output_dir": str(folder / "run"),
     })
     return str(train_reward(recipe).path)
+
+
+def make_lora_run(folder: Path, base: Path, seed: int = 0, steps: int = 3, **sections) -> Path:
+    """A finished tiny LoRA run (a few steps on 16 question/answer rows, eval data included) in `folder`."""
+    import json
+
+    from tunesmith.config import validate
+    from tunesmith.methods.sft import train
+
+    pairs = [("France", "Paris"), ("Japan", "Tokyo"), ("Korea", "Seoul"), ("Italy", "Rome"), ("Spain", "Madrid"),
+             ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi")]
+    data = folder.parent / f"{folder.name}-data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Capital of {c}?", "answer": a}) + "\n" for c, a in pairs), encoding="utf-8")
+    raw = {
+        "name": folder.name,
+        "model": {"path": str(base), "dtype": "float32"},
+        "data": {"train": str(data), "eval": str(data), "max_length": 64, "system_prompt": "Name the capital."},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": steps, "lr": 5e-2, "batch_size": 8, "warmup": 0, "scheduler": "constant", "seed": seed},
+        "output_dir": str(folder),
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    train(validate(raw))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_llama, tmp_path_factory) -> Path:
+    """A tiny finished LoRA run on `tiny_llama`, shared by the merge, publish, chat and serve tests."""
+    return make_lora_run(tmp_path_factory.mktemp("runs") / "capitals", tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def lora_run_factory():
+    """`make_lora_run` for tests that need a run of their own (another base, seed or method)."""
+    return make_lora_run

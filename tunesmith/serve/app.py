@@ -1,0 +1,337 @@
+"""The OpenAI-compatible HTTP API over an engine.
+
+    POST /v1/chat/completions   messages rendered with the model's own chat template; SSE with stream=true
+    POST /v1/completions        raw text prompts
+    GET  /v1/models             the base and every adapter
+    GET  /health                liveness and engine counters (no API key needed)
+    POST /generate              {"prompt" or "messages", "model"?} -> {"text", ...}
+
+Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}: malformed JSON 400,
+invalid fields 422, unknown model 404, prompt + max_tokens over the context 400, bad API key 401.
+A client that goes away mid-stream cancels its generation (the engine drops its row at the next step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from tunesmith.data.templates import TemplateError, prompt_ids
+from tunesmith.eval.generate import require_conversation
+from tunesmith.serve.catalog import Catalog, ServedModel
+from tunesmith.serve.engine import Engine, EngineStopped, Request, Sampling
+from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled
+from tunesmith.serve.text import TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delta:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check before anything else runs (so a bad key is 401 even for a malformed body)."""
+
+    OPEN = ("/health",)
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                from fastapi.responses import JSONResponse
+
+                error = APIError(401, "Incorrect or missing API key: send Authorization: Bearer <key>.", code="invalid_api_key")
+                await JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None = None, default_max_tokens: int = 256):
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await engine.start()
+        yield
+        await engine.stop()
+        log.info("engine stopped")
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, err: APIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, err: RequestValidationError):
+        return validation_error(err.errors())
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, err: HTTPException):
+        return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err: Exception):
+        log.exception("request failed")
+        error = APIError(500, f"internal error: {err.__class__.__name__}: {err}", type="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    def find(name: str | None) -> ServedModel:
+        served = catalog.models.get(name or catalog.default)
+        if served is None:
+            known = ", ".join(catalog.models)
+            raise APIError(404, f"The model `{name}` does not exist. Served models: {known}.", param="model", code="model_not_found")
+        return served
+
+    def budget(prompt_tokens: int, asked: int | None, param: str) -> int:
+        context = engine.context_length
+        max_tokens = asked if asked is not None else max(1, min(default_max_tokens, context - prompt_tokens))
+        if prompt_tokens + max_tokens > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, {max_tokens} in the completion). "
+                f"Please reduce the length of the {param} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return max_tokens
+
+    def chat_ids(served: ServedModel, messages: list[dict]) -> list[int]:
+        if served.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": served.system_prompt}, *messages]
+        try:
+            return prompt_ids(served.template, tokenizer, messages)
+        except TemplateError as err:
+            raise APIError(400, str(err), param="messages") from None
+
+    def requests_for(served: ServedModel, prompts: list[list[int]], body: Sampled, max_tokens: list[int]) -> list[Request]:
+        """n choices per prompt; choice i of a seeded request samples with seed + i, so choices differ."""
+        return [
+            Request(served, ids, Sampling(limit, body.temperature, body.top_p, None if body.seed is None else body.seed + i))
+            for ids, limit in zip(prompts, max_tokens)
+            for i in range(body.n)
+        ]
+
+    async def deltas(request: Request, stop: list[str]) -> AsyncIterator[Delta]:
+        text = TextStream(tokenizer, stop)
+        async with contextlib.aclosing(engine.stream(request)) as steps:
+            async for step in steps:
+                delta = text.add(step.token_ids)
+                if text.stopped:
+                    yield Delta(delta, "stop", step.completion_tokens)
+                    return  # leaving the `async with` closes the engine stream: generation stops
+                if step.finish_reason:
+                    yield Delta(delta + text.flush(), step.finish_reason, step.completion_tokens)
+                    return
+                if delta:
+                    yield Delta(delta, None, step.completion_tokens)
+
+    async def collect(requests: list[Request], stop: list[str]) -> list[Delta]:
+        out = [Delta("", None, 0) for _ in requests]
+        async with contextlib.aclosing(merged([deltas(r, stop) for r in requests])) as items:
+            async for i, d in items:
+                out[i] = Delta(out[i].text + d.text, d.finish_reason, d.completion_tokens)
+        return out
+
+    def usage(prompts: list[list[int]], results: list[Delta]) -> dict:
+        prompt = sum(len(p) for p in prompts)
+        completion = sum(r.completion_tokens for r in results)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(catalog.models), **engine.stats()}
+
+    @app.get("/v1/models")
+    async def models():
+        base = next((name for name, m in catalog.models.items() if m.adapter is None), None)
+        data = [
+            {"id": name, "object": "model", "created": started, "owned_by": "tunesmith", "root": name if m.adapter is None else base,
+             "parent": base if m.adapter is not None else None}
+            for name, m in catalog.models.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        served = find(body.model)
+        ids = chat_ids(served, [m.as_dict() for m in body.messages])
+        limit = budget(len(ids), body.max_completion_tokens or body.max_tokens, "messages")
+        requests = requests_for(served, [ids], body, [limit])
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": reply_id, "created": created, "model": served.name}
+        if body.stream:
+            return sse(chat_chunks(head, requests, body, [ids]))
+        results = await run(collect(requests, body.stop_list()))
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None, "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ]
+        return {**head, "object": "chat.completion", "choices": choices, "usage": usage([ids], results)}
+
+    async def chat_chunks(head: dict, requests: list[Request], body: ChatRequest, prompts) -> AsyncIterator[dict]:
+        chunk = {**head, "object": "chat.completion.chunk"}
+        for i in range(len(requests)):
+            yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+        finals = [Delta("", None, 0)] * len(requests)
+        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests])) as items:
+            async for i, d in items:
+                finals[i] = d
+                if d.text:
+                    yield {**chunk, "choices": [{"index": i, "delta": {"content": d.text}, "logprobs": None, "finish_reason": None}]}
+                if d.finish_reason:
+                    yield {**chunk, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": d.finish_reason}]}
+        if body.include_usage():
+            yield {**chunk, "choices": [], "usage": usage(prompts, finals)}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        served = find(body.model)
+        prompts = [tokenizer(text)["input_ids"] for text in body.prompts()]
+        limits = [budget(len(ids), body.max_tokens, "prompt") for ids in prompts]
+        requests = requests_for(served, prompts, body, limits)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
+        if body.stream:
+            return sse(completion_chunks(head, requests, body, prompts))
+        results = await run(collect(requests, body.stop_list()))
+        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+        return {**head, "object": "text_completion", "choices": choices, "usage": usage(prompts, results)}
+
+    async def completion_chunks(head: dict, requests: list[Request], body: CompletionRequest, prompts) -> AsyncIterator[dict]:
+        chunk = {**head, "object": "text_completion"}
+        finals = [Delta("", None, 0)] * len(requests)
+        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests])) as items:
+            async for i, d in items:
+                finals[i] = d
+                yield {**chunk, "choices": [{"index": i, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}]}
+        if body.include_usage():
+            yield {**chunk, "choices": [], "usage": usage(prompts, finals)}
+
+    @app.post("/generate")
+    async def generate(body: GenerateRequest):
+        served = find(body.model)
+        messages = [m.as_dict() for m in body.messages] if body.messages else require_conversation(body.prompt)
+        ids = chat_ids(served, messages)
+        requests = requests_for(served, [ids], body, [budget(len(ids), body.max_tokens, "messages")])
+        [result] = await run(collect(requests, body.stop_list()))
+        return {"model": served.name, "text": result.text, "finish_reason": result.finish_reason, "usage": usage([ids], [result])}
+
+    return app
+
+
+async def run(work):
+    """Engine failures as OpenAI errors: 503 while shutting down, 500 otherwise."""
+    try:
+        return await work
+    except EngineStopped as err:
+        raise APIError(503, str(err), type="server_error") from None
+    except APIError:
+        raise
+    except Exception as err:
+        log.exception("generation failed")
+        raise APIError(500, f"generation failed: {err.__class__.__name__}: {err}", type="server_error") from None
+
+
+async def merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+    """(index, item) from several async iterators as items arrive. Leaving early closes them all."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream: AsyncIterator) -> None:
+        try:
+            async with contextlib.aclosing(stream) as items:
+                async for item in items:
+                    await queue.put((i, item))
+        except Exception as err:  # handed to the consumer, which raises it
+            await queue.put((i, err))
+        finally:
+            queue.put_nowait((i, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sse(chunks: AsyncIterator[dict]):
+    """Server-sent events: one `data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error event."""
+    from fastapi.responses import StreamingResponse
+
+    async def events():
+        try:
+            async with contextlib.aclosing(chunks) as items:
+                async for chunk in items:
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except APIError as err:
+            yield f"data: {json.dumps(err.body())}\n\n"
+        except EngineStopped as err:
+            yield f"data: {json.dumps(APIError(503, str(err), type='server_error').body())}\n\n"
+        except Exception as err:
+            log.exception("generation failed")
+            body = APIError(500, f"generation failed: {err.__class__.__name__}: {err}", type="server_error").body()
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    class ClosingStreamingResponse(StreamingResponse):
+        # Starlette leaves the body iterator to the garbage collector when a client disconnects;
+        # closing it here ends the generation at once.
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()
+
+    return ClosingStreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def validation_error(errors: list[dict]):
+    from fastapi.responses import JSONResponse
+
+    if any(e["type"] == "json_invalid" for e in errors):
+        error = APIError(400, "The request body is not valid JSON.", code="invalid_json")
+        return JSONResponse(error.body(), status_code=400)
+    lines, param = [], None
+    for e in errors:
+        loc = [str(p) for p in e["loc"] if p != "body"]
+        # A union field fails once per branch (str | list[...]): one line per field is enough.
+        loc = [p for p in loc if not p.startswith(("list[", "str", "function-"))]
+        param = param or (".".join(loc) or None)
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    error = APIError(422, "; ".join(dict.fromkeys(lines)), param=param, code="invalid_value")
+    return JSONResponse(error.body(), status_code=422)
