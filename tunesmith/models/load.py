@@ -228,7 +228,11 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = 
         kwargs["attn_implementation"] = cfg.attn_implementation
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
+    if torch.cuda.is_available():
+        # Straight onto this process's GPU (its rank's, under torchrun/accelerate), for training and inference alike.
+        kwargs["device_map"] = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
+    elif quant is not None:
+        kwargs["device_map"] = {"": "cpu"}
     if head == "reward":
         from trl.trainer.reward_trainer import suppress_seqcls_warning
 
