@@ -44,6 +44,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
         f"- reward of desirable replies (train): {first_last(records, 'rewards/chosen') or '-'}",
         f"- reward of undesirable replies (train): {first_last(records, 'rewards/rejected') or '-'}",
         f"- KL estimate (train): {first_last(records, 'kl') or '-'}",
+        f"- reward margin, desirable minus undesirable (eval): {first_last(records, 'eval_rewards/margins') or 'no eval data'}",
     ])
 
 
