@@ -1,4 +1,5 @@
-"""Run each configuration of a benchmark in its own Python process, so its peak memory is its own."""
+"""Run each configuration of a benchmark in its own Python process, so its peak memory is its own; and
+time training from the end of its first step (which pays for warm-up), in tokens per second."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,3 +26,19 @@ def run_each(script: str, configs: list[str], steps: int) -> list[dict]:
         results.append(json.loads(lines[-1][7:]))
         print(f"done: {name}", file=sys.stderr)
     return results
+
+
+def step_clock():
+    """A trainer callback that times the steps after the first: `.tokens_per_s()` once training ended."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+            self.t1, self.tokens1 = time.perf_counter(), state.num_input_tokens_seen
+
+        def tokens_per_s(self) -> float:
+            return (self.tokens1 - self.tokens0) / (self.t1 - self.t0)
+
+    return Clock()

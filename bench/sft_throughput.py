@@ -14,10 +14,9 @@ import argparse
 import json
 import resource
 import tempfile
-import time
 from pathlib import Path
 
-from _children import ROOT, run_each
+from _children import ROOT, run_each, step_clock
 
 CONFIGS = {
     "lora": [],
@@ -29,24 +28,16 @@ CONFIGS = {
 
 def measure(name: str, steps: int) -> dict:
     """Runs in a child process: a few SFT steps, timed from the end of step 1."""
-    from transformers import TrainerCallback
-
     from tunesmith.config import load_recipe
     from tunesmith.methods.sft import train
 
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
-            self.t1, self.tokens1 = time.perf_counter(), state.num_input_tokens_seen
-
-    clock = Clock()
+    clock = step_clock()
     out = Path(tempfile.mkdtemp()) / name
     overrides = [f"output_dir={out}", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=[]", *CONFIGS[name]]
     train(load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides), callbacks=[clock])
     return {
         "config": name,
-        "tokens_per_s": (clock.tokens1 - clock.tokens0) / (clock.t1 - clock.t0),
+        "tokens_per_s": clock.tokens_per_s(),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 

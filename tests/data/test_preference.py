@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.data.test_formats import assistant, system, user
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import DataError
 from tunesmith.data.load import load_examples
@@ -14,18 +15,6 @@ from tunesmith.data.templates import prompt_ids, resolve_template, tokenize_conv
 from tunesmith.errors import TunesmithError
 
 W = "pairs.jsonl:3"
-
-
-def user(content):
-    return {"role": "user", "content": content}
-
-
-def assistant(content):
-    return {"role": "assistant", "content": content}
-
-
-def system(content):
-    return {"role": "system", "content": content}
 
 
 def write_jsonl(path, rows):
