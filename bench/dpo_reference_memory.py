@@ -11,14 +11,7 @@ step 1, and both against the first config. Uses recipes/dpo_tickets.yaml (offlin
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import tempfile
-import time
-from pathlib import Path
-
-from _children import ROOT, run_each, step_clock
+from _children import benchmark
 
 CONFIGS = {
     "lora_adapters_off": ["dpo.reference=adapters_off"],
@@ -29,34 +22,10 @@ CONFIGS = {
 }
 
 
-def measure(name: str, steps: int) -> dict:
-    """Runs in a child process: a few DPO steps, timed from the end of step 1."""
-    from tunesmith.config import load_recipe
-    from tunesmith.methods.dpo import train
-
-    clock = step_clock()
-    out = Path(tempfile.mkdtemp()) / name
-    overrides = [f"output_dir={out}", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=[]", *CONFIGS[name]]
-    started = time.perf_counter()
-    train(load_recipe(ROOT / "recipes" / "dpo_tickets.yaml", overrides), callbacks=[clock])
-    return {
-        "config": name,
-        "tokens_per_s": clock.tokens_per_s(),
-        "seconds": time.perf_counter() - started,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.steps)))
+    results = benchmark(__file__, "dpo", "dpo_tickets.yaml", CONFIGS, default_steps=6)
+    if results is None:  # this process was one configuration's child
         return
-    results = run_each(__file__, args.configs.split(","), args.steps)
     base = results[0]
     print(f"{'config':18} {'peak RSS':>9} {'vs first':>9} {'tokens/s':>9} {'vs first':>9} {'wall':>7}")
     for r in results:
