@@ -163,6 +163,8 @@ REFERENCE_HELP = (
     "copy of the starting model in memory; adapters_off: the policy itself with its adapters disabled (no second copy)."
 )
 PRECOMPUTE_HELP = "Compute the reference log-probs of every example once before training, then free the reference."
+# dpo losses that score replies without a reference policy.
+REFERENCE_FREE = ("simpo", "orpo")
 
 
 class DpoConfig(_Section):
@@ -200,9 +202,6 @@ class DpoConfig(_Section):
                 if getattr(self, key) != defaults[key]:
                     raise ValueError(f"{key}: loss {self.loss!r} is reference-free; remove the key")
         return self
-
-
-REFERENCE_FREE = ("simpo", "orpo")
 
 
 class KtoConfig(_Section):
@@ -400,8 +399,6 @@ class Recipe(_Section):
             raise ValueError("train.batch_size: kto estimates its KL term from the other examples of a batch: use 2 or more")
         if self.method != "sft" and self.data.train_on_prompt:
             raise ValueError(f"data.train_on_prompt applies to method sft only (method is {self.method})")
-        if self.method == "reward" and self.model.quantization not in (None, "none") and self.peft.method != "qlora":
-            raise ValueError("method reward with a quantised base needs peft.method qlora")
 
     def _check_ppo(self) -> None:
         t = self.train
@@ -550,7 +547,7 @@ def _fields_at(loc: list) -> list[str]:
     return list(model.model_fields)
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
     """A hub id is 'name' or 'org/name'; anything else (absolute, ./, ~, .gguf, deeper) is a local path, and so
     is 'folder/name' when that folder exists here (runs/my-sft before the run was trained)."""
     return (
@@ -566,7 +563,7 @@ def check_paths(recipe: Recipe) -> None:
     """Missing files are one-line errors, before anything heavy happens."""
     problems = []
     model_path = recipe.model.path
-    if _looks_local(model_path) and not Path(model_path).expanduser().exists():
+    if looks_local(model_path) and not Path(model_path).expanduser().exists():
         problems.append(f"model.path: {model_path!r} does not exist (a local folder, a .gguf file, or a hub id like org/name)")
     for key in ("train", "eval"):
         for i, file in enumerate(getattr(recipe.data, key)):

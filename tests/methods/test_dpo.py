@@ -253,3 +253,12 @@ def test_eval_reports_the_implicit_reward_accuracy_of_a_dpo_run(stories_path, pa
     assert summary["n"] == 8 and summary["metrics"]["reward_accuracy"] == pytest.approx(expected)
     assert summary["metrics"]["reward_margin"] == pytest.approx((rewards["chosen_ids"] - rewards["rejected_ids"]).mean().item(), abs=1e-3)
     assert summary["metrics"]["reward_accuracy"] >= 0.75
+
+
+def test_a_dpo_run_merges_through_the_fidelity_gate_on_its_own_pairs(stories_path, pairs_file, tmp_path):
+    from tunesmith.models.merge import merge_run
+
+    run = train(recipe(stories_path, pairs_file, tmp_path / "run", train={"max_steps": 2}))
+    result = merge_run(run.path, tmp_path / "merged", dtype="float32")
+    assert result.passed and "training data" in result.prompts_from
+    assert result.fidelity.sequences == 8 and (tmp_path / "merged" / "template.json").is_file()

@@ -81,3 +81,15 @@ def test_score_refuses_a_run_that_is_not_a_reward_model(tmp_path, capsys):
     (tmp_path / "template.json").write_text("{}")
     assert main(["score", str(tmp_path), "--data", "x.jsonl"]) == 2
     assert "not a reward model run" in capsys.readouterr().err
+
+
+def test_a_reward_run_is_no_starting_model_and_does_not_merge(reward_run):
+    from tunesmith.config import ModelConfig
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models.load import resolve_source
+    from tunesmith.models.merge import merge_run
+
+    with pytest.raises(TunesmithError, match="is a reward model, not a language model to start from"):
+        resolve_source(ModelConfig(path=reward_run))
+    with pytest.raises(TunesmithError, match="is a reward model"):
+        merge_run(reward_run, "unused")

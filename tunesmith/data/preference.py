@@ -31,8 +31,6 @@ from tunesmith.data.formats import (
     type_name,
 )
 
-PAIR_FORMATS = ("preference", "unpaired", "prompt")
-
 Messages = list[dict[str, str]]
 
 # CSV and spreadsheets write booleans as text.
@@ -105,6 +103,15 @@ def unpair(example: PairExample) -> list[UnpairedExample]:
         UnpairedExample(example.prompt, example.chosen, True, example.where),
         UnpairedExample(example.prompt, example.rejected, False, example.where),
     ]
+
+
+def conversation_of(example: PairExample | UnpairedExample | PromptExample) -> Messages:
+    """The messages an example stands for: the prompt and the preferred (or only) reply; a bare prompt alone."""
+    if isinstance(example, PairExample):
+        return [*example.prompt, {"role": "assistant", "content": example.chosen}]
+    if isinstance(example, UnpairedExample):
+        return [*example.prompt, {"role": "assistant", "content": example.completion}]
+    return list(example.prompt)
 
 
 def _prompt_turns(prompt, key: str, where: str) -> list[Turn]:

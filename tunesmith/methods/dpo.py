@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from tunesmith.config import Recipe
+from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.methods.common import trainer_arguments
-from tunesmith.methods.steps import REFERENCE_FREE, callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
+from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, lora_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from tunesmith.config import Recipe
+from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
@@ -78,10 +78,6 @@ def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
 
     stopping = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
     return [MetricsLogger(run), ProgressBar(), *generation_eval_callbacks(recipe, run), *stopping, *(callbacks or [])]
-
-
-# dpo losses that score replies without a reference policy.
-REFERENCE_FREE = ("simpo", "orpo")
 
 
 def reference_mode(recipe: Recipe) -> str:

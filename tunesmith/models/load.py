@@ -71,7 +71,11 @@ def gguf_to_folder(gguf_path: Path) -> Path:
     # The weights are now plain float32; drop the GGUF quantiser so the model saves as safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
-    _save_atomically(target, model, tokenizer)
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    _save_atomically(target, write)
     return target
 
 
@@ -103,6 +107,8 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
 def _run_source(path: Path, origin: str) -> ModelSource:
     """A tunesmith run as a starting point: its full model, or its adapter merged into its base (cached)."""
     run = RunDir(path)
+    if run.recipe().method == "reward":
+        raise TunesmithError(f"model.path: {origin} is a reward model, not a language model to start from (ppo.reward_model takes it)")
     template = str(run.path / "template.json")
     if (run.path / "model" / "config.json").is_file():
         return ModelSource("run", str(run.path / "model"), origin, template)
@@ -118,21 +124,23 @@ def _run_source(path: Path, origin: str) -> ModelSource:
 
 
 def _merge_run(run: RunDir, target: Path) -> None:
-    """Merge a LoRA run into its base, in the base's unquantised weights (a QLoRA run's too), and save."""
-    from peft import PeftModel
+    """Merge a LoRA run into its base (unquantised, a QLoRA run's too) and save it as `tunesmith merge` does,
+    template and stop tokens included; the fidelity gate is `tunesmith merge`'s, not run here."""
+    from tunesmith.data.templates import ChatTemplate
+    from tunesmith.models.merge import adapter_model, save_merged
 
+    recipe = run.recipe()
     log.info("merging the adapter of %s into its base (once; cached in %s)", run.path, target)
-    base_cfg = run.recipe().model.model_copy(update={"quantization": "none"})
-    base, _, _ = load_model(base_cfg)
-    merged = PeftModel.from_pretrained(base, run.path / "adapter").merge_and_unload()
-    tokenizer = load_tokenizer(str(run.path / "adapter"))
-    _save_atomically(target, merged, tokenizer)
+    model, _, _ = adapter_model(run, recipe)
+    tokenizer = load_tokenizer(str(run.final_dir))
+    template = ChatTemplate.load(run.path / "template.json")
+    _save_atomically(target, lambda folder: save_merged(model.merge_and_unload(), tokenizer, template, folder))
 
 
-def _save_atomically(target: Path, model, tokenizer) -> None:
+def _save_atomically(target: Path, write) -> None:
+    """`write(folder)` into a temporary folder, then rename it to `target` in one step."""
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    write(tmp)
     try:
         tmp.rename(target)  # atomic: readers never see a half-written folder
     except OSError:

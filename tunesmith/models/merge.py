@@ -24,7 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tunesmith.config import Recipe, _looks_local
+from tunesmith.config import Recipe, looks_local
 from tunesmith.data.templates import ChatTemplate, install_template, prompt_ids
 from tunesmith.errors import TunesmithError
 from tunesmith.models.fidelity import DEFAULT_MAX_SHARE, DEFAULT_THRESHOLDS, Fidelity, adapter_logits, compare, model_logits
@@ -64,6 +64,8 @@ def open_adapter_run(target: str | Path) -> tuple[RunDir, Recipe]:
         raise TunesmithError(f"{target}: not a run directory (it needs config.yaml and template.json)")
     run = RunDir(Path(target))
     recipe = run.recipe()
+    if recipe.method == "reward":
+        raise TunesmithError(f"{run.path} is a reward model (a scalar head, not a language model): score with it, `tunesmith score {run.path}`")
     if run.final_dir.name != "adapter":
         if (run.path / "model").is_dir():
             raise TunesmithError(
@@ -85,18 +87,13 @@ def merge_run(
     max_share: float = DEFAULT_MAX_SHARE,
     force: bool = False,
 ) -> MergeResult:
-    from peft import PeftModel
-
     from tunesmith.models.load import load_model, load_tokenizer
 
     run, recipe = open_adapter_run(target)
     out = Path(out)
     check_out(out)
-    dtype = dtype or recipe.model.dtype
-    # The base at full precision, whatever the run trained on (see the module docstring for QLoRA).
-    base_cfg = recipe.model.model_copy(update={"quantization": "none", "dtype": dtype})
-    base, _, source = load_model(base_cfg)
-    resolved = str(base.dtype).replace("torch.", "")
+    model, base_cfg, source = adapter_model(run, recipe, dtype)
+    resolved = str(model.dtype).replace("torch.", "")
     default_diff, default_kl = DEFAULT_THRESHOLDS[resolved]
     max_logit_diff = default_diff if max_logit_diff is None else max_logit_diff
     max_kl = default_kl if max_kl is None else max_kl
@@ -104,14 +101,14 @@ def merge_run(
     tokenizer = load_tokenizer(str(run.final_dir))
     template = ChatTemplate.load(run.path / "template.json")
     sequences, prompts_from = gate_sequences(recipe, tokenizer, template, prompts, n_prompts)
-    model = PeftModel.from_pretrained(base, run.final_dir).to(inference_device()).eval()
+    model = model.to(inference_device()).eval()
     reference, adapter_kl = adapter_logits(model, sequences, tokenizer.pad_token_id)
 
     merged = model.merge_and_unload(safe_merge=True)  # safe_merge: NaNs in the merged weights are an error
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     save_merged(merged, tokenizer, template, staging)
-    del model, merged, base
+    del model, merged
 
     reloaded = load_model(base_cfg.model_copy(update={"path": str(staging), "gguf_file": None}))[0]
     reloaded = reloaded.to(inference_device()).eval()
@@ -133,6 +130,18 @@ def merge_run(
         )
     staging.rename(out)
     return result
+
+
+def adapter_model(run: RunDir, recipe: Recipe, dtype: str | None = None):
+    """(the run's adapter on its base loaded unquantised in `dtype`, that base's ModelConfig, its source).
+    Unquantised whatever the run trained on: see the module docstring for QLoRA."""
+    from peft import PeftModel
+
+    from tunesmith.models.load import load_model
+
+    base_cfg = recipe.model.model_copy(update={"quantization": "none", "dtype": dtype or recipe.model.dtype})
+    base, _, source = load_model(base_cfg)
+    return PeftModel.from_pretrained(base, run.final_dir), base_cfg, source
 
 
 def inference_device() -> str:
@@ -189,7 +198,7 @@ def export_adapter(target: str | Path, out: str | Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.final_dir, staging)
     shutil.copy2(run.path / "template.json", staging / "template.json")
-    if not _looks_local(recipe.model.path):
+    if not looks_local(recipe.model.path):
         # The run may point at a local conversion of the base (GGUF, offline): others find it by hub id.
         config_file = staging / "adapter_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -202,19 +211,23 @@ def export_adapter(target: str | Path, out: str | Path) -> Path:
 
 def gate_sequences(recipe: Recipe, tokenizer, template: ChatTemplate, prompts: str | None, limit: int) -> tuple[list[list[int]], str]:
     """Token sequences the gate compares on, and a phrase saying where they came from."""
+    from tunesmith.config import METHOD_FORMATS
+    from tunesmith.data.formats import Example
+    from tunesmith.data.preference import conversation_of
     from tunesmith.data.prepare import DataReport, read_split, split_eval, tokenize_example
 
     data = recipe.data
+    formats = METHOD_FORMATS[recipe.method]  # a DPO run's data are pairs, a GRPO run's prompts
     try:
         if prompts:
             examples, where = read_prompt_file(prompts, data), f"prompts from {prompts}"
         elif data.eval:
-            examples, where = read_split(data.eval, data, DataReport()), "the run's eval data"
+            examples, where = read_split(data.eval, data, DataReport(), formats), "the run's eval data"
         elif data.eval_split > 0:
-            train = read_split(data.train, data, DataReport())
+            train = read_split(data.train, data, DataReport(), formats)
             examples, where = split_eval(train, data.eval_split, recipe.train.seed)[1], "the run's held-out eval split"
         else:
-            examples, where = read_split(data.train, data, DataReport()), "the run's training data (it has no eval data)"
+            examples, where = read_split(data.train, data, DataReport(), formats), "the run's training data (it has no eval data)"
     except FileNotFoundError as err:
         raise TunesmithError(
             f"{err}: the gate reads the run's data files, whose paths in config.yaml are relative to where training "
@@ -222,6 +235,8 @@ def gate_sequences(recipe: Recipe, tokenizer, template: ChatTemplate, prompts: s
         ) from None
     sequences = []
     for example in examples[:limit]:
+        if not isinstance(example, Example):  # pairs: the chosen reply; prompts: the prompt
+            example = Example(messages=conversation_of(example), text=None, where=example.where)
         if example.messages and example.messages[-1]["role"] == "user":
             ids = prompt_ids(template, tokenizer, example.messages)  # a bare prompt: up to the generation prompt
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.config import _looks_local
+from tunesmith.config import looks_local
 from tunesmith.errors import TunesmithError
 from tunesmith.models.merge import PROVENANCE
 from tunesmith.publish.card import CardInfo, read_evals, render_card, training_summary
@@ -120,11 +120,11 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def base_hub_id(source: Source) -> str | None:
     if source.recipe:
         path = source.recipe["model"]["path"]
-        return None if _looks_local(path) else path
+        return None if looks_local(path) else path
     config = source.folder / "adapter_config.json"
     if config.is_file():
         path = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
-        return path if path and not _looks_local(path) else None
+        return path if path and not looks_local(path) else None
     return None
 
 

@@ -16,9 +16,6 @@ from tunesmith.serve.catalog import Catalog, build_catalog
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "transformers", "vllm")
-
-
 def pick_engine(name: str) -> str:
     import torch
 
