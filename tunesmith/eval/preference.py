@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tunesmith.data.formats import Example
 from tunesmith.data.load import load_examples
+from tunesmith.eval.evaluate import output_dir, with_system
 from tunesmith.eval.metrics import reward_accuracy
 from tunesmith.runs import RunDir, is_run_dir
 
@@ -37,11 +38,9 @@ def is_preference_file(path: str) -> bool:
 
 def run_preference_eval(target: str, data_file: str, name: str | None = None, out: str | None = None,
                         system: str | None = None, batch_size: int = 8, limit: int | None = None) -> dict:
-    from tunesmith.eval.evaluate import output_dir, with_system
-
     pairs, _ = load_examples(data_file, formats=("preference",))
     pairs = pairs[:limit] if limit else pairs
-    kind, chosen, rejected, system_used = rewards_of(target, pairs, system, batch_size, with_system)
+    kind, chosen, rejected, system_used = rewards_of(target, pairs, system, batch_size)
     margins = [c - r for c, r in zip(chosen, rejected)]
     summary = {
         "name": name or Path(data_file.split("::")[0]).stem,
@@ -72,7 +71,7 @@ def run_preference_eval(target: str, data_file: str, name: str | None = None, ou
     return summary
 
 
-def rewards_of(target: str, pairs: list, system: str | None, batch_size: int, with_system):
+def rewards_of(target: str, pairs: list, system: str | None, batch_size: int):
     """(what the reward is, chosen rewards, rejected rewards, the system prompt used)."""
     recipe = RunDir(Path(target)).recipe() if is_run_dir(target) else None
     system = system if system is not None else (recipe.data.system_prompt if recipe else None)

@@ -33,10 +33,10 @@ class RewardModel:
 def load_reward_model(target: str | Path) -> RewardModel:
     from tunesmith.models.load import load_model, load_tokenizer
 
-    if not is_run_dir(target) or RunDir(Path(target)).recipe().method != "reward":
-        raise TunesmithError(f"{target}: not a reward model run (a run directory trained with method: reward)")
     run = RunDir(Path(target))
-    recipe = run.recipe()
+    recipe = run.recipe() if is_run_dir(target) else None
+    if recipe is None or recipe.method != "reward":
+        raise TunesmithError(f"{target}: not a reward model run (a run directory trained with method: reward)")
     final = run.final_dir
     if final.name == "adapter":
         from peft import PeftModel
