@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from tunesmith.data.formats import with_system
 from tunesmith.data.templates import prompt_ids
 from tunesmith.eval.generate import Loaded, generate, load_for_inference
 
@@ -49,19 +50,15 @@ def chat(target: str, template: str = "model", system: str | None = None, max_ne
             continue
         history.append({"role": "user", "content": line})
         history = fit(loaded, system, history, max_new_tokens)
-        reply = generate(loaded, [with_system(system, history)], max_new_tokens=max_new_tokens, progress=False, **decoding)[0]
+        reply = generate(loaded, [with_system(history, system)], max_new_tokens=max_new_tokens, progress=False, **decoding)[0]
         history.append({"role": "assistant", "content": reply})
         print(reply, flush=True)
-
-
-def with_system(system: str | None, history: list[dict]) -> list[dict]:
-    return ([{"role": "system", "content": system}] if system else []) + history
 
 
 def fit(loaded: Loaded, system: str | None, history: list[dict], max_new_tokens: int) -> list[dict]:
     """Drop the oldest exchanges until the prompt and the reply fit the model's context."""
     context = int(getattr(loaded.model.config, "max_position_embeddings", 2048))
-    while len(history) > 1 and len(prompt_ids(loaded.template, loaded.tokenizer, with_system(system, history))) + max_new_tokens > context:
+    while len(history) > 1 and len(prompt_ids(loaded.template, loaded.tokenizer, with_system(history, system))) + max_new_tokens > context:
         history = history[2:]
         note("(the conversation outgrew the context: the oldest exchange was dropped)")
     return history

@@ -85,3 +85,13 @@ def test_confidence_interval_and_win_rate_hand_computed():
     rated = [{"a": 5, "b": 3}, {"a": 2, "b": 2}, {"a": 1, "b": 4}, {"a": 5}]
     assert win_rate(rated, "a", "b") == (0.5, 3)
     assert summarize(["a", "b"], rated)["models"]["a"]["n"] == 4
+
+
+def test_a_sheet_with_no_rating_yet_is_an_error_not_a_table_of_nan(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    sheet = tmp_path / "review.csv"
+    write_sheet(sheet, IDS, ["p1", "p2", "p3", "p4"], ["refund", "billing", "shipping", "account"], OUTPUTS, seed=2)
+    assert main(["eval", "import-sheet", str(sheet)]) == 2
+    assert "no rating filled in yet" in capsys.readouterr().err
+    assert not (tmp_path / "review.results.json").exists()

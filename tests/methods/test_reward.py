@@ -44,7 +44,8 @@ def test_reward_model_learns_a_separable_preference_and_scores_it_back(stories_p
     from tunesmith.models.reward import load_reward_model, score
 
     snap = Snapshot()
-    run = train(recipe(stories_path, pairs, tmp_path / "run"), callbacks=[snap])
+    system = "Be a helpful support agent."
+    run = train(recipe(stories_path, pairs, tmp_path / "run", data={"system_prompt": system}), callbacks=[snap])
     records = run.metrics()
     train_acc = [r["accuracy"] for r in records if "accuracy" in r]
     eval_acc = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
@@ -60,6 +61,10 @@ def test_reward_model_learns_a_separable_preference_and_scores_it_back(stories_p
     prompt = [{"role": "user", "content": "Help with my refund?"}]
     good, bad = score(model, [prompt, prompt], ["Of course, I will help with your refund.", "No."])
     assert good > bad
+    # Scored as trained: the run's system prompt is added where a prompt has none.
+    with_system = [{"role": "system", "content": system}, *prompt]
+    assert score(model, [with_system], ["No."]) == pytest.approx([bad], abs=1e-5)
+    assert score(model, [[{"role": "system", "content": "Other."}, *prompt]], ["No."]) != pytest.approx([bad], abs=1e-5)
 
     out = tmp_path / "scores.jsonl"
     assert main(["score", str(run.path), "--data", str(pairs / "eval.jsonl"), "--output", str(out)]) == 0

@@ -54,7 +54,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
-from tunesmith.data.formats import MESSAGE_ROLES, DataError, check_turns, expect_string, parse_turns, type_name
+from tunesmith.data.formats import MESSAGE_ROLES, DataError, check_turns, expect_string, parse_turns, type_name, with_system
 from tunesmith.data.load import DataFileError, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -272,10 +272,7 @@ def load_inputs(prompts: str, principles: str, critique_template: str | None = N
 
 
 def conversation_for(prompt: str | list[dict], system_prompt: str | None) -> list[dict]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    return with_system([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt), system_prompt)
 
 
 @dataclass

@@ -84,6 +84,13 @@ def type_name(value) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """The messages with `system` as their first, system message, unless they start with one (or it is empty)."""
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return list(messages)
+
+
 def detect_format(row: dict, columns: dict[str, str], where: str, formats: tuple[str, ...] = FORMATS) -> str:
     """The first of `formats` whose required fields are all present (null values count as absent)."""
     if not isinstance(row, dict):
@@ -119,9 +126,7 @@ def to_example(
 
     turns, container = CONVERTERS[fmt](row, columns, where)
     check_turns(turns, container, where)
-    messages = [{"role": role, "content": content} for role, content, _, _ in turns]
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
+    messages = with_system([{"role": role, "content": content} for role, content, _, _ in turns], system_prompt)
     trained_from = 0
     if fmt == "prompt_completion":
         # Like TRL: only the completion is trained, even when the prompt holds earlier assistant turns.

@@ -29,6 +29,7 @@ from tunesmith.data.formats import (
     parse_turns,
     required_field,
     type_name,
+    with_system,
 )
 
 Messages = list[dict[str, str]]
@@ -173,7 +174,4 @@ def _label(value, key: str, where: str) -> bool:
 
 
 def _messages(turns: list[Turn], system_prompt: str | None) -> Messages:
-    messages = [{"role": role, "content": content} for role, content, _, _ in turns]
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    return with_system([{"role": role, "content": content} for role, content, _, _ in turns], system_prompt)

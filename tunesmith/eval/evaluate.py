@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import Example, with_system
 from tunesmith.data.load import load_examples, read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.classification import classification_report, extract_label, label_set
@@ -52,12 +52,6 @@ class EvalData:
     def prompts(self, system: str | None) -> list[list[dict]]:
         """Each conversation without its answer; `system` is added where a row has no system message."""
         return [with_system(e.messages[:-1], system) for e in self.examples]
-
-
-def with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system}, *messages]
-    return list(messages)
 
 
 def load_eval_data(path: str, fmt: str = "auto", columns: dict | None = None, limit: int | None = None) -> EvalData:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import ModelConfig
+from tunesmith.data.formats import with_system
 from tunesmith.data.templates import ChatTemplate, prompt_ids, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
@@ -145,4 +146,4 @@ def require_conversation(prompt: str | list[dict], system: str | None = None) ->
         return prompt
     if not isinstance(prompt, str) or not prompt:
         raise TunesmithError("a prompt must be a non-empty string or a list of messages")
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return with_system([{"role": "user", "content": prompt}], system)

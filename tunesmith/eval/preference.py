@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import Example, with_system
 from tunesmith.data.load import load_examples
-from tunesmith.eval.evaluate import output_dir, with_system
+from tunesmith.eval.evaluate import output_dir
 from tunesmith.eval.metrics import reward_accuracy
 from tunesmith.runs import RunDir, is_run_dir
 

@@ -143,6 +143,8 @@ def summarize(models: list[str], rated: list[dict[str, float]]) -> dict:
 
 def import_sheet(sheet: str, key_file: str | None = None) -> dict:
     models, rated = read_ratings(sheet, key_file)
+    if not any(rated):
+        raise TunesmithError(f"{sheet}: no rating filled in yet (the rating_* columns are empty; {RATING_HELP})")
     result = summarize(models, rated)
     out = Path(sheet).with_name(Path(sheet).stem + ".results.json")
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Use a trained reward model: load a `method: reward` run and score replies with its own template.
+"""Use a trained reward model: load a `method: reward` run and score replies with its own template and
+system prompt.
 
     tunesmith score runs/reward-tickets --data pairs.jsonl [--output scores.jsonl]
 
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.formats import with_system
 from tunesmith.data.templates import ChatTemplate
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
@@ -28,6 +30,7 @@ class RewardModel:
     tokenizer: object
     template: ChatTemplate
     name: str
+    system_prompt: str | None = None   # the run's data.system_prompt: every conversation it learned from had it
 
 
 def load_reward_model(target: str | Path) -> RewardModel:
@@ -46,17 +49,20 @@ def load_reward_model(target: str | Path) -> RewardModel:
     else:
         model, _, _ = load_model(recipe.model.model_copy(update={"path": str(final), "gguf_file": None}), head="reward")
     model.eval()
-    return RewardModel(model, load_tokenizer(str(final)), ChatTemplate.load(run.path / "template.json"), run.path.name)
+    template = ChatTemplate.load(run.path / "template.json")
+    return RewardModel(model, load_tokenizer(str(final)), template, run.path.name, recipe.data.system_prompt)
 
 
 def score(reward: RewardModel, prompts: list[list[dict]], replies: list[str], batch_size: int = 8) -> list[float]:
-    """The reward of each reply to its prompt (conversation messages ending with a user turn)."""
+    """The reward of each reply to its prompt (conversation messages ending with a user turn). A prompt without
+    a system message gets the reward run's training system prompt, as its training conversations had."""
     import torch
 
     from tunesmith.data.prepare_align import tokenize_reply
 
     sequences = []
     for prompt, reply in zip(prompts, replies, strict=True):
+        prompt = with_system(prompt, reward.system_prompt)
         prompt_ids, reply_ids, _ = tokenize_reply(reward.template, reward.tokenizer, prompt, reply)
         sequences.append(prompt_ids + reply_ids)
     pad = reward.tokenizer.pad_token_id
