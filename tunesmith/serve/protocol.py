@@ -72,6 +72,7 @@ class Message(_Body):
     tool_calls: Annotated[list | None, only_off(None, [])] = None
     function_call: Annotated[dict | None, only_off(None)] = None
     audio: Annotated[dict | None, only_off(None)] = None
+    annotations: Annotated[list | None, only_off(None, [])] = None
 
     def as_dict(self) -> dict:
         content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
