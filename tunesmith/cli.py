@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $TUNESMITH_API_KEY, else none)")
     p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto", help="auto: vLLM when installed with a GPU")
     p.add_argument("--template", default="model", help="template for a plain model (runs and merged folders bring their own)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype for a plain model")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: a run's model.dtype; for a model, bfloat16 where fast, else float32)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
     p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives no max_tokens")
     p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")

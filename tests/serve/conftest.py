@@ -14,13 +14,21 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app, engine, catalog):
+    """With graceful_timeout, the server `tunesmith serve` runs (see serve.server.graceful_server)."""
+
+    def __init__(self, app, engine, catalog, graceful_timeout: float | None = None):
         import uvicorn
 
         self.engine, self.catalog = engine, catalog
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        if graceful_timeout is None:
+            self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        else:
+            from tunesmith.serve.server import ANSWER_TIME, graceful_server
+
+            config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=graceful_timeout + ANSWER_TIME)
+            self.server = graceful_server(config, graceful_timeout)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -54,11 +62,11 @@ def story_runs(lora_run_factory, stories_path, tmp_path_factory):
 def start_server():
     """`with start_server(target, **options) as live:` a server for any run or model folder."""
 
-    def start(target, **options) -> LiveServer:
+    def start(target, graceful_timeout: float | None = None, **options) -> LiveServer:
         from tunesmith.serve.server import create_app
 
         app, catalog, engine = create_app(str(target), engine="transformers", **options)
-        return LiveServer(app, engine, catalog)
+        return LiveServer(app, engine, catalog, graceful_timeout)
 
     return start
 

@@ -31,7 +31,7 @@ def test_joining_and_leaving_rows_decode_as_if_alone(model, join_at):
     expected = [alone(model, p, 10) for p in PROMPTS]
     got = {0: [], 1: [], 2: []}
     with torch.inference_mode():
-        batch = prefill(model, PROMPTS[:2], 0, jobs=[0, 1], generators=[None, None])
+        batch = prefill(model, PROMPTS[:2], 0, jobs=[0, 1])
         for i in range(30):
             tokens = greedy(batch)
             for job, token in zip(batch.jobs, tokens):
@@ -43,5 +43,5 @@ def test_joining_and_leaving_rows_decode_as_if_alone(model, join_at):
             step(model, batch, [tokens[r] for r in rows])
             if i == join_at:
                 assert can_join(batch)
-                batch = concat(batch, prefill(model, PROMPTS[2:], 0, jobs=[2], generators=[None]))
+                batch = concat(batch, prefill(model, PROMPTS[2:], 0, jobs=[2]))
     assert got == {0: expected[0], 1: expected[1][:7], 2: expected[2]}

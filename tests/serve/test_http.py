@@ -36,12 +36,71 @@ def test_malformed_json_is_400(http):
         ({"messages": []}, "messages", "at least 1"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "'system', 'developer', 'user' or 'assistant'"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
-        ({"logprobs": True}, None, "logprobs is not supported"),
+        ({"logprobs": True}, "logprobs", "not supported by this server (only null or false)"),
+        # Strict types, as OpenAI's: nothing is coerced.
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"max_tokens": "10"}, "max_tokens", "valid integer"),
+        ({"max_tokens": 10.0}, "max_tokens", "valid integer"),
+        ({"n": True}, "n", "valid integer"),
+        ({"temperature": True}, "temperature", "valid number"),
+        ({"seed": "1"}, "seed", "valid integer"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", "valid string"),
+        # Ranges the engine could not decode with.
+        ({"seed": 2**64}, "seed", "less than or equal to 9223372036854775807"),
+        ({"temperature": 1e-40}, "temperature", "must be 0 (greedy) or at least 0.01"),
+        ({"top_p": 0}, "top_p", "greater than 0"),
+        ({"presence_penalty": 2.5}, "presence_penalty", "less than or equal to 2"),
+        ({"repetition_penalty": 0}, "repetition_penalty", "greater than 0"),
+        ({"top_k": -2}, "top_k", "greater than or equal to -1"),
+        # Accepted-and-ignored would be a lie: unknown and unimplemented fields are refused.
+        ({"min_p": 0.1}, "min_p", "unknown parameter: this server does not implement it"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "not supported by this server"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name", "not supported by this server"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
     ],
 )
 def test_bad_fields_are_422_naming_the_field(http, change, param, words):
     error = error_of(http.post("/v1/chat/completions", json={**CHAT, **change}), 422)
     assert error["param"] == param and words in error["message"]
+
+
+def test_non_finite_numbers_are_422(http):
+    body = json.dumps(CHAT).replace('"temperature": 0', '"temperature": NaN')  # Python's json reads NaN; OpenAI's does not
+    error = error_of(http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}), 422)
+    assert error["param"] == "temperature" and "finite number" in error["message"]
+
+
+def test_completions_refuse_their_unimplemented_fields(http):
+    completion = {"model": "first", "prompt": "Once", "max_tokens": 2}
+    for change, param in (({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"logprobs": 1}, "logprobs"), ({"suffix": "x"}, "suffix")):
+        assert error_of(http.post("/v1/completions", json={**completion, **change}), 422)["param"] == param
+    assert http.post("/v1/completions", json={**completion, "echo": False, "best_of": 1, "logprobs": None}).status_code == 200
+
+
+def test_metadata_and_off_values_are_accepted(http):
+    off = {"user": "u1", "metadata": {"team": "a"}, "store": False, "logprobs": False, "tools": [], "tool_choice": "none",
+           "response_format": {"type": "text"}, "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0, "top_k": -1}
+    reply = http.post("/v1/chat/completions", json={**CHAT, **off})
+    assert reply.status_code == 200, reply.text
+    plain = http.post("/v1/chat/completions", json=CHAT).json()
+    assert reply.json()["choices"][0]["message"] == plain["choices"][0]["message"]
+
+
+def test_penalties_and_top_k_change_the_answer(http):
+    """Accepted fields are implemented: a repetition penalty turns greedy decoding away from its loops."""
+    long = {**CHAT, "max_tokens": 40}
+    plain = http.post("/v1/chat/completions", json=long).json()["choices"][0]["message"]["content"]
+    for change in ({"repetition_penalty": 1.5}, {"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        reply = http.post("/v1/chat/completions", json={**long, **change})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"] != plain, change
+    sampled = {**long, "temperature": 1.0, "seed": 3}
+    assert http.post("/v1/chat/completions", json={**sampled, "top_k": 1}).json()["choices"][0]["message"]["content"] == plain
+
+
+def test_an_empty_model_name_is_404_not_the_default(http):
+    error = error_of(http.post("/v1/chat/completions", json={**CHAT, "model": ""}), 404)
+    assert error["code"] == "model_not_found"
 
 
 def test_missing_field_is_422(http):
@@ -118,20 +177,26 @@ def test_a_client_leaving_mid_stream_cancels_its_generation(http, live):
     assert http.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["finish_reason"] == "length"
 
 
-def test_a_failing_generation_is_a_500_in_the_error_shape_and_the_server_goes_on(story_runs, start_server, monkeypatch):
+def test_a_failing_generation_is_a_500_in_the_error_shape_without_local_paths_and_the_server_goes_on(story_runs, start_server, stories_path, monkeypatch):
     import tunesmith.serve.engine as engine_module
 
     real_prefill = engine_module.prefill
     calls = []
 
-    def broken_once(*args, **kwargs):
+    def broken_twice(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("out of memory (simulated)")
+        if len(calls) <= 2:
+            raise RuntimeError(f"out of memory (simulated) in {stories_path.resolve()}/model.safetensors")
         return real_prefill(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "prefill", broken_once)
+    monkeypatch.setattr(engine_module, "prefill", broken_twice)
     with start_server(story_runs[0]) as server, httpx2.Client(base_url=server.url, timeout=60) as client:
         error = error_of(client.post("/v1/chat/completions", json=CHAT), 500)
-        assert error["type"] == "server_error" and "out of memory (simulated)" in error["message"]
+        assert error["type"] == "server_error"
+        assert "out of memory (simulated) in <stories260K>/model.safetensors" in error["message"]  # not the folder's path
+        with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        streamed = json.loads(events[-2][6:])["error"]
+        assert streamed["type"] == "server_error" and "<stories260K>" in streamed["message"] and str(stories_path) not in streamed["message"]
         assert client.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["finish_reason"] == "length"

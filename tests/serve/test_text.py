@@ -1,9 +1,5 @@
-"""Pure pieces of the server: incremental text with stop strings, nucleus filtering, per-request sampling."""
+"""Incremental text with stop strings: what a client sees of the token ids an engine produces."""
 
-import pytest
-import torch
-
-from tunesmith.serve.engine import Sampling, sample, seeded, top_p_filter
 from tunesmith.serve.text import TextStream, first_stop, held_back
 
 
@@ -59,29 +55,3 @@ def test_stop_helpers():
     assert held_back("hello ##", ["###"]) == 2
     assert held_back("hello", ["###"]) == 0
     assert held_back("xab", ["abc", "b"]) == 2
-
-
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([0.1, 0.5, 0.3, 0.1])
-    assert torch.allclose(top_p_filter(probs.clone(), 0.7), torch.tensor([0.0, 0.625, 0.375, 0.0]))
-    assert torch.allclose(top_p_filter(probs.clone(), 0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
-    assert torch.equal(top_p_filter(probs.clone(), 1.0), probs)
-
-
-def test_sampling_is_per_row_seeded_and_greedy_at_temperature_zero():
-    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).expand(3, -1)  # (B=3, V): same in every row
-    params = [Sampling(8, temperature=0.0), Sampling(8, temperature=1.0, seed=5), Sampling(8, temperature=1.0, seed=5)]
-    generators = [seeded(p.seed, "cpu") for p in params]
-    draws = [sample(logits, params, generators) for _ in range(20)]
-    assert [d[0] for d in draws] == [int(logits[0].argmax())] * 20
-    assert [d[1] for d in draws] == [d[2] for d in draws]  # the same seed draws the same tokens, wherever its row is
-    assert len({d[1] for d in draws}) > 1  # and really samples
-
-
-@pytest.mark.parametrize("top_p", [0.3, 0.9])
-def test_top_p_sampling_only_draws_from_the_nucleus(top_p):
-    logits = torch.log(torch.tensor([[0.6, 0.25, 0.1, 0.05]]))
-    allowed = {0} if top_p == 0.3 else {0, 1, 2}
-    generator = [seeded(1, "cpu")]
-    drawn = {sample(logits, [Sampling(1, temperature=1.0, top_p=top_p)], generator)[0] for _ in range(200)}
-    assert drawn <= allowed and (len(drawn) > 1) == (top_p == 0.9)

@@ -7,7 +7,9 @@
     POST /generate              {"prompt" or "messages", "model"?} -> {"text", ...}
 
 Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}: malformed JSON 400,
-invalid fields 422, unknown model 404, prompt + max_tokens over the context 400, bad API key 401.
+invalid, mistyped or unknown fields 422, unknown model 404, prompt + max_tokens over the context 400, bad
+API key 401, a failed generation 500, shutting down 503; mid-stream, an error is one `data: {"error": ...}`
+event before `[DONE]`. Messages never show the local folders behind the models.
 A client that goes away mid-stream cancels its generation (the engine drops its row at the next step).
 """
 
@@ -26,8 +28,9 @@ from dataclasses import dataclass
 from tunesmith.data.templates import TemplateError, prompt_ids
 from tunesmith.eval.generate import require_conversation
 from tunesmith.serve.catalog import Catalog, ServedModel
-from tunesmith.serve.engine import Engine, EngineStopped, Request, Sampling
+from tunesmith.serve.engine import Engine, EngineStopped, Request
 from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled
+from tunesmith.serve.sampling import Sampling
 from tunesmith.serve.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,38 @@ class Delta:
     text: str
     finish_reason: str | None
     completion_tokens: int
+
+
+class Shutdown:
+    """The end of the graceful-shutdown time. Requests still generating then are cut here, in the OpenAI error
+    shape (503; a stream gets an error event and [DONE]), rather than cancelled by uvicorn into a plain 500."""
+
+    def __init__(self):
+        self.passed = False
+        self._listening: set[asyncio.Queue] = set()
+
+    def begin(self, seconds: float) -> None:
+        """Called on the server's event loop when shutting down starts."""
+        asyncio.get_running_loop().call_later(seconds, self._cut, seconds)
+
+    @contextlib.contextmanager
+    def watching(self, queue: asyncio.Queue):
+        """While inside, the cut puts None into `queue`."""
+        self._listening.add(queue)
+        try:
+            yield
+        finally:
+            self._listening.discard(queue)
+
+    def _cut(self, seconds: float) -> None:
+        self.passed = True
+        if self._listening:
+            log.warning("cutting %d response(s) still generating after the %g s graceful-shutdown timeout", len(self._listening), seconds)
+        for queue in self._listening:
+            queue.put_nowait(None)
+
+    def stopped(self) -> EngineStopped:
+        return EngineStopped("the server shut down before this request finished (its graceful-shutdown timeout passed)")
 
 
 class ApiKeyMiddleware:
@@ -69,6 +104,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     from starlette.exceptions import HTTPException
 
     started = int(time.time())
+    shutdown = Shutdown()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -78,12 +114,13 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         log.info("engine stopped")
 
     app = FastAPI(title="tunesmith", lifespan=lifespan)
+    app.state.shutdown = shutdown
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def api_error(request, err: APIError):
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(catalog.public(err.body()), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, err: RequestValidationError):
@@ -97,10 +134,10 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     async def server_error(request, err: Exception):
         log.exception("request failed")
         error = APIError(500, f"internal error: {err.__class__.__name__}: {err}", type="server_error")
-        return JSONResponse(error.body(), status_code=500)
+        return JSONResponse(catalog.public(error.body()), status_code=500)
 
     def find(name: str | None) -> ServedModel:
-        served = catalog.models.get(name or catalog.default)
+        served = catalog.models.get(catalog.default if name is None else name)
         if served is None:
             known = ", ".join(catalog.models)
             raise APIError(404, f"The model `{name}` does not exist. Served models: {known}.", param="model", code="model_not_found")
@@ -131,7 +168,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     def requests_for(served: ServedModel, prompts: list[list[int]], body: Sampled, max_tokens: list[int]) -> list[Request]:
         """n choices per prompt; choice i of a seeded request samples with seed + i, so choices differ."""
         return [
-            Request(served, ids, Sampling(limit, body.temperature, body.top_p, None if body.seed is None else body.seed + i))
+            Request(served, ids, sampling(body, limit, None if body.seed is None else body.seed + i))
             for ids, limit in zip(prompts, max_tokens)
             for i in range(body.n)
         ]
@@ -152,7 +189,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
 
     async def collect(requests: list[Request], stop: list[str]) -> list[Delta]:
         out = [Delta("", None, 0) for _ in requests]
-        async with contextlib.aclosing(merged([deltas(r, stop) for r in requests])) as items:
+        async with contextlib.aclosing(merged([deltas(r, stop) for r in requests], shutdown)) as items:
             async for i, d in items:
                 out[i] = Delta(out[i].text + d.text, d.finish_reason, d.completion_tokens)
         return out
@@ -185,7 +222,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": reply_id, "created": created, "model": served.name}
         if body.stream:
-            return sse(chat_chunks(head, requests, body, [ids]))
+            return sse(chat_chunks(head, requests, body, [ids]), catalog.public)
         results = await run(collect(requests, body.stop_list()))
         choices = [
             {"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None, "finish_reason": r.finish_reason}
@@ -198,7 +235,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         for i in range(len(requests)):
             yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
         finals = [Delta("", None, 0)] * len(requests)
-        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests])) as items:
+        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests], shutdown)) as items:
             async for i, d in items:
                 finals[i] = d
                 if d.text:
@@ -216,7 +253,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         requests = requests_for(served, prompts, body, limits)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if body.stream:
-            return sse(completion_chunks(head, requests, body, prompts))
+            return sse(completion_chunks(head, requests, body, prompts), catalog.public)
         results = await run(collect(requests, body.stop_list()))
         choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)]
         return {**head, "object": "text_completion", "choices": choices, "usage": usage(prompts, results)}
@@ -224,7 +261,7 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     async def completion_chunks(head: dict, requests: list[Request], body: CompletionRequest, prompts) -> AsyncIterator[dict]:
         chunk = {**head, "object": "text_completion"}
         finals = [Delta("", None, 0)] * len(requests)
-        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests])) as items:
+        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests], shutdown)) as items:
             async for i, d in items:
                 finals[i] = d
                 yield {**chunk, "choices": [{"index": i, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}]}
@@ -243,6 +280,19 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     return app
 
 
+def sampling(body: Sampled, max_tokens: int, seed: int | None) -> Sampling:
+    return Sampling(
+        max_tokens,
+        body.temperature,
+        body.top_p,
+        max(body.top_k or 0, 0),  # vLLM's -1 is off, like 0
+        body.presence_penalty or 0.0,
+        body.frequency_penalty or 0.0,
+        body.repetition_penalty or 1.0,
+        seed,
+    )
+
+
 async def run(work):
     """Engine failures as OpenAI errors: 503 while shutting down, 500 otherwise."""
     try:
@@ -256,8 +306,11 @@ async def run(work):
         raise APIError(500, f"generation failed: {err.__class__.__name__}: {err}", type="server_error") from None
 
 
-async def merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
-    """(index, item) from several async iterators as items arrive. Leaving early closes them all."""
+async def merged(streams: list[AsyncIterator], shutdown: Shutdown) -> AsyncIterator[tuple[int, object]]:
+    """(index, item) from several async iterators as items arrive. Leaving early closes them all; so does the end
+    of the graceful-shutdown time, which raises EngineStopped."""
+    if shutdown.passed:
+        raise shutdown.stopped()
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
@@ -273,23 +326,28 @@ async def merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, objec
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
-        remaining = len(tasks)
-        while remaining:
-            i, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield i, item
+        with shutdown.watching(queue):
+            remaining = len(tasks)
+            while remaining:
+                got = await queue.get()
+                if got is None:
+                    raise shutdown.stopped()
+                i, item = got
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield i, item
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def sse(chunks: AsyncIterator[dict]):
-    """Server-sent events: one `data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error event."""
+def sse(chunks: AsyncIterator[dict], public):
+    """Server-sent events: one `data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error
+    event (its body passed through `public`, which hides local paths)."""
     from fastapi.responses import StreamingResponse
 
     async def events():
@@ -298,13 +356,13 @@ def sse(chunks: AsyncIterator[dict]):
                 async for chunk in items:
                     yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         except APIError as err:
-            yield f"data: {json.dumps(err.body())}\n\n"
+            yield f"data: {json.dumps(public(err.body()), ensure_ascii=False)}\n\n"
         except EngineStopped as err:
             yield f"data: {json.dumps(APIError(503, str(err), type='server_error').body())}\n\n"
         except Exception as err:
             log.exception("generation failed")
             body = APIError(500, f"generation failed: {err.__class__.__name__}: {err}", type="server_error").body()
-            yield f"data: {json.dumps(body)}\n\n"
+            yield f"data: {json.dumps(public(body), ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
 
     class ClosingStreamingResponse(StreamingResponse):
@@ -328,10 +386,12 @@ def validation_error(errors: list[dict]):
     lines, param = [], None
     for e in errors:
         loc = [str(p) for p in e["loc"] if p != "body"]
-        # A union field fails once per branch (str | list[...]): one line per field is enough.
-        loc = [p for p in loc if not p.startswith(("list[", "str", "function-"))]
+        # A union field fails once per branch (str | list[...]), named by the branch's type: one line per field is enough.
+        loc = [p for p in loc if p not in ("str", "int", "float", "bool", "dict", "list") and "[" not in p]
         param = param or (".".join(loc) or None)
         message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown parameter: this server does not implement it"
         lines.append(f"{'.'.join(loc)}: {message}" if loc else message)
     error = APIError(422, "; ".join(dict.fromkeys(lines)), param=param, code="invalid_value")
     return JSONResponse(error.body(), status_code=422)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 @dataclass
 class Batch:
     jobs: list                  # one per row
-    generators: list            # one torch.Generator per row (per-request seeds)
     cache: object               # transformers DynamicCache: per layer keys/values (B, H, T, D)
     mask: object                # (B, T) 1 for real tokens, 0 for padding
     last: object                # (B,) position of each row's last token
@@ -23,7 +22,7 @@ class Batch:
         return len(self.jobs)
 
 
-def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list, generators: list) -> Batch:
+def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list) -> Batch:
     """Run the prompts, left-padded, through the model: a batch ready to sample its first tokens."""
     import torch
 
@@ -33,7 +32,7 @@ def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list, generators
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    return Batch(jobs, generators, out.past_key_values, mask, positions[:, -1], out.logits[:, -1, :])
+    return Batch(jobs, out.past_key_values, mask, positions[:, -1], out.logits[:, -1, :])
 
 
 def step(model, batch: Batch, tokens: list[int]) -> None:
@@ -58,7 +57,6 @@ def select(batch: Batch, rows: list[int]) -> Batch | None:
         batch.cache.batch_select_indices(index)
         batch.mask, batch.last, batch.logits = batch.mask[index], batch.last[index], batch.logits[index]
         batch.jobs = [batch.jobs[r] for r in rows]
-        batch.generators = [batch.generators[r] for r in rows]
     return batch
 
 
@@ -91,5 +89,5 @@ def concat(a: Batch | None, b: Batch) -> Batch:
     a.mask = torch.cat([left_pad(a.mask, 1), left_pad(b.mask, 1)])
     a.last = torch.cat([a.last, b.last])
     a.logits = torch.cat([a.logits, b.logits])
-    a.jobs, a.generators = a.jobs + b.jobs, a.generators + b.generators
+    a.jobs = a.jobs + b.jobs
     return a

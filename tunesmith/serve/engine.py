@@ -7,6 +7,8 @@ early cancels the generation) and `stats()`. Two implementations:
   them as one left-padded batch per adapter, decoding step by step with a KV cache, so concurrent
   requests share forward passes instead of queueing behind each other. Between steps, finished and
   cancelled rows leave the batch and newly arrived requests for the same adapter join it (batch.py).
+  A request whose sampling fails (or whose logits turn NaN) fails alone; when a forward pass over
+  several rows fails, each row is run again on its own, so only the row that fails alone fails.
 - `VLLMEngine` (vllm_engine.py): vLLM's AsyncLLMEngine with LoRARequest per adapter, when vLLM and
   a GPU are present.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -25,16 +26,9 @@ from typing import Protocol
 
 from tunesmith.serve.batch import Batch, can_join, concat, prefill, select, step
 from tunesmith.serve.catalog import Catalog, ServedModel
+from tunesmith.serve.sampling import Sampling, next_token, seeded
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Sampling:
-    max_tokens: int
-    temperature: float = 1.0        # 0: greedy
-    top_p: float = 1.0
-    seed: int | None = None
 
 
 @dataclass
@@ -72,10 +66,15 @@ class EngineStopped(RuntimeError):
 class Job:
     request: Request
     loop: asyncio.AbstractEventLoop
+    generator: object               # the request's torch.Generator
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False         # set from the event loop when the client goes away; read by the worker
-    generated: int = 0
+    tokens: list[int] = field(default_factory=list)   # generated so far, a final stop token included
+
+    def context(self) -> list[int]:
+        """What the model has read or must read next: the prompt and every token generated so far."""
+        return self.request.prompt_ids + self.tokens
 
     def send(self, item) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop already closed: nobody is listening
@@ -92,7 +91,7 @@ class TransformersEngine:
         self.max_batch = max_batch
         self.batch_wait = batch_wait         # seconds the first waiting request waits for others to join it
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.counts = {"completed": 0, "cancelled": 0, "batches": 0, "joined": 0, "largest_batch": 0}
+        self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "batches": 0, "joined": 0, "largest_batch": 0}
         self.running = 0
         self._in_flight: list[Job] = []
         self._waiting: list[Job] = []
@@ -106,7 +105,7 @@ class TransformersEngine:
 
         from tunesmith.models.load import load_model
 
-        model, tokenizer, _ = load_model(catalog.base)
+        model, tokenizer, _ = load_model(catalog.base, catalog.source)
         adapters = [m for m in catalog.models.values() if m.adapter]
         names = {m.name: f"adapter{i}" for i, m in enumerate(adapters)}  # PEFT names cannot hold dots
         if adapters:
@@ -135,7 +134,7 @@ class TransformersEngine:
         return {"engine": self.name, "waiting": len(self._waiting), "running": self.running, **self.counts}
 
     async def stream(self, request: Request) -> AsyncIterator[Step]:
-        job = Job(request, asyncio.get_running_loop())
+        job = Job(request, asyncio.get_running_loop(), seeded(request.sampling.seed, self.model.device))
         with self._cond:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
@@ -203,7 +202,7 @@ class TransformersEngine:
         try:
             with torch.inference_mode(), self._weights_for(jobs[0].request.model):
                 self._decode(jobs)
-        except Exception as err:  # a failed batch fails its requests, not the server
+        except Exception as err:  # what _forward and _sample cannot pin on one row fails every row in flight, not the server
             log.exception("generation failed")
             for job in self._in_flight:
                 job.send(err)
@@ -220,79 +219,96 @@ class TransformersEngine:
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         self.counts["batches"] += 1
-        generators = [seeded(job.request.sampling.seed, self.model.device) for job in jobs]
-        return prefill(self.model, [job.request.prompt_ids for job in jobs], self.tokenizer.pad_token_id, jobs, generators)
+        return prefill(self.model, [job.context() for job in jobs], self.tokenizer.pad_token_id, jobs)
 
     def _decode(self, jobs: list[Job]) -> None:
         """Decode until every row is done; between steps, finished rows leave and waiting ones join."""
         adapter = jobs[0].request.model.adapter
-        batch = self._prefill(jobs)
+        batch = self._forward(None, jobs)
         while batch is not None:
             self._in_flight, self.running = batch.jobs, len(batch)
             self.counts["largest_batch"] = max(self.counts["largest_batch"], len(batch))
-            tokens = sample(batch.logits, [job.request.sampling for job in batch.jobs], batch.generators)
-            rows = [row for row, (job, token) in enumerate(zip(batch.jobs, tokens)) if self._advance(job, token)]
-            batch = select(batch, rows)
-            if batch is not None:
-                step(self.model, batch, [tokens[row] for row in rows])
+            tokens = self._sample(batch)
+            batch = select(batch, [row for row, (job, token) in enumerate(zip(batch.jobs, tokens)) if self._advance(job, token)])
+            joiners = []
             if batch is None or can_join(batch):
                 joiners = self._joiners(adapter, self.max_batch - (len(batch) if batch else 0))
-                if joiners:
-                    self._in_flight = (batch.jobs if batch is not None else []) + joiners  # failures reach them too
-                    self.counts["joined"] += len(joiners) if batch is not None else 0
-                    batch = concat(batch, self._prefill(joiners))
+                self.counts["joined"] += len(joiners) if batch is not None else 0
+            batch = self._forward(batch, joiners)
 
-    def _advance(self, job: Job, token: int) -> bool:
+    def _forward(self, batch: Batch | None, joiners: list[Job]) -> Batch | None:
+        """Feed every row its newest token and prefill the joiners into the batch.
+
+        A failed forward pass over several rows cannot say which row broke it: each row is then run again on
+        its own from its context (prompt + tokens so far), the row that fails alone fails, and the others
+        go on together. A failure that only comes with the rows together (memory at this batch size) still
+        moves on: each rebuild has given every row its next token."""
+        jobs = (batch.jobs if batch is not None else []) + joiners
+        self._in_flight = jobs  # whatever fails beyond this reaches them all
+        try:
+            if batch is not None:
+                step(self.model, batch, [job.tokens[-1] for job in batch.jobs])
+            return concat(batch, self._prefill(joiners)) if joiners else batch
+        except Exception as err:
+            if len(jobs) == 1:
+                self._fail(jobs[0], err)
+                return None
+            log.warning("a forward pass over %d requests failed (%s: %s); running each again on its own", len(jobs), err.__class__.__name__, err)
+        alone = []
+        for job in jobs:
+            if job.cancelled:
+                self.counts["cancelled"] += 1
+                continue
+            try:
+                alone.append(self._prefill([job]))
+            except Exception as err:
+                self._fail(job, err)
+        batch = None
+        for single in alone:
+            batch = concat(batch, single)
+        return batch
+
+    def _sample(self, batch: Batch) -> list[int | None]:
+        """Every row's next token; None for a row whose sampling failed (that job is failed, the others go on)."""
+        import torch
+
+        greedy = batch.logits.argmax(-1).tolist()  # one device sync for every plain greedy row
+        broken = (torch.isnan(batch.logits) | torch.isposinf(batch.logits)).any(-1).tolist()
+        tokens: list[int | None] = []
+        for row, job in enumerate(batch.jobs):
+            sampling = job.request.sampling
+            try:
+                if broken[row]:
+                    raise FloatingPointError("the model's next-token scores for this request are NaN or infinite")
+                if sampling.plain_greedy():
+                    tokens.append(greedy[row])
+                else:
+                    tokens.append(next_token(batch.logits[row], sampling, job.request.prompt_ids, job.tokens, job.generator))
+            except Exception as err:
+                self._fail(job, err)
+                tokens.append(None)
+        return tokens
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        log.error("a request failed alone: %s: %s", err.__class__.__name__, err, exc_info=err)
+        self.counts["failed"] += 1
+        job.send(err)
+
+    def _advance(self, job: Job, token: int | None) -> bool:
         """Hand the token to the job's client; whether the job goes on generating."""
+        if token is None:
+            return False
         if job.cancelled:
             self.counts["cancelled"] += 1
             return False
-        job.generated += 1
-        request = job.request
+        job.tokens.append(token)
+        request, generated = job.request, len(job.tokens)
         if token in request.model.template.stop_token_ids:
-            job.send(Step([], "stop", job.generated))
-        elif job.generated >= request.sampling.max_tokens:
-            job.send(Step([token], "length", job.generated))
+            job.send(Step([], "stop", generated))
+        elif generated >= request.sampling.max_tokens:
+            job.send(Step([token], "length", generated))
         else:
-            job.send(Step([token], None, job.generated))
+            job.send(Step([token], None, generated))
             return True
         self.counts["completed"] += 1
         return False
-
-
-_seed_counter = itertools.count()
-
-
-def seeded(seed: int | None, device):
-    """A generator per request: a seeded request samples the same tokens whatever it is batched with."""
-    import torch
-
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int(time.time_ns()) + next(_seed_counter))
-    return generator
-
-
-def top_p_filter(probs, top_p: float):
-    """Nucleus filtering (Holtzman et al. 2019, arXiv:1904.09751): keep the smallest set of most likely tokens
-    whose probability reaches top_p, renormalised. probs: (V,)."""
-    import torch
-
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(descending=True)
-    before = sorted_probs.cumsum(0) - sorted_probs    # probability mass of the tokens ranked above each one
-    sorted_probs[before >= top_p] = 0.0               # the top token always stays (its `before` is 0)
-    kept = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return kept / kept.sum()
-
-
-def sample(logits, params: list[Sampling], generators: list) -> list[int]:
-    """One token per row: argmax for temperature 0, else temperature + top-p sampling. logits: (B, V)."""
-    import torch
-
-    tokens = logits.argmax(-1).tolist()
-    for row, p in enumerate(params):
-        if p.temperature > 0:
-            probs = top_p_filter(torch.softmax(logits[row].float() / p.temperature, -1), p.top_p)
-            tokens[row] = int(torch.multinomial(probs, 1, generator=generators[row]).item())
-    return tokens

@@ -74,6 +74,10 @@ class VLLMEngine:
             n=1,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k or -1,  # -1 is off in every vLLM version (0 only in newer ones)
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             stop_token_ids=stops,
