@@ -605,6 +605,7 @@ def test_yaml_error_is_one_line_with_its_line_number(tmp_path):
         (["model.path="], "model.path: '': String should have at least 1 character"),
         (["data.columns={ticket: prompt}"], "data.columns: unknown field(s) ticket; fields are: instruction, output"),
         (["data.eval=other.jsonl", "data.eval_split=0.1"], "data.eval_split: holds out training rows when there are no eval files"),
+        (["train.eval_steps=10"], "train.eval_steps needs evaluation data: set data.eval or data.eval_split"),
         (["model.compute_dtype=bfloat16"], "model.compute_dtype applies to 4-bit quantisation (model.quantization is 'none')"),
         (["peft.method=qlora", "model.quantization=8bit", "model.quant_type=fp4"], "model.quant_type applies to 4-bit quantisation"),
         (["model.gguf_file=model.bin"], "model.gguf_file: 'model.bin' is not a .gguf file name"),

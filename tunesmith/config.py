@@ -384,7 +384,11 @@ class Recipe(_Section):
                 f"model.quantization '{quant}' can only be trained through adapters: set peft.method qlora (a quantised base cannot be fully fine-tuned or take plain lora)"
             )
         has_eval = bool(self.data.eval) or self.data.eval_split > 0
-        for key, on in (("train.keep_best", self.train.keep_best), ("train.early_stopping_patience", self.train.early_stopping_patience)):
+        for key, on in (
+            ("train.keep_best", self.train.keep_best),
+            ("train.early_stopping_patience", self.train.early_stopping_patience),
+            ("train.eval_steps", self.train.eval_steps),  # would be ignored: nothing to evaluate
+        ):
             if on and not has_eval:
                 raise ValueError(f"{key} needs evaluation data: set data.eval or data.eval_split")
         if (self.train.keep_best or self.train.early_stopping_patience) and (self.train.eval_steps or self.train.save_steps):
