@@ -127,3 +127,69 @@ def test_train_missing_recipe(tmp_path, capsys):
 def test_train_without_recipe(capsys):
     assert main(["train"]) == 2
     assert "give a recipe" in capsys.readouterr().err
+
+
+# --- Broken inputs through `tunesmith train`, as a user runs it: exit 2, one `error:` line naming the file, no traceback ---
+
+
+def _plant_inputs(root: Path, stories: Path) -> dict:
+    """name -> (recipe text or bytes, overrides, the start of the error line)."""
+    import gzip
+    import json
+    import shutil
+
+    good = root / "good.jsonl"
+    good.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}"}) + "\n" for i in range(4)), encoding="utf-8")
+    broken_model = Path(shutil.copytree(stories, root / "model"))
+    (broken_model / "model.safetensors").write_bytes((stories / "model.safetensors").read_bytes()[:4096])
+    zipped = gzip.compress(good.read_bytes() * 50)
+    (root / "cut.jsonl.gz").write_bytes(zipped[: len(zipped) // 2])
+    (root / "bad.parquet").write_bytes(b"PAR1 not really")
+    (root / "dup.csv").write_text("prompt,completion,completion\nq,a,b\n", encoding="utf-8")
+    (root / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9?", "answer": "a"}\n')
+    (root / "weights.bin").write_bytes(b"x")
+    recipe = f"model:\n  path: {stories}\n  dtype: float32\ndata:\n  train: {good}\n  template: chatml\noutput_dir: {root / 'run'}\n"
+    return {
+        "lr_inf": (recipe, ["train.lr=.inf"], "recipe.yaml: invalid config\n  train.lr: inf: expected a finite number > 0"),
+        "max_steps_bool": (recipe, ["train.max_steps=true"], "recipe.yaml: invalid config\n  train.max_steps: true: expected a whole number > 0, or null"),
+        "override_not_yaml": (recipe, ["peft.target_modules=[a, b"], "override 'peft.target_modules=[a, b': not valid YAML"),
+        "duplicate_key": (recipe + "model:\n  path: x\n", [], "recipe.yaml:8: not valid YAML: duplicate key 'model' (first given on line 1)"),
+        "recipe_not_utf8": (recipe.encode() + b"name: caf\xe9\n", [], "recipe.yaml:8: not UTF-8 text (byte 0xe9)"),
+        "empty_train": (recipe, ["data.train=[]"], "recipe.yaml: invalid config\n  data.train: []: List should have at least 1 item"),
+        "truncated_weights": (recipe, [f"model.path={broken_model}"], f"{broken_model / 'model.safetensors'}: not a complete safetensors file"),
+        "model_is_a_file": (recipe, [f"model.path={root / 'weights.bin'}"], f"model.path: '{root / 'weights.bin'}' is a file"),
+        "hub_id_invalid": (recipe, ["model.path=bad id!"], "model.path: 'bad id!' is neither a local path nor a hub id"),
+        "target_not_linear": (recipe, ["peft.target_modules=[norm]"], "peft.target_modules: 'norm' names LlamaRMSNorm modules"),
+        "modules_to_save_missing": (recipe, ["peft.modules_to_save=[no_such_head]"], "peft.modules_to_save: no module of this model is named 'no_such_head'"),
+        "output_dir_is_a_file": (recipe, [f"output_dir={root / 'weights.bin'}"], f"output_dir: the run folder {root / 'weights.bin'} cannot be made"),
+        "gzip_truncated": (recipe, [f"data.train={root / 'cut.jsonl.gz'}"], f"{root / 'cut.jsonl.gz'}: corrupt or truncated gzip data"),
+        "parquet_corrupt": (recipe, [f"data.train={root / 'bad.parquet'}"], f"{root / 'bad.parquet'}: not a readable Parquet file"),
+        "csv_duplicate_column": (recipe, [f"data.train={root / 'dup.csv'}"], f"{root / 'dup.csv'}:1: column(s) 'completion' named twice"),
+        "line_not_utf8": (recipe, [f"data.train={root / 'latin1.jsonl'}"], f"{root / 'latin1.jsonl'}:1: not UTF-8 text (byte 0xe9 at column 18)"),
+        "hub_dataset_offline": (recipe, ["data.train=someorg/not-downloaded"], "someorg/not-downloaded: hub dataset someorg/not-downloaded is not in the local cache and the hub is offline"),
+    }
+
+
+# The names of _plant_inputs' cases (the test checks that both agree).
+CLI_CASE_NAMES = [
+    "lr_inf", "max_steps_bool", "override_not_yaml", "duplicate_key", "recipe_not_utf8", "empty_train", "truncated_weights",
+    "model_is_a_file", "hub_id_invalid", "target_not_linear", "modules_to_save_missing", "output_dir_is_a_file",
+    "gzip_truncated", "parquet_corrupt", "csv_duplicate_column", "line_not_utf8", "hub_dataset_offline",
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASE_NAMES)
+def test_broken_inputs_are_one_error_line(stories_path, tmp_path, capsys, monkeypatch, case):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    cases = _plant_inputs(tmp_path, stories_path)
+    assert sorted(cases) == sorted(CLI_CASE_NAMES)
+    text, overrides, expected = cases[case]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
+    expected = expected.replace("recipe.yaml", str(recipe), 1) if expected.startswith("recipe.yaml") else expected
+    assert main(["train", str(recipe), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {expected}"), err
+    assert "Traceback" not in err

@@ -1,9 +1,27 @@
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
-from tunesmith.config import DataConfig, ModelConfig, PeftConfig, Recipe, TrainConfig, field_help, load_recipe, parse_overrides
+from tunesmith.config import (
+    DataConfig,
+    DpoConfig,
+    GenerationEvalConfig,
+    GrpoConfig,
+    KtoConfig,
+    ModelConfig,
+    PeftConfig,
+    PpoConfig,
+    Recipe,
+    RewardFunction,
+    RewardModelConfig,
+    TrainConfig,
+    field_help,
+    load_recipe,
+    parse_overrides,
+    read_yaml,
+)
 from tunesmith.errors import ConfigError, TunesmithError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,7 +393,7 @@ def test_method_sections_default_and_validate():
     ("extra", "message"),
     [
         ({"method": "dpo", "dpo": {"loss": "lorra"}}, "dpo.loss: 'lorra' is not one of 'sigmoid', 'ipo', 'hinge', 'robust', 'simpo' or 'orpo'"),
-        ({"method": "dpo", "dpo": {"beta": 0}}, "dpo.beta: 0: Input should be greater than 0"),
+        ({"method": "dpo", "dpo": {"beta": 0}}, "dpo.beta: 0: expected a finite number > 0"),
         ({"method": "dpo", "dpo": {"loss": "robust"}}, "dpo.label_smoothing: loss 'robust' needs a value > 0"),
         ({"method": "dpo", "dpo": {"label_smoothing": 0.1}}, "dpo.label_smoothing: applies to loss 'robust' only (loss is 'sigmoid')"),
         ({"method": "dpo", "dpo": {"simpo_gamma": 1.0}}, "dpo.simpo_gamma: applies to loss 'simpo' only"),
@@ -417,3 +435,236 @@ def test_a_resolved_config_validates_again(method, tmp_path):
     run = RunDir(tmp_path)
     run.write_config(recipe)
     assert run.recipe() == recipe
+
+
+# --- Values YAML reads with the wrong type or out of range: strict fields, finite numbers, whole step counts ---
+
+# Every section of the recipe with the raw keys that make it valid, so each of its fields can be planted alone.
+SECTIONS = {
+    "model": (ModelConfig, {}),
+    "data": (DataConfig, {}),
+    "peft": (PeftConfig, {}),
+    "train": (TrainConfig, {}),
+    "generation_eval": (GenerationEvalConfig, {}),
+    "dpo": (DpoConfig, {"method": "dpo"}),
+    "kto": (KtoConfig, {"method": "kto"}),
+    "reward": (RewardModelConfig, {"method": "reward"}),
+    "ppo": (PpoConfig, {"method": "ppo", "ppo": {"reward_model": "r"}}),
+    "grpo": (GrpoConfig, {"method": "grpo", "grpo": {"rewards": [{"type": "regex", "pattern": "x"}]}}),
+    "grpo.rewards[0]": (RewardFunction, {"method": "grpo", "grpo": {"rewards": [{"type": "regex", "pattern": "x"}]}}),
+}
+
+
+def _fields_of_type(kind) -> list[tuple[str, str]]:
+    found = []
+    for prefix, (model, _) in SECTIONS.items():
+        for name, info in model.model_fields.items():
+            options = {a for a in get_args(info.annotation)} | {info.annotation}
+            if kind in options:
+                found.append((prefix, name))
+    return found
+
+
+def _plant(prefix: str, name: str, value) -> str:
+    """The error lines of a minimal recipe with `prefix.name` set to `value`."""
+    from tunesmith.config import validate
+
+    raw = {"model": {"path": "org/name"}, "data": {"train": "t.jsonl"}}
+    raw.update(SECTIONS[prefix][1])
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy
+    if prefix == "grpo.rewards[0]":
+        raw["grpo"]["rewards"][0][name] = value
+    else:
+        raw.setdefault(prefix, {})[name] = value
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return str(info.value)
+
+
+FLOAT_FIELDS = _fields_of_type(float)
+INT_FIELDS = _fields_of_type(int)
+BOOL_FIELDS = _fields_of_type(bool)
+
+
+def test_the_class_tests_see_the_fields():
+    assert ("train", "lr") in FLOAT_FIELDS and ("grpo.rewards[0]", "weight") in FLOAT_FIELDS
+    assert ("train", "max_steps") in INT_FIELDS and ("train", "seed") in INT_FIELDS
+    assert ("train", "group_by_length") in BOOL_FIELDS and ("model", "trust_remote_code") in BOOL_FIELDS
+
+
+@pytest.mark.parametrize("value, shown", [(float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan")])
+@pytest.mark.parametrize("prefix, name", FLOAT_FIELDS, ids=lambda x: str(x))
+def test_every_float_field_refuses_non_finite_numbers(prefix, name, value, shown):
+    assert f"{prefix}.{name}: {shown}: expected a finite number" in _plant(prefix, name, value)
+
+
+@pytest.mark.parametrize("value, shown", [(True, "true"), (2.5, "2.5"), (2.0, "2.0"), ("3", "'3'")])
+@pytest.mark.parametrize("prefix, name", INT_FIELDS, ids=lambda x: str(x))
+def test_every_int_field_refuses_booleans_floats_and_text(prefix, name, value, shown):
+    assert f"{prefix}.{name}: {shown}: expected a whole number" in _plant(prefix, name, value)
+
+
+@pytest.mark.parametrize("value, shown", [("yes", "'yes'"), ("true", "'true'"), (1, "1"), (0, "0")])
+@pytest.mark.parametrize("prefix, name", BOOL_FIELDS, ids=lambda x: str(x))
+def test_every_bool_field_refuses_text_and_numbers(prefix, name, value, shown):
+    assert f"{prefix}.{name}: {shown}: expected true or false" in _plant(prefix, name, value)
+
+
+@pytest.mark.parametrize("prefix, name", [p for p in FLOAT_FIELDS if p[0] == "train"], ids=lambda x: str(x))
+def test_float_fields_refuse_booleans(prefix, name):
+    assert f"{prefix}.{name}: true: expected a finite number" in _plant(prefix, name, True)
+
+
+def test_the_allowed_range_is_named(recipe_file):
+    message = config_error(recipe_file(), ["train.lr=.inf", "train.max_steps=true", "data.eval_split=1.5", "train.seed=-1"])
+    assert "train.lr: inf: expected a finite number > 0" in message
+    assert "train.max_steps: true: expected a whole number > 0, or null" in message
+    assert "data.eval_split: 1.5: expected a finite number >= 0.0 and < 1.0" in message
+    assert "train.seed: -1: expected a whole number >= 0 and < 4294967296" in message
+
+
+@pytest.mark.parametrize("text, lr", [("lr: 1e-4", 1e-4), ("lr: 3E+5", 3e5), ("lr: 2.5e-5", 2.5e-5), ("lr: 1.0e-4", 1e-4)])
+def test_yaml_exponents_without_a_dot_are_numbers(recipe_file, tmp_path, text, lr):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"model:\n  path: org/name\ndata:\n  train: train.jsonl\ntrain:\n  {text}\n", encoding="utf-8")
+    assert load_recipe(path).train.lr == lr
+    assert load_recipe(recipe_file(), ["train.lr=5e-5"]).train.lr == 5e-5
+
+
+def test_yaml_switches_are_bools_but_quoted_ones_are_text(recipe_file):
+    assert load_recipe(recipe_file(), ["train.group_by_length=no"]).train.group_by_length is False
+    assert "train.group_by_length: 'no': expected true or false" in config_error(recipe_file(), ["train.group_by_length='no'"])
+
+
+def test_quoted_numbers_are_text(recipe_file):
+    path = recipe_file()
+    path.write_text(path.read_text(encoding="utf-8") + "train:\n  lr: '2e-4'\n", encoding="utf-8")
+    assert "train.lr: '2e-4': expected a finite number > 0" in config_error(path)
+
+
+@pytest.mark.parametrize("value", ["2.5", "10.5"])
+def test_warmup_steps_must_be_whole(recipe_file, value):
+    assert f"train.warmup: {value} is neither a share of the steps (< 1) nor a whole number of steps" in config_error(recipe_file(), [f"train.warmup={value}"])
+    assert load_recipe(recipe_file(), ["train.warmup=10"]).train.warmup == 10
+
+
+def test_override_that_is_not_yaml_names_the_override(recipe_file):
+    message = config_error(recipe_file(), ["peft.target_modules=[a, b"])
+    assert message == "override 'peft.target_modules=[a, b': not valid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence)"
+
+
+def test_text_overrides_are_not_read_as_yaml(recipe_file):
+    recipe = load_recipe(recipe_file(), ["data.system_prompt=[a, b", "model.path=org/x: y"], check_files=False)
+    assert (recipe.data.system_prompt, recipe.model.path) == ("[a, b", "org/x: y")
+
+
+@pytest.mark.parametrize(
+    "text, line, key, first",
+    [
+        ("model:\n  path: org/name\ndata:\n  train: train.jsonl\nmodel:\n  path: org/other\n", 5, "model", 1),
+        ("model:\n  path: org/name\ndata:\n  train: train.jsonl\ntrain:\n  lr: 1.0e-4\n  epochs: 2\n  lr: 0.1\n", 8, "lr", 6),
+    ],
+)
+def test_duplicate_yaml_key_is_an_error_with_its_line(tmp_path, text, line, key, first):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert config_error(path) == f"{path}:{line}: not valid YAML: duplicate key {key!r} (first given on line {first})"
+
+
+def test_yaml_merge_keys_may_be_overridden():
+    text = "base: &base\n  lr: 1.0e-4\n  epochs: 2\ntrain:\n  <<: *base\n  lr: 0.5\n"
+    assert read_yaml(text, "r.yaml")["train"] == {"lr": 0.5, "epochs": 2}
+
+
+def test_recipe_that_is_not_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  path: org/name\ndata:\n  train: train.jsonl\n  system_prompt: café\n".encode("latin-1"))
+    assert config_error(path) == f"{path}:5: not UTF-8 text (byte 0xe9); save the recipe as UTF-8"
+
+
+def test_recipe_with_a_byte_order_mark_reads(recipe_file):
+    path = recipe_file()
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_recipe(path).model.path == "org/name"
+
+
+def test_yaml_error_is_one_line_with_its_line_number(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  path: org/name\ndata: [unclosed\n", encoding="utf-8")
+    message = config_error(path)
+    assert "\n" not in message and message.startswith(f"{path}:4: not valid YAML: expected ',' or ']'")
+
+
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["data.train=[]"], "data.train: []: List should have at least 1 item"),
+        (["data.train=['']"], "data.train[0]: '': String should have at least 1 character"),
+        (["peft.target_modules=[]"], "peft.target_modules: []: List should have at least 1 item"),
+        (["peft.modules_to_save=['']"], "peft.modules_to_save[0]: '': String should have at least 1 character"),
+        (["model.path="], "model.path: '': String should have at least 1 character"),
+        (["data.columns={ticket: prompt}"], "data.columns: unknown field(s) ticket; fields are: instruction, output"),
+        (["data.eval=other.jsonl", "data.eval_split=0.1"], "data.eval_split: holds out training rows when there are no eval files"),
+        (["train.eval_steps=10"], "train.eval_steps needs evaluation data: set data.eval or data.eval_split"),
+        (["model.compute_dtype=bfloat16"], "model.compute_dtype applies to 4-bit quantisation (model.quantization is 'none')"),
+        (["peft.method=qlora", "model.quantization=8bit", "model.quant_type=fp4"], "model.quant_type applies to 4-bit quantisation"),
+        (["model.gguf_file=model.bin"], "model.gguf_file: 'model.bin' is not a .gguf file name"),
+        (["model.path=m.gguf", "model.gguf_file=x.gguf"], "model.gguf_file: names a file inside model.path, but model.path is a .gguf file already"),
+    ],
+)
+def test_nonsensical_values_name_the_key(recipe_file, overrides, line):
+    assert line in config_error(recipe_file(), overrides, check_files=False)
+
+
+def test_qlora_knobs_are_taken_with_4bit(recipe_file):
+    recipe = load_recipe(recipe_file(), ["peft.method=qlora", "model.compute_dtype=bfloat16", "model.quant_type=fp4"])
+    assert (recipe.model.compute_dtype, recipe.model.quant_type) == ("bfloat16", "fp4")
+
+
+# --- Paths of the wrong kind: before anything loads ---
+
+
+def test_model_path_that_is_a_file(recipe_file, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert config_error(recipe_file({"model": {"path": "model.safetensors"}})) == (
+        "model.path: 'model.safetensors' is a file; give the model's folder (with config.json) or a .gguf file"
+    )
+
+
+@pytest.mark.parametrize("path", ["bad id!", "org/-name", "org/na..me"])
+def test_model_path_that_is_not_a_hub_id(recipe_file, path):
+    message = config_error(recipe_file({"model": {"path": path}}))
+    assert message == f"model.path: {path!r} is neither a local path nor a hub id (org/name: letters, digits, '-', '_', '.')"
+
+
+def test_revision_of_a_local_model(recipe_file, tmp_path):
+    (tmp_path / "my_model").mkdir()
+    message = config_error(recipe_file({"model": {"path": "./my_model", "revision": "main"}}))
+    assert message == "model.revision: applies to hub ids; './my_model' is a local path"
+
+
+@pytest.mark.parametrize("output_dir, blocker", [("afile", "afile"), ("afile/run", "afile")])
+def test_output_dir_that_is_a_file(recipe_file, tmp_path, output_dir, blocker):
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    message = config_error(recipe_file({"output_dir": output_dir}))
+    assert message == f"output_dir: the run folder {output_dir} cannot be made: {blocker} is a file"
+
+
+def test_default_run_folder_under_a_file(recipe_file, tmp_path):
+    (tmp_path / "runs").write_text("x", encoding="utf-8")
+    assert config_error(recipe_file()) == f"name: the run folder {Path('runs/my_recipe')} cannot be made: runs is a file"
+
+
+@pytest.mark.parametrize("entry", ["tatsu-lab/alpaca", "hf://tatsu-lab/alpaca", "org/name::test", "hf://org/name@de::validation"])
+def test_hub_datasets_are_not_missing_files(recipe_file, entry):
+    assert load_recipe(recipe_file({"data": {"train": entry, "eval": entry}})).data.train == [entry]
+
+
+@pytest.mark.parametrize("entry", ["data/train.jsonl", "missing.csv", "data/train.jsonl.gz"])
+def test_data_files_that_look_like_paths_are_still_missing_files(recipe_file, entry):
+    assert config_error(recipe_file({"data": {"train": entry}})) == f"data.train[0]: file not found: {entry}"
+
+
+def test_malformed_hf_entry(recipe_file):
+    message = config_error(recipe_file({"data": {"train": "hf://just-a-name"}}))
+    assert message == "data.train[0]: hf://just-a-name: not a hub dataset; the forms are org/name, hf://org/name, org/name::split or org/name@subset::split"

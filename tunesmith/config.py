@@ -10,26 +10,35 @@ Defaults live here and only here: the rest of the package reads fields, never `.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
+from tunesmith.data.formats import FIELDS
 from tunesmith.errors import ConfigError
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# A file, folder or module name: never empty.
+Name = Annotated[str, Field(min_length=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a value must already have its field's type, as YAML reads it (RecipeLoader below): `true` is not
+    # the number 1, 2.0 is not a step count, 'yes' in quotes is text, not a switch. Numbers must be finite.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
-    path: str = Field(
+    path: Name = Field(
         description="Local folder, Hugging Face hub id, or a .gguf file (converted once to a cached safetensors folder)."
     )
-    gguf_file: str | None = Field(None, description="Name of the .gguf file inside `path` when `path` is a folder or hub repo.")
+    gguf_file: Name | None = Field(None, description="Name of the .gguf file inside `path` when `path` is a folder or hub repo.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
     dtype: Dtype = Field(
         "auto",
@@ -46,10 +55,23 @@ class ModelConfig(_Section):
         None, description="Attention kernel. Default: what transformers picks for the model."
     )
 
+    @model_validator(mode="after")
+    def _gguf_file_inside_a_folder(self) -> ModelConfig:
+        if self.gguf_file is not None:
+            if not self.gguf_file.endswith(".gguf"):
+                raise ValueError(f"gguf_file: {self.gguf_file!r} is not a .gguf file name")
+            if self.path.endswith(".gguf"):
+                raise ValueError("gguf_file: names a file inside model.path, but model.path is a .gguf file already; remove one")
+        return self
+
 
 class DataConfig(_Section):
-    train: list[str] = Field(description="Training file(s): JSONL, JSON, CSV/TSV, Parquet, or a datasets save_to_disk folder.")
-    eval: list[str] = Field([], description="Evaluation file(s). Without them, see eval_split.")
+    train: list[Name] = Field(
+        min_length=1,
+        description="Training file(s): JSONL, JSON, CSV/TSV, Parquet, a datasets save_to_disk folder (folder::split), "
+        "or a hub dataset (org/name, hf://org/name, org/name::split, org/name@subset::split).",
+    )
+    eval: list[Name] = Field([], description="Evaluation file(s) or hub datasets, as train. Without them, see eval_split.")
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation when no eval file is given.")
     format: Literal[
         "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text", "preference", "unpaired", "prompt"
@@ -82,17 +104,31 @@ class DataConfig(_Section):
                     values = {**values, key: [values[key]]}
         return values
 
+    @field_validator("columns")
+    @classmethod
+    def _columns_name_fields(cls, columns: dict[str, str]) -> dict[str, str]:
+        unknown = [name for name in columns if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; fields are: {', '.join(FIELDS)} (map a field to your column: {{prompt: ticket}})")
+        return columns
+
+    @model_validator(mode="after")
+    def _one_source_of_eval_data(self) -> DataConfig:
+        if self.eval and self.eval_split > 0:
+            raise ValueError("eval_split: holds out training rows when there are no eval files, but data.eval is set; remove one of them")
+        return self
+
 
 class PeftConfig(_Section):
     method: Literal["none", "lora", "qlora"] = Field("lora", description="none: full fine-tuning; lora; qlora: LoRA on a 4-bit base.")
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[Name], Field(min_length=1)] | Literal["all-linear"] = Field(
         "all-linear",
         description="Module names to adapt (suffix match, e.g. q_proj or c_attn), or all-linear: every linear layer but the output head.",
     )
-    modules_to_save: list[str] = Field([], description="Modules trained in full and saved with the adapter (e.g. lm_head).")
+    modules_to_save: list[Name] = Field([], description="Modules trained in full and saved with the adapter (e.g. lm_head).")
     rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
 
@@ -133,7 +169,7 @@ class TrainConfig(_Section):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
     )
-    warmup: float = Field(0.03, ge=0, description="Warmup: a share of all steps when < 1, else a number of steps.")
+    warmup: float = Field(0.03, ge=0, description="Warmup: a share of all steps when < 1, else a whole number of steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
     eval_batch_size: int | None = Field(None, gt=0, description="Eval batch size. Default: batch_size.")
@@ -146,7 +182,7 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
         "adamw", description="Optimiser. The 8-bit and paged ones need bitsandbytes support for the device."
     )
-    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed for initialisation, shuffling and dropout.")
     logging_steps: int = Field(10, gt=0, description="Log metrics every N optimiser steps.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps. Default: once per epoch.")
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps. Default: once per epoch.")
@@ -155,6 +191,13 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop when eval loss has not improved for N evaluations."
     )
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_steps_are_whole(cls, warmup: float) -> float:
+        if warmup >= 1 and not warmup.is_integer():
+            raise ValueError(f"{warmup!r} is neither a share of the steps (< 1) nor a whole number of steps")
+        return warmup
 
 
 Reference = Literal["auto", "copy", "adapters_off"]
@@ -341,7 +384,11 @@ class Recipe(_Section):
                 f"model.quantization '{quant}' can only be trained through adapters: set peft.method qlora (a quantised base cannot be fully fine-tuned or take plain lora)"
             )
         has_eval = bool(self.data.eval) or self.data.eval_split > 0
-        for key, on in (("train.keep_best", self.train.keep_best), ("train.early_stopping_patience", self.train.early_stopping_patience)):
+        for key, on in (
+            ("train.keep_best", self.train.keep_best),
+            ("train.early_stopping_patience", self.train.early_stopping_patience),
+            ("train.eval_steps", self.train.eval_steps),  # would be ignored: nothing to evaluate
+        ):
             if on and not has_eval:
                 raise ValueError(f"{key} needs evaluation data: set data.eval or data.eval_split")
         if (self.train.keep_best or self.train.early_stopping_patience) and (self.train.eval_steps or self.train.save_steps):
@@ -354,6 +401,11 @@ class Recipe(_Section):
             raise ValueError("model.dtype 'float16' cannot be fully fine-tuned (fp16 weights lose the updates): use bfloat16 or float32, or train adapters")
         if self.peft.method == "none" and (self.peft.rslora or self.peft.dora):
             raise ValueError("peft.rslora and peft.dora apply to LoRA: set peft.method lora or qlora")
+        if self.model.quantization != "4bit":
+            defaults = ModelConfig.model_fields
+            for key in ("quant_type", "double_quant", "compute_dtype"):
+                if getattr(self.model, key) != defaults[key].default:
+                    raise ValueError(f"model.{key} applies to 4-bit quantisation (model.quantization is {self.model.quantization!r}); remove it")
         return self
 
     @model_validator(mode="after")
@@ -421,18 +473,56 @@ class Recipe(_Section):
         return Path(self.output_dir or Path("runs") / (self.name or "run"))
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as recipes and override values are read. A key given twice is an error (PyYAML would keep the
+    last one silently), and 1e-4 is a number: PyYAML follows YAML 1.1, which reads it as text unless
+    written 1.0e-4, and the strict fields above take no text for numbers."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first_line[key]})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str, source: str, lines: bool = True) -> Any:
+    """`text` read with RecipeLoader; a YAML error is one line naming `source` (and the line, with `lines`)."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.MarkedYAMLError as err:
+        where = f"{source}:{err.problem_mark.line + 1}" if lines else source
+        context = f" ({err.context})" if err.context else ""
+        raise ConfigError(f"{where}: not valid YAML: {err.problem}{context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
-    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4). Values are read as YAML (numbers, bools, lists)."""
+    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4). Values are read as YAML (numbers, bools, lists), but for text
+    fields, which keep everything after the first '=' (`data.system_prompt=Answer: yes`)."""
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
             raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.lr=1e-4")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        path = key.split(".")
+        if _takes_text(path) or not raw.strip():
             value = raw
-        parsed.append((key.split("."), value))
+        else:
+            value = read_yaml(raw, f"override {item!r}", lines=False)
+        parsed.append((path, value))
     return parsed
 
 
@@ -444,25 +534,35 @@ def _nested_model(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _field_at(path: list) -> FieldInfo | None:
+    """The field at a dotted path (list indexes skipped), or None where no field is."""
+    model: type[BaseModel] | None = Recipe
+    info = None
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part) if model else None
+        if info is None:
+            return None
+        model = _nested_model(info.annotation)
+    return info
+
+
+def _value_types(info: FieldInfo) -> tuple[list, bool]:
+    """The types a field's value may have, Annotated constraints and None removed; and whether None is allowed."""
+    options = get_args(info.annotation) if get_origin(info.annotation) in (Union, UnionType) else (info.annotation,)
+    types = [get_args(t)[0] if get_origin(t) is Annotated else t for t in options if t is not type(None)]
+    return types, len(types) < len(options)
+
+
 def _takes_text(path: list[str]) -> bool:
     """Whether the field at this dotted path is free text, so `data.system_prompt=Answer: yes` stays a string."""
-    model: type[BaseModel] = Recipe
-    for part in path:
-        info = model.model_fields.get(part)
-        if info is None:
-            return False
-        nested = _nested_model(info.annotation)
-        if nested is not None:
-            model = nested
-            continue
-        return info.annotation in (str, str | None)
-    return False
+    info = _field_at(path)
+    return info is not None and _value_types(info)[0] == [str]
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for (path, value), item in zip(parse_overrides(overrides), overrides):
-        if _takes_text(path):
-            value = item.partition("=")[2]
+    for path, value in parse_overrides(overrides):
         node = raw
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
@@ -479,9 +579,15 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool =
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the recipe: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig: a byte-order mark from a Windows editor is fine
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the recipe as UTF-8") from None
+    raw = read_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
     # A section whose keys are all commented out reads as None: treat it as empty.
@@ -501,6 +607,15 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
         # A union field (e.g. target_modules: list or 'all-linear') fails once per branch: one line per key.
         lines = list(dict.fromkeys(format_error(e) for e in err.errors()))
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {line}" for line in lines)) from None
+
+
+# Pydantic error types of a number or switch given the wrong type or out of range: answered with what the field takes.
+_NUMBER_ERRORS = {
+    "int_type", "int_parsing", "int_from_float", "float_type", "float_parsing", "finite_number", "bool_type", "bool_parsing",
+    "greater_than", "greater_than_equal", "less_than", "less_than_equal",
+}
+_KINDS = {int: "a whole number", float: "a finite number", bool: "true or false"}
+_BOUNDS = {Gt: lambda m: f"> {m.gt}", Ge: lambda m: f">= {m.ge}", Lt: lambda m: f"< {m.lt}", Le: lambda m: f"<= {m.le}"}
 
 
 def format_error(e: dict) -> str:
@@ -523,7 +638,27 @@ def format_error(e: dict) -> str:
         if loc and sep and field in _fields_at(parts):
             return f"{_dotted([*parts, field])}: {rest}"
         return message if not loc else f"{loc}: {message}"
+    info = _field_at(parts)
+    allowed = _allowed(info) if kind in _NUMBER_ERRORS and info is not None else None
+    if allowed:
+        return f"{loc}: {_yaml_text(value)}: expected {allowed}"
     return f"{loc}: {value!r}: {e['msg']}" if loc else e["msg"]
+
+
+def _allowed(info: FieldInfo) -> str | None:
+    """What a number or switch field takes, for error messages: 'a whole number > 0, or null'."""
+    types, optional = _value_types(info)
+    if len(types) != 1 or types[0] not in _KINDS:
+        return None
+    bounds = " and ".join(_BOUNDS[type(m)](m) for m in info.metadata if type(m) in _BOUNDS)
+    return _KINDS[types[0]] + (f" {bounds}" if bounds else "") + (", or null" if optional else "")
+
+
+def _yaml_text(value) -> str:
+    """A value as the recipe writes it: true, null, inf, 'text'."""
+    if isinstance(value, bool) or value is None:
+        return yaml.safe_dump(value).removesuffix("\n...\n")
+    return repr(value)
 
 
 def _dotted(parts: list) -> str:
@@ -535,16 +670,12 @@ def _dotted(parts: list) -> str:
 
 
 def _fields_at(loc: list) -> list[str]:
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        info = model.model_fields.get(part)
-        nested = _nested_model(info.annotation) if info else None
-        if nested is None:
-            return []
-        model = nested
-    return list(model.model_fields)
+    """The keys of the section at `loc` (the recipe's own at the top)."""
+    if not loc:
+        return list(Recipe.model_fields)
+    info = _field_at(loc)
+    nested = _nested_model(info.annotation) if info else None
+    return list(nested.model_fields) if nested else []
 
 
 def looks_local(path: str) -> bool:
@@ -560,14 +691,18 @@ def looks_local(path: str) -> bool:
 
 
 def check_paths(recipe: Recipe) -> None:
-    """Missing files are one-line errors, before anything heavy happens."""
-    problems = []
-    model_path = recipe.model.path
-    if looks_local(model_path) and not Path(model_path).expanduser().exists():
-        problems.append(f"model.path: {model_path!r} does not exist (a local folder, a .gguf file, or a hub id like org/name)")
+    """Missing files, and paths of the wrong kind, are one-line errors, before anything heavy happens."""
+    from tunesmith.data.load import DataFileError, hub_dataset
+
+    problems = _model_path_problems(recipe.model)
     for key in ("train", "eval"):
         for i, file in enumerate(getattr(recipe.data, key)):
-            if not Path(file.split("::")[0]).exists():
+            try:
+                local = hub_dataset(file) is None
+            except DataFileError as err:
+                problems.append(f"data.{key}[{i}]: {err}")
+                continue
+            if local and not Path(file.split("::")[0]).exists():
                 problems.append(f"data.{key}[{i}]: file not found: {file}")
     if recipe.ppo and not Path(recipe.ppo.reward_model).is_dir():
         problems.append(f"ppo.reward_model: {recipe.ppo.reward_model!r} is not a directory (the run directory of a reward run)")
@@ -580,8 +715,34 @@ def check_paths(recipe: Recipe) -> None:
     template = recipe.data.template
     if template not in ("model", "chatml", "alpaca") and not Path(template).is_file():
         problems.append(f"data.template: {template!r} is not 'model', 'chatml', 'alpaca' or an existing .jinja file")
+    # The run folder, or the first of its parents that exists, must be a folder.
+    existing = next(p for p in (recipe.run_dir, *recipe.run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        key = "output_dir" if recipe.output_dir else "name"
+        problems.append(f"{key}: the run folder {recipe.run_dir} cannot be made: {existing} is a file")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _model_path_problems(cfg: ModelConfig) -> list[str]:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(cfg.path).expanduser()
+    if not looks_local(cfg.path):
+        try:
+            validate_repo_id(cfg.path)
+        except HFValidationError:
+            return [f"model.path: {cfg.path!r} is neither a local path nor a hub id (org/name: letters, digits, '-', '_', '.')"]
+        return []
+    if not path.exists():
+        return [f"model.path: {cfg.path!r} does not exist (a local folder, a .gguf file, or a hub id like org/name)"]
+    problems = []
+    if path.is_file() and path.suffix != ".gguf":
+        problems.append(f"model.path: {cfg.path!r} is a file; give the model's folder (with config.json) or a .gguf file")
+    if cfg.revision is not None:
+        problems.append(f"model.revision: applies to hub ids; {cfg.path!r} is a local path")
+    return problems
 
 
 def field_help(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.formats import DataError, Example
-from tunesmith.data.load import ON_BAD_ROW_HINT, DataFileError, load_examples, read_rows
+from tunesmith.data.load import ON_BAD_ROW_HINT, DataFileError, HubDataset, hub_dataset, load_examples, read_rows
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "data"
 BAD = FIXTURES / "bad.jsonl"
@@ -221,7 +221,7 @@ def test_unsupported_extension(tmp_path):
         load_examples(path)
     assert str(info.value) == (
         f"{path}: unsupported file kind .xlsx; supported: .jsonl, .ndjson, .json, .csv, .tsv (each also .gz), "
-        ".parquet, or a datasets save_to_disk folder"
+        ".parquet, a datasets save_to_disk folder, or a hub dataset org/name"
     )
 
 
@@ -324,3 +324,237 @@ def test_invalid_arguments():
         load_examples(FIXTURES / "alpaca.jsonl", fmt="chatml")
     with pytest.raises(ValueError, match="data.on_bad_row: 'skip' is not one of error, drop"):
         load_examples(FIXTURES / "alpaca.jsonl", on_bad_row="skip")
+
+
+# --- Text that is not UTF-8: one bad row, named by line, dropped when allowed ---
+
+
+def qa_lines(n: int = 4) -> list[bytes]:
+    return [json.dumps(row).encode() for row in QA_ROWS[:n]]
+
+
+def test_jsonl_line_that_is_not_utf8_is_named(tmp_path):
+    lines = qa_lines()
+    lines[2] = b'{"question": "caf\xe9?", "answer": "x"}'
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert (info.value.where, info.value.reason) == (f"{path}:3", "not_utf8")
+    assert str(info.value).startswith(f"{path}:3: not UTF-8 text (byte 0xe9 at column 18); save the file as UTF-8")
+    examples, report = load_examples(path, on_bad_row="drop")
+    assert [e.where for e in examples] == [f"{path}:{n}" for n in (1, 2, 4)]
+    assert report.dropped == {"not_utf8": 1} and report.read == 4
+
+
+def test_gzipped_jsonl_line_that_is_not_utf8(tmp_path):
+    lines = qa_lines()
+    lines[1] = lines[1].replace(b"What", b"Wh\xffat")
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    examples, report = load_examples(path, on_bad_row="drop")
+    assert report.dropped == {"not_utf8": 1} and len(examples) == 3
+    assert report.first_errors == [f"{path}:2: not UTF-8 text (byte 0xff at column 17); save the file as UTF-8"]
+
+
+def test_csv_cell_that_is_not_utf8_names_line_and_column(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'prompt,completion\nhi,a\n"multi\nline",b\nok,caf\xe9\nyo,c\n')
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert str(info.value).startswith(f"{path}:5: completion: not UTF-8 text (byte 0xe9); save the file as UTF-8")
+    examples, report = load_examples(path, on_bad_row="drop")
+    assert [e.where for e in examples] == [f"{path}:{n}" for n in (2, 3, 6)] and report.dropped == {"not_utf8": 1}
+
+
+def test_json_item_that_is_not_utf8_is_dropped_alone(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b'[{"question": "a", "answer": "b"},\n {"messages": [{"role": "user", "content": "\xff"}]},\n {"question": "c", "answer": "d"}]')
+    examples, report = load_examples(path, on_bad_row="drop")
+    assert len(examples) == 2
+    assert report.first_errors == [f"{path}:item 2: messages[0].content: not UTF-8 text (byte 0xff); save the file as UTF-8"]
+
+
+def test_json_file_broken_by_a_byte_that_is_not_utf8(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b'[\n {"question": "a", "answer": "b"},\n \xff\n]')
+    with pytest.raises(DataFileError, match=rf"^{path}:3: not UTF-8 text \(byte 0xff\); save the file as UTF-8$"):
+        load_examples(path, on_bad_row="drop")
+
+
+# --- Columns and keys given twice ---
+
+
+def test_csv_with_a_column_named_twice(tmp_path):
+    path = write(tmp_path / "t.csv", "prompt,completion,completion\nhi,a,b\n")
+    with pytest.raises(DataFileError) as info:
+        load_examples(path, on_bad_row="drop")
+    assert str(info.value) == f"{path}:1: column(s) 'completion' named twice in the header; rename or remove the copies"
+
+
+def test_tsv_with_columns_named_twice(tmp_path):
+    path = write(tmp_path / "t.tsv", "a\tprompt\tb\tprompt\tcompletion\ta\n1\t2\t3\t4\t5\t6\n")
+    with pytest.raises(DataFileError, match="column\\(s\\) 'a', 'prompt' named twice"):
+        load_examples(path)
+
+
+def test_jsonl_object_with_a_key_given_twice(tmp_path):
+    path = write(tmp_path / "t.jsonl", '{"question": "q", "answer": "a", "answer": "b"}\n{"question": "q", "answer": "a"}\n')
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert (info.value.reason, str(info.value).splitlines()[0]) == ("duplicate_key", f"{path}:1: answer: given twice in one object (only one value can be used)")
+    examples, report = load_examples(path, on_bad_row="drop")
+    assert len(examples) == 1 and report.dropped == {"duplicate_key": 1}
+
+
+def test_json_file_with_a_key_given_twice(tmp_path):
+    path = write(tmp_path / "t.json", '[{"question": "q", "question": "r", "answer": "a"}]')
+    with pytest.raises(DataFileError, match="key 'question' is given twice in one object"):
+        load_examples(path)
+
+
+# --- Files that are broken as a whole: one line naming the file ---
+
+
+def test_truncated_gzip(tmp_path):
+    data = gzip.compress(b"".join(line + b"\n" for line in qa_lines(10)) * 20)
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFileError) as info:
+        load_examples(path, on_bad_row="drop")
+    message = str(info.value)
+    assert message.startswith(f"{path}: corrupt or truncated gzip data after {path}:")
+    assert message.endswith("(Compressed file ended before the end-of-stream marker was reached)")
+
+
+@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.csv.gz", "t.json.gz"])
+def test_gzip_file_that_is_not_gzip(tmp_path, name):
+    path = write(tmp_path / name, "plain text, not gzip\n")
+    with pytest.raises(DataFileError, match=rf"^{tmp_path / name}: corrupt or truncated gzip data \(Not a gzipped file"):
+        load_examples(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 garbage, not parquet", b"PAR1" + b"\0" * 64 + b"PAR1"])
+def test_corrupt_parquet(tmp_path, content):
+    path = tmp_path / "t.parquet"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=rf"^{path}: not a readable Parquet file \("):
+        load_examples(path)
+
+
+def test_truncated_parquet(qa_parquet, tmp_path):
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(qa_parquet.read_bytes()[:-20])
+    with pytest.raises(DataFileError, match=rf"^{path}: not a readable Parquet file"):
+        load_examples(path)
+
+
+def test_corrupt_save_to_disk_folder(saved):
+    (saved / "plain" / "state.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(DataFileError, match=f"^{saved / 'plain'}: not a readable save_to_disk folder"):
+        load_examples(saved / "plain")
+
+
+# --- Hub datasets: datasets.load_dataset, the same row checks, positions org/name[split]:row N ---
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ("tatsu-lab/alpaca", HubDataset("tatsu-lab/alpaca", None, "train")),
+        ("hf://tatsu-lab/alpaca", HubDataset("tatsu-lab/alpaca", None, "train")),
+        ("hf://datasets/tatsu-lab/alpaca", HubDataset("tatsu-lab/alpaca", None, "train")),
+        ("org/name::test", HubDataset("org/name", None, "test")),
+        ("org/name@ko::validation", HubDataset("org/name", "ko", "validation")),
+        ("hf://org/my.data-set_2@sub", HubDataset("org/my.data-set_2", "sub", "train")),
+        ("data/train.jsonl", None),
+        ("data/train.CSV", None),
+        ("data/train.jsonl.gz", None),
+        ("train.jsonl", None),
+        ("./org/name", None),
+        ("a/b/c", None),
+    ],
+)
+def test_hub_dataset_entries(entry, expected):
+    assert hub_dataset(entry) == expected
+
+
+def test_an_existing_local_path_is_never_a_hub_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    write(tmp_path / "org" / "name", "")
+    assert hub_dataset("org/name") is None
+    assert hub_dataset("hf://org/name") == HubDataset("org/name", None, "train")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A hub dataset 'someorg/tiny' (splits train and test) in a private datasets cache, laid out as
+    load_dataset leaves a download: offline, load_dataset finds it there."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    rows = [*QA_ROWS[:3], {"question": "  ", "answer": "empty question"}, QA_ROWS[4]]
+    source = write(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    datasets.load_dataset("json", data_files={"train": str(source), "test": str(source)}, cache_dir=str(cache))
+    folder = (cache / "json").rename(cache / "someorg___tiny")
+    next(folder.iterdir()).rename(folder / "default")
+    for arrow in folder.rglob("json-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("json-", "tiny-")))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.mark.parametrize("entry, label", [("someorg/tiny", "someorg/tiny[train]"), ("hf://someorg/tiny::test", "someorg/tiny[test]")])
+def test_hub_dataset_rows_get_the_same_checks_and_positions(hub_cache, entry, label):
+    with pytest.raises(DataError) as info:
+        load_examples(entry)
+    assert str(info.value).splitlines()[0] == f"{label}:row 4: question: empty user message"
+    examples, report = load_examples(entry, on_bad_row="drop")
+    assert (report.file, report.format, report.read, report.kept, report.dropped) == (entry, "question_answer", 5, 4, {"empty_content": 1})
+    assert [e.where for e in examples] == [f"{label}:row {n}" for n in (1, 2, 3, 5)]
+    assert examples[2].messages == [user("What is 4 + 5?"), assistant("9")]
+
+
+def test_hub_dataset_unknown_split(hub_cache):
+    with pytest.raises(DataFileError) as info:
+        load_examples("someorg/tiny::dev")
+    assert str(info.value) == (
+        "someorg/tiny::dev: cannot load hub dataset someorg/tiny (and no local file or folder has this name): "
+        "Unknown split \"dev\". Should be one of ['train', 'test']."
+    )
+
+
+def test_hub_dataset_passes_subset_and_split(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load_dataset(repo, subset, split):
+        calls.append((repo, subset, split))
+        return datasets.Dataset.from_list(QA_ROWS[:2])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    examples, _ = load_examples("hf://org/name@ko::validation")
+    assert calls == [("org/name", "ko", "validation")]
+    assert [e.where for e in examples] == ["org/name@ko[validation]:row 1", "org/name@ko[validation]:row 2"]
+
+
+def test_hub_dataset_offline_and_not_cached(tmp_path, monkeypatch):
+    import datasets
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
+    # Both libraries read the offline switch once, at import.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataFileError) as info:
+        load_examples("someorg/not-downloaded@ko::test")
+    assert str(info.value) == (
+        "someorg/not-downloaded@ko::test: hub dataset someorg/not-downloaded is not in the local cache and the hub is "
+        "offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE). Use a local copy: where the hub is reachable, "
+        "datasets.load_dataset('someorg/not-downloaded', 'ko').save_to_disk('folder') and give folder::test, "
+        "or export the rows to a JSONL file"
+    )

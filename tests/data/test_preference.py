@@ -63,6 +63,8 @@ BAD = [
     (to_pair, {"prompt": "p", "chosen": " ", "rejected": "b"}, "empty_content", "chosen", "empty assistant reply"),
     (to_pair, {"prompt": "p", "chosen": "a", "rejected": ""}, "empty_content", "rejected", "empty assistant reply"),
     (to_pair, {"prompt": "", "chosen": "a", "rejected": "b"}, "empty_content", "prompt", "empty prompt"),
+    (to_pair, {"prompt": [user(" ")], "chosen": "a", "rejected": "b"}, "empty_content", "prompt[0].content", "empty user message"),
+    (to_pair, {"chosen": [user(""), assistant("a")], "rejected": [user(""), assistant("b")]}, "empty_content", "chosen[0].content", "empty user message"),
     (to_pair, {"prompt": "p", "chosen": "a"}, "missing_field", "rejected", "missing (the row has: prompt, chosen)"),
     (to_pair, {"prompt": "p", "chosen": 3, "rejected": "b"}, "wrong_type", "chosen", "expected a string or a list with one assistant message, found a number"),
     (to_pair, {"prompt": "p", "chosen": [user("a")], "rejected": "b"}, "bad_turn_order", "chosen", "expected exactly one assistant message, found user"),
@@ -73,6 +75,8 @@ BAD = [
     (to_unpaired, {"prompt": "p", "completion": "c", "label": "maybe"}, "wrong_type", "label", "expected true or false, found 'maybe'"),
     (to_unpaired, {"prompt": "p", "completion": "", "label": True}, "empty_content", "completion", "empty assistant reply"),
     (to_prompt, {"question": "p"}, "missing_field", "prompt", "missing (the row has: question)"),
+    (to_prompt, {"prompt": [user("a"), assistant("b"), user("")]}, "empty_content", "prompt[2].content", "empty user message"),
+    (to_unpaired, {"prompt": [user("")], "completion": "c", "label": True}, "empty_content", "prompt[0].content", "empty user message"),
 ]
 
 

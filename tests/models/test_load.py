@@ -361,3 +361,146 @@ def test_gguf_conversion_race_uses_the_winner(tiny_gguf, tmp_path, monkeypatch):
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", other_process_finishes_first)
     assert gguf_to_folder(copy) == target
+
+
+# --- Broken model folders and files: one line naming the file and what is wrong, before anything loads ---
+
+
+def _plant_sharded(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+
+
+def _cut(file: Path, keep: float) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+
+
+def _set_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}), encoding="utf-8")
+
+
+BROKEN_FOLDERS = {
+    # name: (how to break a copy of stories260K, the message after '<folder>/')
+    "config_not_json": (lambda f: (f / "config.json").write_text("{not json", encoding="utf-8"),
+                        "config.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)"),
+    "config_without_model_type": (lambda f: _set_config(f, model_type=None),
+                                  "config.json: no model_type (not the config of a transformers model)"),
+    "unknown_architecture": (lambda f: _set_config(f, model_type="no-such-arch"),
+                             "config.json: model_type 'no-such-arch' is not an architecture transformers"),
+    "generation_config_not_json": (lambda f: (f / "generation_config.json").write_text("[", encoding="utf-8"),
+                                   "generation_config.json: not valid JSON (line 1, column 2: Expecting value)"),
+    "no_weights": (lambda f: (f / "model.safetensors").unlink(),
+                   "no weights (model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin); is the download complete?"),
+    "zero_byte_weights": (lambda f: (f / "model.safetensors").write_bytes(b""),
+                          "model.safetensors: not a complete safetensors file (0 bytes; Error while deserializing header: header too small)"),
+    "truncated_weights": (lambda f: _cut(f / "model.safetensors", 0.5),
+                          "model.safetensors: not a complete safetensors file ("),
+    "garbage_weights": (lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 100),
+                        "model.safetensors: not a complete safetensors file (100 bytes; "),
+    "missing_shard": (_plant_sharded, "model-00002-of-00002.safetensors: missing (1 of the 2 weight files model.safetensors.index.json lists are)"),
+    "empty_bin": (lambda f: ((f / "model.safetensors").unlink(), (f / "pytorch_model.bin").write_bytes(b"")),
+                  "pytorch_model.bin: empty (0 bytes); download or save the model again"),
+}
+
+
+@pytest.fixture
+def stories_copy(tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(STORIES, tmp_path / "model"))
+
+
+@needs_stories
+@pytest.mark.parametrize("case", BROKEN_FOLDERS)
+def test_broken_model_folder_is_one_line_naming_the_file(stories_copy, case):
+    plant, message = BROKEN_FOLDERS[case]
+    plant(stories_copy)
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=str(stories_copy)))
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{stories_copy}/{message}" if not message.startswith("no weights") else f"{stories_copy}: {message}")
+
+
+@needs_stories
+def test_model_path_that_is_a_file(stories_copy):
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=str(stories_copy / "model.safetensors")))
+    assert str(info.value) == f"model.path: {stories_copy / 'model.safetensors'} is a file; give the model's folder (with config.json), a .gguf file or a hub id"
+
+
+@pytest.mark.parametrize("path", ["bad id!", "org/name with spaces", "org/-x"])
+def test_invalid_hub_id(offline_hub, path):
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=path))
+    assert str(info.value) == f"model.path: {path!r} is no local path, and not a hub id either (org/name: letters, digits, '-', '_', '.')"
+
+
+@needs_stories
+@pytest.mark.parametrize(
+    "plant, message",
+    [
+        (lambda f: (f / "tokenizer.json").write_text("{bad", encoding="utf-8"),
+         "tokenizer.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)"),
+        (lambda f: ((f / "tokenizer.json").unlink(), (f / "tokenizer_config.json").unlink()), None),
+        (lambda f: ((f / "tokenizer.json").unlink(), (f / "tokenizer.model").write_bytes(b"\n\x05hello")),
+         "tokenizer.model: a SentencePiece tokenizer without tokenizer.json; converting it needs sentencepiece"),
+    ],
+    ids=["tokenizer_json_broken", "no_tokenizer_files", "sentencepiece_needed"],
+)
+def test_broken_tokenizer_is_one_line_naming_the_file(stories_copy, plant, message, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real_find_spec(name, *a))
+    plant(stories_copy)
+    with pytest.raises(TunesmithError) as info:
+        load.load_tokenizer(str(stories_copy))
+    expected = f"{stories_copy}/{message}" if message else f"{stories_copy}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)"
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_fake_gguf(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"this is not a gguf file" * 10)
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=str(fake)))
+    assert str(info.value) == f"{fake}: not a GGUF file (a GGUF file starts with the bytes 'GGUF')"
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.5])
+def test_truncated_gguf(tiny_gguf, tmp_path, keep):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[: int(tiny_gguf.stat().st_size * keep)])
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=str(cut)))
+    assert str(info.value).startswith(f"{cut}: cannot read this GGUF file (cut off or corrupt?): ")
+    assert "\n" not in str(info.value)
+
+
+def test_gguf_file_missing_inside_a_folder(tmp_path):
+    with pytest.raises(TunesmithError) as info:
+        resolve_source(ModelConfig(path=str(tmp_path), gguf_file="absent.gguf"))
+    assert str(info.value) == f"model.gguf_file: {tmp_path / 'absent.gguf'} not found"
+
+
+@needs_stories
+def test_model_skeleton_reads_no_weights(stories_copy):
+    (stories_copy / "model.safetensors").write_bytes(b"garbage")
+    skeleton = load.model_skeleton(str(stories_copy))
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    assert "model.layers.0.self_attn.q_proj" in dict(skeleton.named_modules())
+    reward = load.model_skeleton(str(stories_copy), head="reward")
+    assert reward.score.out_features == 1
+
+
+@needs_stories
+def test_model_skeleton_of_a_config_transformers_cannot_build(stories_copy):
+    _set_config(stories_copy, model_type="t5", architectures=["T5ForConditionalGeneration"])  # no causal LM
+    with pytest.raises(TunesmithError) as info:
+        load.model_skeleton(str(stories_copy))
+    assert str(info.value).startswith(f"{stories_copy / 'config.json'}: ") and "\n" not in str(info.value)

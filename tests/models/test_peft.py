@@ -171,3 +171,34 @@ def test_count_parameters_unpacks_4bit_uint8():
 def test_count_parameters_unpacks_4bit_bf16_storage():
     module, n = _params4bit_module(torch.bfloat16)
     assert count_parameters(module) == (0, n)
+
+
+@pytest.mark.parametrize("target, kind", [("input_layernorm", "LlamaRMSNorm"), ("self_attn", "LlamaAttention"), ("mlp", "LlamaMLP")])
+def test_check_target_modules_refuses_layers_lora_cannot_adapt(target, kind):
+    with pytest.raises(TunesmithError) as info:
+        check_target_modules(tiny_llama(), ["q_proj", target])
+    assert str(info.value) == (
+        f"peft.target_modules: {target!r} names {kind} modules, which LoRA cannot adapt (it takes linear, embedding and "
+        f"convolution layers); its linear modules are: {', '.join(LLAMA_LINEAR)}"
+    )
+
+
+def test_check_target_modules_takes_embeddings_and_conv1d():
+    assert check_target_modules(tiny_llama(), ["embed_tokens", "lm_head"]) is None
+    assert check_target_modules(tiny_gpt2(), ["c_attn", "wte"]) is None
+
+
+def test_modules_to_save_must_name_modules():
+    model = tiny_llama()
+    assert check_target_modules(model, "all-linear", ["lm_head", "model.norm"]) is None
+    with pytest.raises(TunesmithError) as info:
+        check_target_modules(model, "all-linear", ["lm_head", "no_such_head", "head"])
+    message = str(info.value)
+    # 'head' is a substring of lm_head, which PEFT's own plain endswith would take: a name must be a whole one.
+    assert message.startswith("peft.modules_to_save: no module of this model is named 'no_such_head' or 'head'; its module names are: ")
+    assert "embed_tokens" in message and "lm_head" in message
+
+
+def test_wrap_model_refuses_modules_to_save_that_peft_would_ignore():
+    with pytest.raises(TunesmithError, match="'no_such_head'"):
+        wrap_model(tiny_llama(), PeftConfig(method="lora", modules_to_save=["no_such_head"]), False)

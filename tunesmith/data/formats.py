@@ -17,7 +17,8 @@ names, e.g. {prompt: ticket, completion: category}. Required fields are marked w
 | text              | text*                                       | plain text for language modelling (no messages)  |
 
 A conversation may start with one system message, then alternates user and assistant turns and
-ends with an assistant turn; assistant replies may not be empty. Content is kept exactly as given.
+ends with an assistant turn; user messages and assistant replies may not be empty. Content is kept
+exactly as given.
 """
 
 from __future__ import annotations
@@ -265,6 +266,13 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
     return turns
 
 
+def check_not_empty(turn: Turn, where: str) -> None:
+    """A user message or an assistant reply holds text (an empty system message just means none)."""
+    role, content, _, content_path = turn
+    if role != "system" and not content.strip():
+        raise DataError(where, content_path, "empty assistant reply" if role == "assistant" else "empty user message", "empty_content")
+
+
 def check_turns(turns: list[Turn], container: str, where: str) -> None:
     """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
     previous = None
@@ -277,8 +285,7 @@ def check_turns(turns: list[Turn], container: str, where: str) -> None:
         if role != expected:
             problem = f"two {role} turns in a row" if role == previous else f"the conversation must start with a user turn, found {role}"
             raise DataError(where, role_path, problem, "bad_turn_order")
-        if role == "assistant" and not content.strip():
-            raise DataError(where, content_path, "empty assistant reply", "empty_content")
+        check_not_empty((role, content, role_path, content_path), where)
         previous = role
     if not any(role == "assistant" for role, *_ in turns):
         raise DataError(where, container, "no assistant turn to train on", "no_assistant_turn")

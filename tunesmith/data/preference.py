@@ -25,6 +25,7 @@ from tunesmith.data.formats import (
     MESSAGE_ROLES,
     DataError,
     Turn,
+    check_not_empty,
     check_turns,
     parse_turns,
     required_field,
@@ -124,6 +125,8 @@ def _prompt_turns(prompt, key: str, where: str) -> list[Turn]:
     if not turns or turns[-1][0] != "user":
         found = turns[-1][0] if turns else "no message"
         raise DataError(where, key, f"a prompt must end with a user turn, found {found}", "bad_turn_order")
+    for turn in turns:
+        check_not_empty(turn, where)
     return turns
 
 

@@ -17,6 +17,7 @@ from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, generation_eval_callbacks, trim_metrics
+from tunesmith.models.peft import check_adapter_targets
 from tunesmith.runs import RunDir, environment, plot_loss
 
 console = Console(stderr=True, soft_wrap=True)
@@ -37,11 +38,14 @@ class Started:
 
 
 def start(recipe: Recipe, resume: bool) -> Started:
-    """Checks, run directory, tokenizer and template, data: a data problem should not wait for the model to load."""
+    """Checks, run directory, tokenizer and template, adapter targets, data: a problem with any of them
+    should not wait for the model to load."""
     check_tracking(recipe)
     check_optimizer(recipe)
     run = open_run(recipe, resume)
     source, tokenizer, template = load_tokenizer_and_template(recipe)
+    head = "reward" if recipe.method == "reward" else "causal_lm"
+    check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, eval_rows, data_report = preflight(recipe, run, tokenizer, template)
     return Started(run, source, tokenizer, template, train_rows, eval_rows, data_report)
 

@@ -8,6 +8,8 @@ is converted once into a safetensors folder under the cache (`$TUNESMITH_CACHE`,
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -43,8 +45,6 @@ def packaged_gguf(hub_id: str) -> Path | None:
     """The GGUF file a package ships for this hub id, if that package is installed."""
     if hub_id not in PACKAGED_GGUF:
         return None
-    import importlib.util
-
     package, filename = PACKAGED_GGUF[hub_id]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -61,13 +61,19 @@ def gguf_to_folder(gguf_path: Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
+    with gguf_path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise TunesmithError(f"{gguf_path}: not a GGUF file (a GGUF file starts with the bytes 'GGUF')")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
     folder, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    except Exception as err:  # a cut-off file, or an architecture or quantisation transformers cannot read
+        raise TunesmithError(f"{gguf_path}: cannot read this GGUF file (cut off or corrupt?): {err.__class__.__name__}: {one_line(err)}") from None
     # The weights are now plain float32; drop the GGUF quantiser so the model saves as safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
@@ -89,10 +95,13 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
         return ModelSource("gguf", str(gguf_to_folder(path)), cfg.path)
     if path.is_dir():
         if cfg.gguf_file:
+            if not (path / cfg.gguf_file).is_file():
+                raise TunesmithError(f"model.gguf_file: {path / cfg.gguf_file} not found")
             return ModelSource("gguf", str(gguf_to_folder(path / cfg.gguf_file)), cfg.path)
-        if not (path / "config.json").is_file():
-            raise TunesmithError(f"model.path: {cfg.path} has no config.json (not a transformers model folder)")
+        check_model_folder(path)
         return ModelSource("local", str(path), cfg.path)
+    if path.is_file():
+        raise TunesmithError(f"model.path: {cfg.path} is a file; give the model's folder (with config.json), a .gguf file or a hub id")
     if cfg.gguf_file:
         from huggingface_hub import hf_hub_download
 
@@ -111,6 +120,7 @@ def _run_source(path: Path, origin: str) -> ModelSource:
         raise TunesmithError(f"model.path: {origin} is a reward model, not a language model to start from (ppo.reward_model takes it)")
     template = str(run.path / "template.json")
     if (run.path / "model" / "config.json").is_file():
+        check_model_folder(run.path / "model")
         return ModelSource("run", str(run.path / "model"), origin, template)
     adapter = run.path / "adapter" / "adapter_model.safetensors"
     if not adapter.is_file():
@@ -149,6 +159,79 @@ def _save_atomically(target: Path, write) -> None:
         shutil.rmtree(tmp)  # another process finished the same work first
 
 
+def one_line(err: Exception) -> str:
+    """A library's (often multi-line) error message as one line."""
+    return " ".join(str(err).split())
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise TunesmithError(f"{file}: not valid JSON{where}") from None
+
+
+def check_model_folder(folder: Path) -> None:
+    """A transformers model folder that will load: its small JSON files parse, config.json names a model type,
+    and the weights are all there and complete. Each problem is one line naming the file, before anything loads."""
+    if not (folder / "config.json").is_file():
+        raise TunesmithError(f"{folder}: has no config.json (not a transformers model folder)")
+    for name in ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    config = _read_json(folder / "config.json")
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise TunesmithError(f"{folder / 'config.json'}: no model_type (not the config of a transformers model)")
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config["model_type"] not in CONFIG_MAPPING_NAMES and "auto_map" not in config:  # auto_map: the repo ships its code
+        raise TunesmithError(
+            f"{folder / 'config.json'}: model_type {config['model_type']!r} is not an architecture transformers {__version__} "
+            "knows; a newer transformers may"
+        )
+    for file in _weight_files(folder):
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+        elif file.stat().st_size == 0:
+            raise TunesmithError(f"{file}: empty (0 bytes); download or save the model again")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            listing = _read_json(index)
+            weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+            if not isinstance(weight_map, dict):
+                raise TunesmithError(f"{index}: no weight_map (not a transformers weight index)")
+            files = [folder / name for name in dict.fromkeys(weight_map.values())]
+            missing = [file for file in files if not file.is_file()]
+            if missing:
+                raise TunesmithError(f"{missing[0]}: missing ({len(missing)} of the {len(files)} weight files {index_name} lists are)")
+            return files
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return [folder / name]
+    raise TunesmithError(
+        f"{folder}: no weights (model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin); is the download complete?"
+    )
+
+
+def _check_safetensors(file: Path) -> None:
+    """Reads only the header: a zero-byte or cut-off file fails here, by name, instead of deep inside loading."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="numpy"):
+            pass
+    except SafetensorError as err:
+        raise TunesmithError(
+            f"{file}: not a complete safetensors file ({file.stat().st_size:,} bytes; {err}); download or save it again"
+        ) from None
+
+
 # Other frameworks' copies of the weights, never read by transformers' PyTorch loader.
 _HUB_SKIP = ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth", "original/*", "onnx/*"]
 
@@ -156,11 +239,16 @@ _HUB_SKIP = ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth", "original
 def _hub_source(cfg: ModelConfig) -> ModelSource:
     """A hub id: downloaded (or found in the HF cache); offline, fall back to a packaged GGUF if one exists."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         folder = snapshot_download(cfg.path, revision=cfg.revision, ignore_patterns=_HUB_SKIP)
+        check_model_folder(Path(folder))
         return ModelSource("hub", folder, cfg.path)
+    except HFValidationError:
+        raise TunesmithError(
+            f"model.path: {cfg.path!r} is no local path, and not a hub id either (org/name: letters, digits, '-', '_', '.')"
+        ) from None
     except (LocalEntryNotFoundError, OSError) as err:
         packaged = packaged_gguf(cfg.path)
         if packaged is None:
@@ -209,10 +297,30 @@ def quantization_config(cfg: ModelConfig):
     )
 
 
+# Tokenizer files transformers reads; a folder with none of them has no tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    folder = Path(path)
+    if folder.is_dir():
+        if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            raise TunesmithError(f"{folder}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])}, ...)")
+        if not (folder / "tokenizer.json").is_file() and (folder / "tokenizer.model").is_file() and importlib.util.find_spec("sentencepiece") is None:
+            raise TunesmithError(
+                f"{folder / 'tokenizer.model'}: a SentencePiece tokenizer without tokenizer.json; converting it needs "
+                "sentencepiece: pip install sentencepiece protobuf (or add the model's tokenizer.json)"
+            )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as err:
+        if folder.is_dir() and isinstance(err, json.JSONDecodeError):
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+                if (folder / name).is_file():
+                    _read_json(folder / name)  # raises, naming the file that is not JSON
+        raise TunesmithError(f"{path}: cannot load the tokenizer: {one_line(err)}") from None
     if not tokenizer.is_fast:
         raise TunesmithError(f"{path}: tunesmith needs a fast (Rust) tokenizer to place loss masks by character offsets")
     if tokenizer.pad_token is None:
@@ -227,6 +335,7 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = 
     head: causal_lm (a language model) or reward (the same body with a scalar head on the last token:
     AutoModelForSequenceClassification with one label, as reward models are built)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source = source or resolve_source(cfg)
@@ -241,13 +350,17 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = 
         kwargs["device_map"] = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
     elif quant is not None:
         kwargs["device_map"] = {"": "cpu"}
-    if head == "reward":
-        from trl.trainer.reward_trainer import suppress_seqcls_warning
+    try:
+        if head == "reward":
+            from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-        with suppress_seqcls_warning():  # the new head is expected to be missing from a language model's weights
-            model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+            with suppress_seqcls_warning():  # the new head is expected to be missing from a language model's weights
+                model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    # What check_model_folder cannot see: a corrupt .bin, a bad shard, an architecture this transformers lacks.
+    except (OSError, ValueError, SafetensorError) as err:
+        raise TunesmithError(f"{source.path}: cannot load the model: {one_line(err)}") from None
     tokenizer = load_tokenizer(source.path, cfg.trust_remote_code)
     # The reward head reads the last token that is not padding, found through the config's pad id.
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
@@ -255,6 +368,22 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, head: str = 
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source
+
+
+def model_skeleton(path: str, head: str = "causal_lm", trust_remote_code: bool = False):
+    """The model's modules built from its config on the meta device: every name and type, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if head == "reward":
+            config.num_labels = 1
+        with torch.device("meta"):
+            return auto.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:  # an architecture this transformers does not know, or not a language model
+        raise TunesmithError(f"{Path(path) / 'config.json'}: {one_line(err)}") from None
 
 
 def generation_eos(model_path: str) -> list[int]:

@@ -19,18 +19,46 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def check_target_modules(model, target_modules: list[str] | str) -> None:
-    if target_modules == "all-linear":
-        return
-    module_names = [name for name, _ in model.named_modules()]
-    missing = [
-        t for t in target_modules if not any(name == t or name.endswith("." + t) for name in module_names)
-    ]
+def check_target_modules(model, target_modules: list[str] | str, modules_to_save: list[str] = ()) -> None:
+    """Every name must match a module the way PEFT matches it (the full name or a dotted suffix), and a LoRA
+    target must be a layer LoRA can wrap: PEFT itself ignores an unmatched modules_to_save entry."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    # The layers PEFT's LoRA wraps (bitsandbytes' 4/8-bit layers subclass nn.Linear).
+    adaptable = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, Conv1D)
+    modules = dict(model.named_modules())
+
+    def matches(target: str) -> list:
+        return [module for name, module in modules.items() if name == target or name.endswith("." + target)]
+
+    linear = f"its linear modules are: {', '.join(linear_module_names(model))}"
+    if target_modules != "all-linear":
+        missing = [t for t in target_modules if not matches(t)]
+        if missing:
+            raise TunesmithError(f"peft.target_modules: no module of this model is named {' or '.join(map(repr, missing))}; {linear} (or use all-linear)")
+        for target in target_modules:
+            wrong = sorted({type(m).__name__ for m in matches(target) if not isinstance(m, adaptable)})
+            if wrong:
+                raise TunesmithError(
+                    f"peft.target_modules: {target!r} names {', '.join(wrong)} modules, which LoRA cannot adapt "
+                    f"(it takes linear, embedding and convolution layers); {linear}"
+                )
+    missing = [t for t in modules_to_save if not matches(t)]
     if missing:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name in modules if name and not name.rsplit(".", 1)[-1].isdigit()})
         raise TunesmithError(
-            f"peft.target_modules: {', '.join(map(repr, missing))} match no module of this model; "
-            f"its linear modules are: {', '.join(linear_module_names(model))} (or use all-linear)"
+            f"peft.modules_to_save: no module of this model is named {' or '.join(map(repr, missing))}; its module names are: {', '.join(leaves)}"
         )
+
+
+def check_adapter_targets(source_path: str, cfg: PeftConfig, head: str = "causal_lm", trust_remote_code: bool = False) -> None:
+    """check_target_modules on the model's skeleton (built from its config on the meta device), so a wrong
+    name fails before the weights load, not after."""
+    from tunesmith.models.load import model_skeleton
+
+    if cfg.method != "none" and (cfg.target_modules != "all-linear" or cfg.modules_to_save):
+        check_target_modules(model_skeleton(source_path, head, trust_remote_code), cfg.target_modules, cfg.modules_to_save)
 
 
 def lora_config(cfg: PeftConfig, task_type: str = "CAUSAL_LM"):
@@ -55,7 +83,7 @@ def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
         return model
     from peft import prepare_model_for_kbit_training
 
-    check_target_modules(model, cfg.target_modules)
+    check_target_modules(model, cfg.target_modules, cfg.modules_to_save)
     if cfg.method == "qlora":
         # Casts norms to fp32 and enables input grads so checkpointed 4-bit layers backpropagate.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
