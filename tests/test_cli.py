@@ -193,3 +193,135 @@ def test_broken_inputs_are_one_error_line(stories_path, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith(f"error: {expected}"), err
     assert "Traceback" not in err
+
+
+def commands(parser=None, words=()):
+    """(command words, parser) for every command and sub-command, e.g. (("runs", "list"), parser)."""
+    import argparse
+
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*words, *name.split()), sub
+                yield from commands(sub, (*words, *name.split()))
+
+
+def test_every_command_has_one_summary_line_in_the_command_list(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    listing = build_parser().format_help().split("commands:\n  COMMAND\n")[1].split("\n\n")[0].splitlines()
+    top = [words for words, _ in commands() if len(words) == 1 or words[0] == "eval"]
+    assert [line.strip().split("  ")[0] for line in listing] == [" ".join(words) for words in top]
+    assert all(len(line.split()) > 2 and len(line) <= 78 for line in listing)
+
+
+def test_every_command_help_has_a_working_example_and_shows_defaults(monkeypatch):
+    import shlex
+
+    from tunesmith.cli import with_eval_subcommand
+
+    monkeypatch.setenv("COLUMNS", "100")
+    for words, parser in commands():
+        text = parser.format_help()
+        assert text.rstrip().endswith(parser.epilog.rstrip()), words  # shown as written, not re-wrapped
+        examples = [line.strip() for line in parser.epilog.splitlines()[1:]]
+        assert examples and all(e.startswith("tunesmith " + " ".join(words)) for e in examples), (words, examples)
+        for example in examples:  # each one parses: a real command line, not prose
+            build_parser().parse_args(with_eval_subcommand(shlex.split(example)[1:]))
+        for action in parser._actions:
+            if action.dest in ("help", "verbose") or action.nargs == "A...":
+                continue
+            assert action.help, (words, action.dest)
+            unset = action.default is None or action.default is False or action.default == []
+            if not unset and (action.option_strings or action.nargs in ("?", "*")):
+                assert f"(default: {action.default})" in " ".join(text.split()), (words, action.dest)
+
+
+def slash_commands(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"(?<![\w.])/\w+", text))  # /reset, not the /quickstart of runs/quickstart
+
+
+def test_chat_help_lists_every_slash_command():
+    from tunesmith.chat import HELP
+
+    text = dict(commands())[("chat",)].format_help()
+    assert slash_commands(HELP) <= slash_commands(text) == {"/reset", "/system", "/exit"}
+
+
+def test_eval_subcommands_are_found_after_top_level_options():
+    from tunesmith.cli import with_eval_subcommand
+
+    args = build_parser().parse_args(with_eval_subcommand(["--verbose", "eval", "select", "--models", "a", "--data", "d"]))
+    assert args.verbose and args.models == "a"
+    assert build_parser().parse_args(["eval", "runs/x", "--data", "d", "--verbose"]).verbose
+
+
+def test_verbose_is_accepted_before_and_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["--verbose", "train", "r.yaml"]).verbose
+    assert parser.parse_args(["train", "r.yaml", "--verbose"]).verbose
+    assert not parser.parse_args(["train", "r.yaml"]).verbose
+
+
+@pytest.fixture
+def restore_output_settings(monkeypatch):
+    """configure_output sets logger levels and environment variables for the whole process: put them back."""
+    import logging
+
+    from tunesmith.cli import LIBRARY_VERBOSITY, QUIET_LIBRARIES
+
+    names = ["", "tunesmith", *QUIET_LIBRARIES]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for variable in LIBRARY_VERBOSITY.values():
+        monkeypatch.setenv(variable, "warning")  # restored (or removed) by monkeypatch afterwards
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_warnings_and_logs_show_only_when_verbose(verbose, restore_output_settings, caplog):
+    import logging
+    import os
+    import warnings
+
+    from tunesmith.cli import configure_output
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # everything Python would show without our filters
+        configure_output(verbose)
+        warnings.warn_explicit("planted deprecation", FutureWarning, "modeling_utils.py", 1, module="transformers.modeling_utils")
+        warnings.warn_explicit("planted checkpoint warning", UserWarning, "checkpoint.py", 1, module="torch.utils.checkpoint")
+        warnings.warn_explicit("a user's own warning", UserWarning, "my_rewards.py", 1, module="my_rewards")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from kernels-community")
+    logging.getLogger("tunesmith.models.load").info("converting model.gguf to safetensors")
+    shown = {str(w.message) for w in seen}
+    logged = {r.getMessage() for r in caplog.records}
+    assert "a user's own warning" in shown and "converting model.gguf to safetensors" in logged
+    assert ({"planted deprecation", "planted checkpoint warning"} <= shown) is verbose
+    assert ("Failed to load CPU gemm_4bit_forward from kernels-community" in logged) is verbose
+    assert logging.getLogger("transformers.trainer").isEnabledFor(logging.INFO) is verbose
+    assert logging.getLogger("datasets").isEnabledFor(logging.WARNING) is verbose
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == ("info" if verbose else "error")  # for transformers imported later
+
+
+def test_training_and_generating_show_no_library_warnings_unless_verbose(stories_path, tmp_path, restore_output_settings):
+    import json
+    import warnings
+
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Capital of {c}?", "answer": a}) + "\n"
+                            for c, a in [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Chad", "N'Djamena")]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: {stories_path}, dtype: float32}}\ndata: {{train: {data}, template: chatml, max_length: 256}}\n"
+                      f"peft: {{method: lora, r: 2}}\ntrain: {{max_steps: 1, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["train", str(recipe)]) == 0
+        assert main(["generate", str(tmp_path / "run"), "Capital of Peru?", "--max-new-tokens", "2"]) == 0
+        assert [f"{w.category.__name__}: {w.message}" for w in seen] == []
+        assert main(["--verbose", "generate", str(tmp_path / "run"), "Capital of Peru?", "--max-new-tokens", "2"]) == 0
+    # PEFT asks transformers for a deprecated property on every adapter load: shown, but only when asked for.
+    assert any(w.category is FutureWarning and "is_gradient_checkpointing" in str(w.message) for w in seen)

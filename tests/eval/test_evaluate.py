@@ -14,11 +14,15 @@ from tunesmith.eval.generate import generate, load_for_inference
 from tunesmith.eval.metrics import exact_match
 
 
-def test_eval_run_with_compare_base_writes_reports_and_metrics(tiny_run, tickets_file, capsys):
+def test_eval_run_with_compare_base_writes_reports_and_metrics(tiny_run, tickets_file, capsys, caplog):
     assert main(["eval", str(tiny_run), "--data", str(tickets_file), "--compare", "base", "--max-new-tokens", "4", "--batch-size", "6",
                  "--metrics", "exact_match,accuracy,bleu,chrf,rouge,perplexity",
                  "--human-sheet", str(tiny_run / "review.csv")]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # Every phase of every model shows itself: a status line, then a bar for generating and one for perplexity.
+    assert f"model 1/2: {tiny_run} (12 rows)" in caplog.text and "model 2/2: base (12 rows)" in caplog.text
+    assert all(f"{phase} {name}: 100%" in captured.err for phase in ("generate", "perplexity") for name in ("tiny", "base"))
     assert out.startswith("| metric | tiny | base |")
     folder = tiny_run / "eval" / "tickets"
     summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))

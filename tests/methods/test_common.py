@@ -72,3 +72,17 @@ def test_missing_tracker_is_an_install_hint(monkeypatch):
     recipe = validate({"model": {"path": "org/m"}, "data": {"train": "x.jsonl"}, "tracking": "wandb"})
     with pytest.raises(TunesmithError, match=r"pip install 'tunesmith\[wandb\]'"):
         common.check_tracking(recipe)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_trainer_arguments_use_no_deprecated_name(tmp_path, monkeypatch, checkpointing):
+    import warnings
+
+    from trl import SFTConfig
+
+    args = args_for(tmp_path, monkeypatch, train={"gradient_checkpointing": checkpointing})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        config = SFTConfig(**args)
+    assert [str(w.message) for w in seen if issubclass(w.category, FutureWarning)] == []
+    assert config.activation_checkpointing is checkpointing

@@ -61,8 +61,10 @@ def test_merge_reproduces_the_adapter_and_serves_with_the_run_template(lora_run,
 
     out = tmp_path / "merged"
     assert main(["merge", str(lora_run), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "fidelity gate passed\n  8 sequences" in printed and "the run's eval data" in printed
+    assert "gate: adapter model: 100%" in captured.err and "gate: merged model: 100%" in captured.err  # progress bars
 
     base_path = RunDir(lora_run).recipe().model.path
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), lora_run / "adapter").eval()

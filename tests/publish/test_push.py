@@ -57,7 +57,9 @@ def test_dry_run_builds_the_adapter_folder_with_a_card(run_with_eval, token, tmp
     out = tmp_path / "upload"
     code = main(["push", str(run_with_eval), "--repo", "me/capitals", "--dry-run", "--out", str(out),
                  "--license", "apache-2.0", "--language", "en", "--language", "ko"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "build folder: 100%" in captured.err  # the folder build shows a progress bar (weights can be gigabytes)
     assert code == 0
     assert "would upload to me/capitals (public model repo)" in printed and "dry run: nothing uploaded" in printed
     assert "token: found" in printed
@@ -167,3 +169,25 @@ def test_license_and_language_default_to_the_base_model_card(run_with_eval, tiny
     assert "note: license" not in capsys.readouterr().out
     meta, _ = split_card((tmp_path / "up" / "README.md").read_text())
     assert (meta["license"], meta["language"]) == ("mit", ["en", "ko"])
+
+
+def test_the_base_card_is_read_without_downloading_the_base(run_with_eval, token, tmp_path, monkeypatch):
+    config = run_with_eval / "config.yaml"
+    config.write_text(config.read_text().replace(yaml.safe_load(config.read_text())["model"]["path"], "org/base"))
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nlicense: mit\nlanguage: ko\n---\n# base\n")
+    asked = []
+
+    def download(repo, filename, revision=None):
+        asked.append((repo, filename))
+        return str(readme)
+
+    def snapshot(*args, **kwargs):
+        raise AssertionError("the whole base model was downloaded for its card")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot)
+    assert main(["push", str(run_with_eval), "--repo", "me/x", "--dry-run", "--out", str(tmp_path / "up")]) == 0
+    assert asked == [("org/base", "README.md")]
+    meta, _ = split_card((tmp_path / "up" / "README.md").read_text())
+    assert (meta["license"], meta["language"], meta["base_model"]) == ("mit", ["ko"], "org/base")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from tunesmith.eval.classification import classification_report, extract_label, 
 from tunesmith.eval.engines import Decoding
 from tunesmith.eval.metrics import EVAL_METRICS, bleu, chrf, exact_match, normalize, perplexity, rouge
 from tunesmith.runs import RunDir, is_run_dir
+
+log = logging.getLogger(__name__)
 
 # How exact match compares an output with its reference (keyword arguments of metrics.normalize).
 MATCH_MODES = {
@@ -151,20 +154,31 @@ def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding,
             examples = data.examples if data.is_text else [
                 Example(with_system(e.messages, system), None, e.where) for e in data.examples
             ]
-            sums, counts = nll_sums(engine.loaded, examples, scope=scoring.perplexity_scope, batch_size=batch_size)
+            sums, counts = nll_sums(engine.loaded, examples, scope=scoring.perplexity_scope, batch_size=batch_size,
+                                    progress=f"perplexity {engine.name}")
             flat["perplexity"] = perplexity(sums, counts)
             details["perplexity_tokens"] = sum(counts)
             details["perplexity_scope"] = scoring.perplexity_scope
     return ModelResult(engine.name, "", outputs, flat, details)
 
 
+def check_targets(target: str, compare: list[str]) -> None:
+    """Every model of the comparison is checked, and fetched when it comes from the hub, before the first loads."""
+    from tunesmith.checks import fetch_models
+    from tunesmith.models.load import resolve_source
+
+    if "base" in compare and not is_run_dir(target):
+        raise TunesmithError(f"--compare base: {target} is not a run directory, so it has no base model; name the model instead")
+    fetch_models([(target, ""), *((spec, "--compare") for spec in compare if spec != "base")])
+    if "base" in compare and not (Path(target) / "adapter").is_dir():  # an adapter run loads its base first anyway
+        resolve_source(RunDir(Path(target)).recipe().model)
+
+
 def open_target(spec: str, primary: str, template: str, engine: str, decoding: Decoding):
     """The engine for `spec`: 'base' is the primary run's base model; anything else a run or a model."""
     from tunesmith.eval.engines import open_base_of_run, open_engine
 
-    if spec == "base":
-        if not is_run_dir(primary):
-            raise TunesmithError(f"--compare base: {primary} is not a run directory, so it has no base model; name the model instead")
+    if spec == "base":  # check_targets made sure `primary` is a run
         return open_base_of_run(primary), str(RunDir(Path(primary)).recipe().model.path)
     return open_engine(spec, template=template, engine=engine, decoding=decoding), spec
 
@@ -202,16 +216,24 @@ def run_eval(
     if is_preference_file(data_file):  # pairs: reward accuracy, not generation
         if compare or human_sheet:
             raise TunesmithError(f"{data_file}: preference pairs are scored by reward accuracy; --compare and --human-sheet need conversations")
+        check_targets(target, [])
         return run_preference_eval(target, data_file, name, out, system, batch_size, limit)
+
+    from tunesmith.checks import check_output_file, check_output_folder
 
     decoding = decoding or Decoding()
     data = load_eval_data(data_file, limit=limit)
     scoring = plan_scoring(data, metrics, labels, label_from, label_regex, match, perplexity_scope, human_sheet)
     name = name or Path(data_file.split("::")[0]).stem
     folder = output_dir(target, name, out)
+    check_output_folder(folder, "--out")
+    check_output_file(human_sheet, "--human-sheet")
+    check_targets(target, list(compare))
     results: list[ModelResult] = []
     primary_system = system
-    for spec in [target, *compare]:
+    specs = [target, *compare]
+    for number, spec in enumerate(specs, 1):
+        log.info("model %d/%d: %s (%d rows)", number, len(specs), spec, len(data.examples))
         model, origin = open_target(spec, target, template, engine, decoding)
         if not results and primary_system is None:
             primary_system = model.system_prompt

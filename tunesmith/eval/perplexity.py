@@ -46,10 +46,13 @@ def windows(ids: list[int], labels: list[int], window: int, stride: int) -> list
 
 
 def nll_sums(
-    loaded, examples: list[Example], scope: str = "response", window: int | None = None, stride: int | None = None, batch_size: int = 8
+    loaded, examples: list[Example], scope: str = "response", window: int | None = None, stride: int | None = None, batch_size: int = 8,
+    progress: str | None = None,
 ) -> tuple[list[float], list[int]]:
-    """Per example: summed NLL (nats) of its scored tokens, and how many tokens were scored."""
+    """Per example: summed NLL (nats) of its scored tokens, and how many tokens were scored. `progress`: the label of
+    a progress bar over the windows scored (none without it)."""
     import torch
+    from tqdm.auto import tqdm
 
     model, tokenizer = loaded.model, loaded.tokenizer
     window = window or min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 4096)
@@ -60,6 +63,7 @@ def nll_sums(
         chunks += [(i, c_ids, c_labels) for c_ids, c_labels in windows(ids, labels, window, stride)]
     sums, counts = [0.0] * len(examples), [0] * len(examples)
     chunks.sort(key=lambda c: -len(c[1]))
+    bar = tqdm(total=len(chunks), desc=progress, unit="seq", disable=progress is None)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
         width = max(len(c[1]) for c in batch)
@@ -78,4 +82,6 @@ def nll_sums(
         for (i, _, _), value, n in zip(batch, nll.tolist(), mask.sum(dim=1).tolist()):
             sums[i] += value
             counts[i] += n
+        bar.update(len(batch))
+    bar.close()
     return sums, counts

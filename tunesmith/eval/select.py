@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import random
 from pathlib import Path
 
+from tunesmith.checks import check_output_folder, fetch_models
 from tunesmith.data.templates import TemplateError
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.classification import label_set
 from tunesmith.eval.engines import Decoding, open_engine
 from tunesmith.eval.evaluate import EvalData, evaluate_model, load_eval_data, plan_scoring
 from tunesmith.eval.report import fmt, to_markdown
+
+log = logging.getLogger(__name__)
 
 
 def split_shots(n: int, k: int, seed: int) -> tuple[list[int], list[int]]:
@@ -59,6 +63,8 @@ def run_select(
     out: str | None = None,
 ) -> list[dict]:
     decoding = decoding or Decoding(max_new_tokens=64)
+    if not models:
+        raise TunesmithError("--models: give at least one model (comma-separated)")
     data = load_eval_data(data_file)
     if data.is_text:
         raise TunesmithError(f"{data_file}: text rows have no answers to show as examples; eval select needs conversations")
@@ -66,8 +72,12 @@ def run_select(
     task = few_shot_data(data, shots, scored[:limit] if limit else scored)
     # Labels come from every row: a few scored rows may not show them all.
     scoring = plan_scoring(task, metrics, label_set(data.references), None, None, "lenient", "response")
+    folder = Path(out or Path("evals") / f"select-{Path(data_file).stem}")
+    check_output_folder(folder, "--out")
+    fetch_models([(spec, "--models") for spec in models])
     rows = []
-    for spec in models:
+    for number, spec in enumerate(models, 1):
+        log.info("model %d/%d: %s, %d-shot on %d rows", number, len(models), spec, few_shot, len(task.examples))
         try:
             engine = open_engine(spec, template="model", decoding=decoding)
             template = "model"
@@ -84,7 +94,6 @@ def run_select(
     # Ties (often all zero before fine-tuning) go to the model that finds the references more likely.
     direction = 1 if rank_by == "perplexity" else -1
     rows.sort(key=lambda r: (direction * r[rank_by], r.get("perplexity", math.inf)))
-    folder = Path(out or Path("evals") / f"select-{Path(data_file).stem}")
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"data": data_file, "few_shot": few_shot, "shot_ids": [data.ids[i] for i in shots], "n": len(task.examples),
                "rank_by": rank_by, "decoding": decoding.to_dict(), "ranking": rows}

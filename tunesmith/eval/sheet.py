@@ -18,6 +18,8 @@ import json
 import math
 import random
 import statistics
+import sys
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -57,7 +59,8 @@ def write_sheet(path: str | Path, ids: list[str], prompts: list[str], references
     return key_file
 
 
-def read_sheet_rows(path: Path) -> list[dict]:
+def read_sheet_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """The header and the rows."""
     raw = path.read_bytes()
     for encoding in ("utf-8-sig", "cp949"):
         try:
@@ -71,32 +74,87 @@ def read_sheet_rows(path: Path) -> list[dict]:
         dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    return list(csv.DictReader(io.StringIO(text, newline=""), dialect=dialect))
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
 
 
-def read_ratings(sheet: str | Path, key_file: str | Path | None = None) -> tuple[list[str], list[dict[str, float]]]:
-    """The models, and per sheet row the ratings by model (unblinded; skipped cells absent)."""
+@dataclass
+class Ratings:
+    models: list[str]
+    rated: list[dict[str, float]]            # per sheet row, the ratings by model (unblinded; skipped cells absent)
+    empty: dict[str, list[int]]              # rating column -> rows (as a spreadsheet numbers them) where it is empty
+    absent: list[str]                        # ids of the key file that no sheet row has
+
+    def not_rated(self) -> list[str]:
+        """What the reviewer left out, one line per column (rows as ranges), then the rows missing."""
+        lines = [f"{column} empty in row{'s' if len(found) > 1 else ''} {spans(found)}" for column, found in self.empty.items() if found]
+        if self.absent:
+            lines.append(f"{len(self.absent)} row(s) of the key file not in the sheet: {', '.join(self.absent[:10])}"
+                         + (", ..." if len(self.absent) > 10 else ""))
+        return lines
+
+
+def read_ratings(sheet: str | Path, key_file: str | Path | None = None) -> Ratings:
+    """Every rating, checked: a number from 1 to 5, in a column and a row the key file knows. Positions are
+    `sheet:row`, the row as a spreadsheet numbers it (the header is row 1; a cell may hold several lines)."""
     sheet = Path(sheet)
+    if not sheet.is_file():
+        raise TunesmithError(f"{sheet}: no such file")
     key_file = Path(key_file) if key_file else key_path(sheet)
     if not key_file.is_file():
         raise TunesmithError(f"{key_file}: key file not found (it was written next to the sheet; pass --key PATH)")
-    key = json.loads(key_file.read_text(encoding="utf-8"))
-    rated = []
-    for number, row in enumerate(read_sheet_rows(sheet), 2):
+    try:
+        key = json.loads(key_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TunesmithError(f"{key_file}: not the JSON key file tunesmith wrote ({err})") from None
+    header, rows = read_sheet_rows(sheet)
+    letters = sorted({letter for order in key["rows"].values() for letter in order})
+    lost = [f"rating_{x}" for x in letters if f"rating_{x}" not in header] + ([] if "id" in header else ["id"])
+    if lost:
+        raise TunesmithError(f"{sheet}: column{'s' if len(lost) > 1 else ''} {', '.join(lost)} missing from the header row "
+                             f"(keep the header as it was written; {RATING_HELP})")
+    rated, empty, seen = [], {f"rating_{x}": [] for x in letters}, {}
+    for number, row in enumerate(rows, 2):
         row_id = (row.get("id") or "").strip()
         if row_id not in key["rows"]:
             raise TunesmithError(f"{sheet}:{number}: id {row_id!r} is not in the key file {key_file.name}")
+        if row_id in seen:
+            raise TunesmithError(f"{sheet}:{number}: id {row_id!r} again (first in row {seen[row_id]}); keep one row per id")
+        seen[row_id] = number
         ratings = {}
         for letter, model in key["rows"][row_id].items():
-            cell = (row.get(f"rating_{letter}") or "").strip()
+            column = f"rating_{letter}"
+            cell = (row.get(column) or "").strip()
             if not cell:
+                empty[column].append(number)
                 continue
-            try:
-                ratings[model] = float(cell.replace(",", "."))
-            except ValueError:
-                raise TunesmithError(f"{sheet}:{number}: rating_{letter}: {cell!r} is not a number ({RATING_HELP})") from None
+            ratings[model] = rating(cell, f"{sheet}:{number}: {column}")
         rated.append(ratings)
-    return key["models"], rated
+    return Ratings(key["models"], rated, empty, [i for i in key["rows"] if i not in seen])
+
+
+def rating(cell: str, where: str) -> float:
+    """A cell's rating: a number (a decimal comma is read as a point) from 1 to 5."""
+    try:
+        value = float(cell.replace(",", "."))
+    except ValueError:
+        raise TunesmithError(f"{where}: {cell!r} is not a number ({RATING_HELP})") from None
+    if not 1 <= value <= 5:  # also refuses nan and inf, which float() reads
+        raise TunesmithError(f"{where}: {cell!r} is outside 1-5 ({RATING_HELP})")
+    return value
+
+
+def spans(numbers: list[int]) -> str:
+    """[3, 4, 5, 8] -> '3-5, 8'."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
 
 
 def t95(df: int) -> float:
@@ -142,18 +200,45 @@ def summarize(models: list[str], rated: list[dict[str, float]]) -> dict:
 
 
 def import_sheet(sheet: str, key_file: str | None = None) -> dict:
-    models, rated = read_ratings(sheet, key_file)
-    if not any(rated):
+    ratings = read_ratings(sheet, key_file)
+    cells = sum(len(r) for r in ratings.rated)
+    skipped = sum(len(lines) for lines in ratings.empty.values())
+    if not cells:
         raise TunesmithError(f"{sheet}: no rating filled in yet (the rating_* columns are empty; {RATING_HELP})")
-    result = summarize(models, rated)
+    result = summarize(ratings.models, ratings.rated)
+    result["not_rated"] = {"cells": skipped, "lines": ratings.empty, "rows_not_in_sheet": ratings.absent}
     out = Path(sheet).with_name(Path(sheet).stem + ".results.json")
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    out.write_text(json.dumps(without_nan(result), indent=2, ensure_ascii=False), encoding="utf-8")
     print("| model | rated | mean | 95% CI |\n| --- | --- | --- | --- |")
     for model, s in result["models"].items():
-        print(f"| {model} | {s['n']} | {s['mean']:.2f} | {s['ci95'][0]:.2f} – {s['ci95'][1]:.2f} |")
+        low, high = s["ci95"]
+        print(f"| {model} | {s['n']} | {shown(s['mean'], '.2f')} | {shown(low, '.2f')} – {shown(high, '.2f')} |")
     if result["pairwise"]:
         print("\n| pair | win rate of the first (ties count half) | rows |\n| --- | --- | --- |")
         for pair, s in result["pairwise"].items():
-            print(f"| {pair} | {s['win_rate']:.1%} | {s['n']} |")
+            print(f"| {pair} | {shown(s['win_rate'], '.1%')} | {s['n']} |")
+    if skipped or ratings.absent:
+        print(f"note: {cells} of {cells + skipped} rating cells filled; not rated:", file=sys.stderr)
+        for line in ratings.not_rated():
+            print(f"  {line}", file=sys.stderr)
+    for model, s in result["models"].items():
+        if not s["n"]:
+            print(f"note: {model} has no rating at all", file=sys.stderr)
     print(f"written: {out}")
     return result
+
+
+def shown(value: float, spec: str) -> str:
+    """A number as the table shows it; '-' where there is none (NaN: too few ratings)."""
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def without_nan(node):
+    """NaN (no value: too few ratings) as null, which JSON readers accept."""
+    if isinstance(node, float) and math.isnan(node):
+        return None
+    if isinstance(node, dict):
+        return {k: without_nan(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_nan(v) for v in node]
+    return node

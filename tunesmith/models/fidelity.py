@@ -71,16 +71,20 @@ def logit_gap(reference, candidate, mask) -> tuple[float, float, int]:
     return max_diff, kl.sum().item(), ref.shape[0]
 
 
-def batches(sequences: list[list[int]], pad_id: int, batch_size: int = 4):
-    """(sequences of the batch, input_ids, attention_mask), right-padded so positions match the unpadded run."""
+def batches(sequences: list[list[int]], pad_id: int, batch_size: int = 4, progress: str | None = None):
+    """(sequences of the batch, input_ids, attention_mask), right-padded so positions match the unpadded run.
+    `progress`: the label of a progress bar over the sequences (none without it)."""
     import torch
+    from tqdm.auto import tqdm
 
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in chunk])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
-        yield chunk, ids, mask
+    with tqdm(total=len(sequences), desc=progress, unit="seq", disable=progress is None) as bar:
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in chunk])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+            yield chunk, ids, mask
+            bar.update(len(chunk))
 
 
 def forward(model, ids, mask):
@@ -90,19 +94,19 @@ def forward(model, ids, mask):
         return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.cpu()  # (B, T, V)
 
 
-def model_logits(model, sequences: list[list[int]], pad_id: int) -> list:
+def model_logits(model, sequences: list[list[int]], pad_id: int, progress: str | None = None) -> list:
     """Logits on CPU, one (T_i, V) tensor per sequence (padding cut off), in input order."""
     out = []
-    for chunk, ids, mask in batches(sequences, pad_id):
+    for chunk, ids, mask in batches(sequences, pad_id, progress=progress):
         logits = forward(model, ids, mask)
         out += [logits[row, : len(seq)] for row, seq in enumerate(chunk)]
     return out
 
 
-def adapter_logits(peft_model, sequences: list[list[int]], pad_id: int) -> tuple[list, float]:
+def adapter_logits(peft_model, sequences: list[list[int]], pad_id: int, progress: str | None = None) -> tuple[list, float]:
     """The adapter model's logits per sequence, and its mean KL from the base (the adapter switched off)."""
     out, kl_sum, tokens = [], 0.0, 0
-    for chunk, ids, mask in batches(sequences, pad_id):
+    for chunk, ids, mask in batches(sequences, pad_id, progress=progress):
         logits = forward(peft_model, ids, mask)
         with peft_model.disable_adapter():
             base = forward(peft_model, ids, mask)

@@ -24,6 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tunesmith.checks import check_output_folder
 from tunesmith.config import Recipe, looks_local
 from tunesmith.data.templates import ChatTemplate, install_template, prompt_ids
 from tunesmith.errors import TunesmithError
@@ -91,28 +92,32 @@ def merge_run(
 
     run, recipe = open_adapter_run(target)
     out = Path(out)
-    check_out(out)
+    check_output_folder(out, "--out", must_be_empty=True)
+    # The gate's sequences need only the tokenizer: a missing data or prompts file is reported before any model loads.
+    tokenizer = load_tokenizer(str(run.final_dir))
+    template = ChatTemplate.load(run.path / "template.json")
+    sequences, prompts_from = gate_sequences(recipe, tokenizer, template, prompts, n_prompts)
+
+    log.info("loading the base model %s with the adapter of %s", recipe.model.path, run.path)
     model, base_cfg, source = adapter_model(run, recipe, dtype)
     resolved = str(model.dtype).replace("torch.", "")
     default_diff, default_kl = DEFAULT_THRESHOLDS[resolved]
     max_logit_diff = default_diff if max_logit_diff is None else max_logit_diff
     max_kl = default_kl if max_kl is None else max_kl
-
-    tokenizer = load_tokenizer(str(run.final_dir))
-    template = ChatTemplate.load(run.path / "template.json")
-    sequences, prompts_from = gate_sequences(recipe, tokenizer, template, prompts, n_prompts)
     model = model.to(inference_device()).eval()
-    reference, adapter_kl = adapter_logits(model, sequences, tokenizer.pad_token_id)
+    reference, adapter_kl = adapter_logits(model, sequences, tokenizer.pad_token_id, progress="gate: adapter model")
 
+    log.info("merging in %s and saving", resolved)
     merged = model.merge_and_unload(safe_merge=True)  # safe_merge: NaNs in the merged weights are an error
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     save_merged(merged, tokenizer, template, staging)
     del model, merged
 
+    log.info("reloading the merged model for the fidelity gate")
     reloaded = load_model(base_cfg.model_copy(update={"path": str(staging), "gguf_file": None}))[0]
     reloaded = reloaded.to(inference_device()).eval()
-    fidelity = compare(reference, model_logits(reloaded, sequences, tokenizer.pad_token_id), adapter_kl)
+    fidelity = compare(reference, model_logits(reloaded, sequences, tokenizer.pad_token_id, progress="gate: merged model"), adapter_kl)
     problems = fidelity.problems(max_logit_diff, max_kl, max_share)
     result = MergeResult(out, resolved, fidelity, max_logit_diff, max_kl, max_share, prompts_from, problems)
     write_provenance(staging, run, recipe, source, result)
@@ -148,11 +153,6 @@ def inference_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise TunesmithError(f"--out {out} already exists and is not empty: choose another folder or remove it")
 
 
 def save_merged(model, tokenizer, template: ChatTemplate, folder: Path) -> None:
@@ -193,7 +193,7 @@ def export_adapter(target: str | Path, out: str | Path) -> Path:
     """The adapter with its tokenizer, template and generation config: `PeftModel.from_pretrained(base, out)`."""
     run, recipe = open_adapter_run(target)
     out = Path(out)
-    check_out(out)
+    check_output_folder(out, "--out", must_be_empty=True)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.final_dir, staging)

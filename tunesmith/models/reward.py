@@ -84,8 +84,8 @@ def score_file(target: str, data: str, output: str | None = None, batch_size: in
     """Score every row of a file; pairs also give pairwise accuracy. Returns the summary printed by the CLI."""
     from tunesmith.data.load import load_examples
 
+    examples, report = load_examples(data, formats=SCORE_FORMATS)  # a bad row is reported before the model loads
     reward = load_reward_model(target)
-    examples, report = load_examples(data, formats=SCORE_FORMATS)
     if report.format == "preference":
         prompts = [e.prompt for e in examples]
         chosen = score(reward, prompts, [e.chosen for e in examples], batch_size)

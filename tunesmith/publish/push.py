@@ -11,6 +11,7 @@ huggingface_hub and never printed or written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,11 +21,14 @@ from pathlib import Path
 
 import yaml
 
+from tunesmith.checks import check_output_folder
 from tunesmith.config import looks_local
 from tunesmith.errors import TunesmithError
 from tunesmith.models.merge import PROVENANCE
 from tunesmith.publish.card import CardInfo, read_evals, render_card, training_summary
 from tunesmith.runs import RunDir, is_run_dir
+
+log = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 # A run's adapter/ gets PEFT's placeholder card: ours replaces it.
@@ -81,19 +85,23 @@ def build(
     datasets: list[str] | None = None,
 ) -> Plan:
     """Write the upload folder at `out` and say what it holds."""
+    from tqdm.auto import tqdm
+
     if not REPO_ID.fullmatch(repo):
         raise TunesmithError(f"--repo {repo!r}: expected owner/name (letters, digits, '-', '_', '.')")
     source = resolve(target)
-    if out.exists() and any(out.iterdir()):
-        raise TunesmithError(f"--out {out} already exists and is not empty: choose another folder or remove it")
+    check_output_folder(out, "--out", must_be_empty=True)
     out.mkdir(parents=True, exist_ok=True)
     notes = []
-    for file in sorted(source.folder.rglob("*")):
-        relative = file.relative_to(source.folder)
-        # tunesmith.json stays home: it holds local paths, and the card says what it knows.
-        if file.is_file() and str(relative) not in SKIPPED and str(relative) != PROVENANCE:
+    # tunesmith.json stays home: it holds local paths, and the card says what it knows.
+    files = [f for f in sorted(source.folder.rglob("*")) if f.is_file() and str(f.relative_to(source.folder)) not in SKIPPED | {PROVENANCE}]
+    log.info("building the upload folder in %s", out)
+    with tqdm(total=sum(f.stat().st_size for f in files), desc="build folder", unit="B", unit_scale=True) as bar:
+        for file in files:
+            relative = file.relative_to(source.folder)
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(file, out / relative)
+            bar.update(file.stat().st_size)
     if source.run and not (out / "template.json").exists():
         shutil.copy2(source.run.path / "template.json", out / "template.json")
 
@@ -184,17 +192,21 @@ def stop_token_names(template: dict | None, folder: Path, tokenizer_config: dict
 
 
 def base_card(source: Source) -> dict:
-    """The front matter of the base model's own card, when the base is a downloaded hub folder holding one."""
+    """The front matter of the base model's own card: its README.md, from its folder or the hub (that file
+    alone: reading the card never downloads the base's weights)."""
     if not source.recipe:
         return {}
-    from tunesmith.config import ModelConfig
-    from tunesmith.models.load import resolve_source
+    model = source.recipe["model"]
+    if looks_local(model["path"]):
+        readme = Path(model["path"]).expanduser() / "README.md"
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-    try:
-        folder = Path(resolve_source(ModelConfig(**source.recipe["model"])).path)
-    except TunesmithError:
-        return {}
-    readme = folder / "README.md"
+        try:
+            readme = Path(hf_hub_download(model["path"], "README.md", revision=model.get("revision")))
+        except (OSError, ValueError, EntryNotFoundError):  # offline and not cached, no such repo or file: no metadata
+            return {}
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     if not text.startswith("---"):
         return {}
@@ -227,6 +239,7 @@ def push(
         return plan
     if not token:
         raise TunesmithError(f"no Hugging Face token: set HF_TOKEN or run `hf auth login` (the folder is ready in {folder})")
+    log.info("uploading %d files (%s bytes) to %s", len(plan.files), f"{sum(size for _, size in plan.files):,}", repo)
     upload(plan, token)
     if out is None:
         shutil.rmtree(folder)
