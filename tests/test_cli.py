@@ -86,6 +86,17 @@ def test_train_takes_overrides_before_and_after_its_flags(monkeypatch, capsys):
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch, capsys):
+    import tunesmith.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_train", interrupted)  # e.g. while the model loads
+    assert main(["train", "r.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
 def test_allow_changes_goes_with_resume(tmp_path, capsys):
     assert main(["train", "r.yaml", "--allow-changes"]) == 2
     assert "--allow-changes goes with --resume" in capsys.readouterr().err

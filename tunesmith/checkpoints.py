@@ -27,7 +27,7 @@ TRAINER_STATE = {
     "trainer_state.json": "the step, the log history and the best checkpoint",
     "optimizer.pt": "the optimiser's moments",
     "scheduler.pt": "the learning-rate schedule's position",
-    "rng_state.pth": "the random state of dropout and shuffling",
+    "rng_state*.pth": "the random state of dropout and shuffling",  # rng_state_<rank>.pth when distributed
 }
 PPO_STATE = {"ppo_state.pt": "weights, value head, optimiser, schedule and random state"}
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -70,8 +70,8 @@ def problem(folder: Path, method: str) -> str | None:
         return "empty"
     needed = PPO_STATE if method == "ppo" else TRAINER_STATE
     for name, holds in needed.items():
-        if not (folder / name).is_file():
-            return f"no {name} ({holds}): resuming without it would not continue the same run"
+        if not any(folder.glob(name)):
+            return f"no {name.replace('*', '')} ({holds}): resuming without it would not continue the same run"
     if method != "ppo":
         weights = [name for name in WEIGHTS if (folder / name).is_file()]
         if not weights:

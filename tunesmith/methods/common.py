@@ -151,6 +151,8 @@ def save_checkpoints_atomically(trainer, run: RunDir) -> None:
     complete (tunesmith.checkpoints), then older ones are rotated out. transformers writes a checkpoint into
     `_get_output_dir()/checkpoint-N` and rotates inside that folder, so pointing it at .unfinished/ for the length
     of the save is enough; the best-checkpoint path it records there is moved along."""
+    if trainer.args.world_size > 1:
+        return  # every rank writes its own RNG state into the folder: renaming it under them would race them
     save = trainer._save_checkpoint
 
     def save_atomically(model, trial):
