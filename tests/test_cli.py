@@ -73,6 +73,35 @@ def test_train_parses_recipe_and_overrides():
     assert args.keys is False
 
 
+def test_train_takes_overrides_before_and_after_its_flags(monkeypatch, capsys):
+    import tunesmith.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", seen.append)
+    assert main(["train", "r.yaml", "train.lr=1e-4", "--resume", "peft.r=8", "--allow-changes", "data.max_length=64"]) == 0
+    assert seen[0].overrides == ["train.lr=1e-4", "peft.r=8", "data.max_length=64"]
+    assert seen[0].resume and seen[0].allow_changes
+    with pytest.raises(SystemExit):
+        main(["train", "r.yaml", "--resume", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch, capsys):
+    import tunesmith.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_train", interrupted)  # e.g. while the model loads
+    assert main(["train", "r.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_allow_changes_goes_with_resume(tmp_path, capsys):
+    assert main(["train", "r.yaml", "--allow-changes"]) == 2
+    assert "--allow-changes goes with --resume" in capsys.readouterr().err
+
+
 def test_train_bad_value_exits_2_with_error_line(tmp_path, capsys):
     (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n', encoding="utf-8")
     recipe = tmp_path / "bad.yaml"

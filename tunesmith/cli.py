@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from tunesmith import __version__
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import Interrupted, RunFinished, TunesmithError
 
 
 def cmd_train(args) -> None:
@@ -25,12 +25,21 @@ def cmd_train(args) -> None:
         return
     if not args.recipe:
         raise TunesmithError("train: give a recipe, e.g. tunesmith train recipes/quickstart.yaml")
+    if args.allow_changes and not args.resume:
+        raise TunesmithError("train: --allow-changes goes with --resume (it lets a resumed run take changed settings)")
     recipe = load_recipe(args.recipe, args.overrides)
     import importlib
+    import shlex
 
-    # One module per method, each with train(recipe, resume); imported only once the recipe is valid.
+    # One module per method, each with train(recipe, resume, allow_changes=...); imported only once the recipe is valid.
     method = importlib.import_module(f"tunesmith.methods.{recipe.method}")
-    method.train(recipe, resume=args.resume)
+    try:
+        method.train(recipe, resume=args.resume, allow_changes=args.allow_changes)
+    except RunFinished as done:
+        print(done, file=sys.stderr)
+    except Interrupted as stop:
+        stop.command = shlex.join(["tunesmith", "train", args.recipe, *args.overrides])
+        raise
 
 
 def cmd_generate(args) -> None:
@@ -309,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Every recipe key can be overridden as key.path=value; `--keys` lists them with their defaults.")
     p.add_argument("recipe", nargs="?", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 peft.r=8")
-    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest complete checkpoint, with the same settings")
+    p.add_argument("--allow-changes", action="store_true", help="with --resume: continue even though settings differ from the checkpoint's (they are listed)")
     p.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
     p.set_defaults(func=cmd_train)
 
@@ -531,7 +541,13 @@ def with_eval_subcommand(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(with_eval_subcommand(list(sys.argv[1:] if argv is None else argv)))
+    argv = with_eval_subcommand(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra  # overrides after a flag: train r.yaml --resume train.lr=1e-4
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     configure_output(args.verbose or os.environ.get("TUNESMITH_VERBOSE", "") not in ("", "0"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tunesmith.data.formats import DataError
@@ -541,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TunesmithError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:  # Ctrl-C in training: where it stopped and how to go on
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,8 +6,8 @@
       data_report.json/.md counts, drops, truncation, lengths, EOS share, template check, first example
       template.json        the chat template object that training used (drives eval and serving too)
       metrics.jsonl        one line per log/eval event: step, loss, lr, grad_norm, tokens_per_s, eval_loss
-      checkpoints/         Trainer checkpoints (resume with --resume)
-      adapter/ or model/   the final LoRA adapter (PEFT folder) or full model, with the tokenizer
+      checkpoints/         checkpoints, each written whole or not at all (resume with --resume; see tunesmith.checkpoints)
+      adapter/ or model/   the final LoRA adapter (PEFT folder) or full model, with the tokenizer: only a finished run has one
       loss.png             training and eval loss
       tensorboard/         event files, with tracking: tensorboard
       report.md            a short summary
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from tunesmith import checkpoints
 from tunesmith.config import Recipe
 
 
@@ -43,9 +44,25 @@ class RunDir:
         """adapter/ for LoRA runs, model/ for full fine-tuning: whichever the run wrote."""
         return self.path / "adapter" if (self.path / "adapter").is_dir() else self.path / "model"
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote its final weights (written in one rename, after the last step)."""
+        return (self.path / "adapter").is_dir() or (self.path / "model").is_dir()
+
+    @property
+    def method(self) -> str:
+        return (yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")) or {}).get("method", "sft")
+
     def last_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        return found[-1] if found else None
+        """The newest complete checkpoint (see tunesmith.checkpoints.problem for what complete means)."""
+        return checkpoints.newest_complete(self.checkpoints, self.method).checkpoint
+
+    def status(self) -> str:
+        """finished, or incomplete with the step it can resume from: for `runs list`."""
+        if self.finished:
+            return "finished"
+        last = self.last_checkpoint()
+        return f"incomplete (resumable from step {checkpoints.step_of(last)})" if last else "incomplete (no checkpoint)"
 
     def recipe(self) -> Recipe:
         return Recipe.model_validate(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")))

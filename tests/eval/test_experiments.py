@@ -67,9 +67,11 @@ def test_runs_compare_writes_table_csv_and_plot(two_runs, tmp_path, capsys):
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert "![loss curves](loss.png)" in (out / "compare.md").read_text()
 
+    (b / "adapter").mkdir()  # lr-low finished; lr-high was stopped before its first checkpoint
     assert main(["runs", "list", str(folder)]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[0].startswith("| run | model.path | method | peft.method | data.train |")
+    assert listed[0].startswith("| run | model.path | method | peft.method | data.train |") and listed[0].endswith("| status |")
     assert [line.split("|")[1].strip() for line in listed[2:]] == ["lr-high", "lr-low"]
+    assert [line.split("|")[-2].strip() for line in listed[2:]] == ["incomplete (no checkpoint)", "finished"]
     assert main(["runs", "compare", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

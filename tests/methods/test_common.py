@@ -86,3 +86,30 @@ def test_trainer_arguments_use_no_deprecated_name(tmp_path, monkeypatch, checkpo
         config = SFTConfig(**args)
     assert [str(w.message) for w in seen if issubclass(w.category, FutureWarning)] == []
     assert config.activation_checkpointing is checkpointing
+
+
+def test_progress_bar_shows_each_loss_as_soon_as_it_is_logged_and_a_bar_for_evaluation(capsys):
+    from types import SimpleNamespace
+
+    bar = common.ProgressBar()
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=4, global_step=0, num_input_tokens_seen=0)
+    bar.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 1, 100
+    bar.on_step_end(None, state, None)
+    assert "loss" not in bar.bar.postfix  # nothing logged yet: no placeholder
+    bar.on_log(None, state, None, logs={"loss": 2.5, "grad_norm": 1.0})
+    assert bar.bar.postfix.startswith("loss 2.5000 | ")  # step 1's loss, at step 1
+    bar.on_prediction_step(None, state, None, eval_dataloader=[0, 1, 2])
+    bar.on_prediction_step(None, state, None, eval_dataloader=[0, 1, 2])
+    assert (bar.eval_bar.n, bar.eval_bar.total, bar.eval_bar.desc) == (2, 3, "eval")
+    bar.on_evaluate(None, state, None)
+    bar.on_log(None, state, None, logs={"eval_loss": 2.25})
+    assert bar.eval_bar is None and bar.bar.postfix.startswith("loss 2.5000 | eval 2.2500 | ")
+    bar.on_train_end(None, state, None)
+
+
+def test_settings_are_shown_as_people_write_them():
+    from tunesmith.methods.steps import shown
+
+    assert [shown(v) for v in (None, False, 1e-05, 0.1, "cosine")] == ["none", "no", "1e-05", "0.1", "cosine"]
+    assert shown([{"type": "regex", "pattern": "^A", "column": None, "weight": 1.0}]) == "[type: regex, pattern: ^A, weight: 1]"

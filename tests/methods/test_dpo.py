@@ -157,6 +157,7 @@ def test_each_loss_trains_only_the_adapters_and_reward_accuracy_rises(stories_pa
     assert AutoPeftModelForCausalLM.from_pretrained(run.path / "adapter") is not None
     report = (run.path / "report.md").read_text()
     assert "reward accuracy (train): first" in report
+    assert f"method: dpo (loss: {loss}, beta: " in report and "{" not in report  # written for people, not a Python repr
 
 
 def test_full_finetuning_against_a_frozen_copy(stories_path, pairs_file, tmp_path):

@@ -85,8 +85,58 @@ def test_ppo_resumed_after_a_kill_matches_an_uninterrupted_run(stories_path, pro
     assert RunDir(tmp_path / "b").last_checkpoint().name == "checkpoint-2"
     resumed = train(killed, resume=True)
     keys = ("reward", "kl", "loss")
-    assert [r["step"] for r in resumed.metrics()] == [r["step"] for r in straight.metrics()]
-    assert [r[k] for r in resumed.metrics() for k in keys] == pytest.approx([r[k] for r in straight.metrics() for k in keys], abs=1e-4)
+    records = [r for r in resumed.metrics() if "resumed_from" not in r]
+    assert [r["step"] for r in records] == [r["step"] for r in straight.metrics()]
+    assert [r[k] for r in records for k in keys] == pytest.approx([r[k] for r in straight.metrics() for k in keys], abs=1e-4)
+    assert {"step": 2, "resumed_from": "checkpoint-2"} in resumed.metrics()
     a = load_file(straight.path / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed.path / "adapter" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
+
+
+class Payload:
+    """What a hostile checkpoint could hold: unpickling it would run code."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_ppo_checkpoints_load_tensors_and_plain_values_only(tmp_path, monkeypatch):
+    from tunesmith.errors import TunesmithError
+    from tunesmith.methods.ppo import read_state
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    torch.save({"step": 2, "rng": torch.get_rng_state(), "scheduler": {"base_lrs": [0.1]}}, folder / "ppo_state.pt")
+    assert read_state(folder)["step"] == 2
+    torch.save({"step": 2, "trainable": Payload()}, folder / "ppo_state.pt")
+    with pytest.raises(TunesmithError, match=r"ppo_state.pt holds more than tensors and plain values: not loading it"):
+        read_state(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_ppo_stops_when_the_loss_is_not_finite(stories_path, prompts_file, reward_run, tmp_path):
+    from tunesmith.errors import TunesmithError
+
+    # Several updates per step: the first one blows the weights up, the next one's gradients are NaN.
+    with pytest.raises(TunesmithError, match=r"^the gradients are not finite at step 1: training stopped before applying it, and no final weights"):
+        train(recipe(stories_path, prompts_file, reward_run, tmp_path / "run", train={"lr": 1e6}))
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+
+
+def test_ctrl_c_in_ppo_saves_the_step_it_ends(stories_path, prompts_file, reward_run, tmp_path):
+    import signal
+
+    from tunesmith.errors import Interrupted
+
+    def press(loop, record):
+        if loop.step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stop:
+        train(recipe(stories_path, prompts_file, reward_run, tmp_path / "run"), callbacks=[press])
+    assert (stop.value.step, stop.value.saved, stop.value.checkpoint) == (1, True, tmp_path / "run" / "checkpoints" / "checkpoint-1")
+    assert RunDir(tmp_path / "run").last_checkpoint().name == "checkpoint-1"

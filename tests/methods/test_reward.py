@@ -1,6 +1,7 @@
 """Reward models: trained on pairs, their accuracy rises on a separable toy set; `tunesmith score` reads them back."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,10 @@ def test_score_refuses_a_run_that_is_not_a_reward_model(tmp_path, capsys):
     (tmp_path / "template.json").write_text("{}")
     assert main(["score", str(tmp_path), "--data", "x.jsonl"]) == 2
     assert "not a reward model run" in capsys.readouterr().err
+
+
+def test_the_report_gives_the_method_settings_in_words(reward_run):
+    assert "; method: reward (center_rewards: none), lora (r=4, alpha=8)" in (Path(reward_run) / "report.md").read_text()
 
 
 def test_a_reward_run_is_no_starting_model_and_does_not_merge(reward_run):

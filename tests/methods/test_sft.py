@@ -205,10 +205,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(stories_path, capitals
 def test_existing_run_directory_needs_resume(tiny_llama, capitals_file, tmp_path):
     from tunesmith.errors import TunesmithError
 
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "checkpoint-4").mkdir(parents=True)
     with pytest.raises(TunesmithError, match="already holds a run"):
         train(recipe(tiny_llama, capitals_file, tmp_path / "run"))
-    with pytest.raises(TunesmithError, match="no checkpoint"):
+    (tmp_path / "run" / "config.yaml").write_text("method: sft\n")
+    with pytest.raises(TunesmithError, match="no complete checkpoint"):
         train(recipe(tiny_llama, capitals_file, tmp_path / "run"), resume=True)
 
 

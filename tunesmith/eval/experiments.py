@@ -1,6 +1,6 @@
 """The experiment table: runs side by side, what differs in their recipes next to what they scored.
 
-    tunesmith runs list [runs/]                       # one line per run
+    tunesmith runs list [runs/]                       # one line per run, finished or not
     tunesmith runs compare runs/a runs/b [--out DIR]  # differing config keys + metrics; compare.md, compare.csv, loss.png
 
 Metrics per run: steps, final train loss, final and best eval loss (metrics.jsonl), generation metrics
@@ -134,6 +134,8 @@ def list_runs(folder: str) -> str:
         print(f"no runs in {folder}")
         return ""
     headers, rows, n_config = experiment_table(runs, keys=MAIN_KEYS)
+    # A run without final weights was stopped (or is still running): it is not a result to compare.
+    headers, rows = [*headers, "status"], [[*row, RunDir(run).status()] for run, row in zip(runs, rows)]
     text = to_markdown([("table", headers, shown(headers, rows, n_config))]).rstrip()
     print(text)
     return text

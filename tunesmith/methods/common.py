@@ -8,10 +8,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
+from tunesmith import checkpoints
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
@@ -82,6 +87,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is, and stops the run (StopOnNonFinite)
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy=save_strategy,
@@ -121,7 +127,8 @@ class MetricsLogger(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         for key, value in logs.items():
-            if key in ("total_flos", "epoch") or not isinstance(value, (int, float)):
+            # TRL's num_tokens counts what num_input_tokens_seen counts, but restarts from 0 on resume.
+            if key in ("total_flos", "epoch", "num_tokens") or not isinstance(value, (int, float)):
                 continue
             record[self.KEYS.get(key, key)] = value
         if record.get("tokens_per_s") == 0 and not state.num_input_tokens_seen:
@@ -129,19 +136,142 @@ class MetricsLogger(TrainerCallback):
         self.run.append_metrics(record)
 
 
-def trim_metrics(run: RunDir, up_to_step: int) -> None:
-    """On resume, forget what the interrupted run logged after the checkpoint it resumes from."""
-    records = [r for r in run.metrics() if r["step"] <= up_to_step]
-    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+def restore_metrics(run: RunDir, checkpoint: Path) -> None:
+    """On resume, metrics.jsonl as it was when `checkpoint` was saved: what the interrupted run logged after it
+    (later steps, its end-of-training summary) is forgotten."""
+    lines = run.metrics_file.read_text(encoding="utf-8").splitlines(keepends=True) if run.metrics_file.is_file() else []
+    kept = checkpoints.metrics_lines(checkpoint)
+    if kept is None:  # a checkpoint that does not say how many: keep the records up to its step
+        lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= checkpoints.step_of(checkpoint)]
+    run.metrics_file.write_text("".join(lines if kept is None else lines[:kept]), encoding="utf-8")
+
+
+def save_checkpoints_atomically(trainer, run: RunDir) -> None:
+    """Every checkpoint the trainer saves is written into checkpoints/.unfinished/ and moved into place once
+    complete (tunesmith.checkpoints), then older ones are rotated out. transformers writes a checkpoint into
+    `_get_output_dir()/checkpoint-N` and rotates inside that folder, so pointing it at .unfinished/ for the length
+    of the save is enough; the best-checkpoint path it records there is moved along."""
+    if trainer.args.world_size > 1:
+        return  # every rank writes its own RNG state into the folder: renaming it under them would race them
+    save = trainer._save_checkpoint
+
+    def save_atomically(model, trial):
+        check_finite_weights(trainer.model, trainer.state.global_step)
+        staging = checkpoints.staging(run.checkpoints)
+        trainer._get_output_dir = lambda trial=None: str(staging)
+        try:
+            save(model, trial)
+        finally:
+            del trainer._get_output_dir
+        folder = staging / f"checkpoint-{trainer.state.global_step}"
+        best = trainer.state.best_model_checkpoint
+        if best and Path(best).parent == staging:
+            trainer.state.best_model_checkpoint = str(run.checkpoints / Path(best).name)
+            trainer.state.save_to_json(str(folder / "trainer_state.json"))
+        checkpoints.commit(folder, run.checkpoints, run.path / "config.yaml", len(run.metrics()))
+        checkpoints.rotate(run.checkpoints, trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+
+    trainer._save_checkpoint = save_atomically
+
+
+def finite_gradients(parameters) -> bool:
+    import torch
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return not grads or bool(torch.stack([g.isfinite().all().to(grads[0].device) for g in grads]).all())
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Non-finite weights are never saved, as a checkpoint or as the final model."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TunesmithError(f"the trained weights are not finite at step {step} ({bad[0]} and {len(bad) - 1} more): not saving them")
+
+
+def diverged(what: str, step: int, recipe: Recipe, run: RunDir, fp16: bool) -> TunesmithError:
+    """The error a run stops with when its loss or gradients stop being finite numbers."""
+    causes = [f"train.lr {recipe.train.lr:g} too high for this model"]
+    if fp16:
+        causes.append("fp16 overflow (set model.dtype: bfloat16 or float32)")
+    causes.append("a broken batch (see data_report.md)")
+    last = run.last_checkpoint()
+    kept = (f"{last.name} is kept: continue from it with a lower rate, --resume --allow-changes train.lr=<lower>" if last
+            else "no checkpoint was saved before it")
+    return TunesmithError(
+        f"{what} at step {step}: training stopped before applying it, and no final weights were written ({kept}). "
+        f"Likely causes: {'; '.join(causes)}"
+    )
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops the run at the first step whose gradients are not finite, before the optimiser applies them (so the
+    weights stay the last good ones), or at the first logged loss that is not finite."""
+
+    def __init__(self, recipe: Recipe, run: RunDir):
+        self.recipe, self.run = recipe, run
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # fp16's loss scaler expects overflowing gradients now and then: it skips those steps itself.
+        if not args.fp16 and not finite_gradients(model.parameters()):
+            raise diverged("the gradients are not finite", state.global_step + 1, self.recipe, self.run, args.fp16)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise diverged(f"the loss is {loss}", state.global_step, self.recipe, self.run, args.fp16)
+
+
+class InterruptRequest:
+    """Ctrl-C while training, as a context manager: the first Ctrl-C asks the loop to stop at the end of the step
+    and save a checkpoint there; a second one stops at once (KeyboardInterrupt), without saving."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping at the end of this step to save a checkpoint (Ctrl-C again: stop now, without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Turns a Ctrl-C into a checkpoint at the end of the current step (or of the evaluation it arrived in) and a stop."""
+
+    def __init__(self, request: InterruptRequest):
+        self.request = request
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.request.requested:
+            control.should_save = control.should_training_stop = True
+
+    on_evaluate = on_step_end
 
 
 class ProgressBar(TrainerCallback):
-    """A tqdm bar over optimiser steps, showing the latest loss and training tokens/s."""
+    """A tqdm bar over optimiser steps with the latest logged loss (shown as soon as it is logged) and training
+    tokens/s, and a second bar over the batches of each evaluation."""
+
+    LABELS = {"loss": "loss {:.4f}", "rewards/accuracies": "acc {:.2f}", "accuracy": "acc {:.2f}", "eval_loss": "eval {:.4f}"}
 
     def __init__(self):
-        self.bar = None
+        self.bar = self.eval_bar = None
         self.start = None
         self.tokens0 = 0
+        self.shown: dict[str, str] = {}  # preference methods show acc: the share of pairs whose chosen reply wins
+        self.speed = ""
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
@@ -154,26 +284,42 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
             seconds = time.perf_counter() - self.start
-            tokens = state.num_input_tokens_seen - self.tokens0
-            self.bar.set_postfix_str(self._postfix(state, tokens / seconds if seconds else 0.0), refresh=False)
+            self.speed = f"{(state.num_input_tokens_seen - self.tokens0) / seconds if seconds else 0.0:,.0f} tok/s"
+            self.refresh()
 
-    @staticmethod
-    def _postfix(state, tokens_per_s: float) -> str:
-        losses = [r["loss"] for r in state.log_history if "loss" in r]
-        evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
-        parts = [f"loss {losses[-1]:.4f}" if losses and math.isfinite(losses[-1]) else "loss -"]
-        accuracies = [r.get("rewards/accuracies", r.get("accuracy")) for r in state.log_history if "rewards/accuracies" in r or "accuracy" in r]
-        if accuracies:  # preference methods: share of pairs whose chosen reply out-scores the rejected one
-            parts.append(f"acc {accuracies[-1]:.2f}")
-        if evals:
-            parts.append(f"eval {evals[-1]:.4f}")
-        parts.append(f"{tokens_per_s:,.0f} tok/s")
-        return " | ".join(parts)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None:
+            for key, label in self.LABELS.items():
+                if key in (logs or {}):
+                    self.shown[label.split()[0]] = label.format(logs[key])
+            self.refresh()
+
+    def refresh(self) -> None:
+        self.bar.set_postfix_str(" | ".join([*self.shown.values(), self.speed]).strip(" |"))
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        from tqdm.auto import tqdm
+        from transformers.trainer_utils import has_length
+
+        if state.is_world_process_zero and self.eval_bar is None:
+            total = len(eval_dataloader) if has_length(eval_dataloader) else None
+            self.eval_bar = tqdm(total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True)
+        if self.eval_bar is not None:
+            self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.close()
+
+    def close(self) -> None:
+        for bar in (self.eval_bar, self.bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.eval_bar = None
 
 
 class GenerationEval(TrainerCallback):
@@ -191,7 +337,7 @@ class GenerationEval(TrainerCallback):
         was_training = model.training
         model.eval()
         loaded = Loaded(model, processing_class, self.template, "eval")
-        outputs = generate(loaded, self.conversations, self.max_new_tokens, args.per_device_eval_batch_size, progress=False)
+        outputs = generate(loaded, self.conversations, self.max_new_tokens, args.per_device_eval_batch_size, progress=state.is_world_process_zero)
         model.train(was_training)
         key = f"eval_{self.metric}"
         value = generation_score(self.metric, outputs, self.references)

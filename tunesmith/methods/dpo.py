@@ -35,8 +35,8 @@ from tunesmith.models.peft import count_parameters, lora_config, prepare_base, w
 from tunesmith.runs import RunDir
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
-    s = start(recipe, resume)  # run directory, tokenizer and template, checked pairs: before the model loads
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
+    s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked pairs: before the model loads
 
     model, _, _ = load_model(recipe.model, s.source)
     reference = load_reference(recipe, s.source)
@@ -45,7 +45,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
     set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
     trainer = build_trainer(recipe, s.run, model, reference, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
     parameters = count_parameters(trainer.model)
-    result, seconds = fit(trainer, s.run, resume)
+    result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, report_lines(recipe))
 
 

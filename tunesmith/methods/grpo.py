@@ -31,8 +31,8 @@ from tunesmith.models.peft import count_parameters, lora_config, prepare_base
 from tunesmith.runs import RunDir
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
-    s = start(recipe, resume)  # run directory, tokenizer and template, checked prompts: before the model loads
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
+    s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked prompts: before the model loads
     reward_funcs = [rewards.for_trl(rewards.build(spec)) for spec in recipe.grpo.rewards]
 
     model, _, _ = load_model(recipe.model, s.source)
@@ -44,7 +44,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
     set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
     trainer = build_trainer(recipe, s.run, model, reward_funcs, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
     parameters = count_parameters(trainer.model)
-    result, seconds = fit(trainer, s.run, resume)
+    result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, lambda records: [
         f"- reward (train, mean over each step's replies): {first_last(records, 'reward') or '-'}",
         *[f"  - {fn.__name__}: {first_last(records, f'rewards/{fn.__name__}/mean') or '-'}" for fn in reward_funcs],

@@ -29,19 +29,20 @@ import time
 import torch
 from transformers import set_seed
 
-from tunesmith import losses
+from tunesmith import checkpoints, losses
 from tunesmith.config import Recipe
-from tunesmith.methods.common import trim_metrics
-from tunesmith.methods.steps import console, describe, finish, first_last, load_reference, reference_mode, start
+from tunesmith.errors import TunesmithError
+from tunesmith.methods.common import InterruptRequest, check_finite_weights, diverged, finite_gradients
+from tunesmith.methods.steps import describe, finish, first_last, interrupted, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.models.reward import load_reward_model, score
 from tunesmith.runs import RunDir
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
     """`callbacks` are called as callback(loop, record) after every step (a Loop, a metrics.jsonl record)."""
-    s = start(recipe, resume)  # run directory, tokenizer and template, checked prompts: before the models load
+    s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked prompts: before the models load
     reward = load_reward_model(recipe.ppo.reward_model)
 
     set_seed(recipe.train.seed)  # adapters and value head draw from the global RNG
@@ -58,7 +59,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
 
     loop = Loop(recipe, s, policy, value_head, reference, reward, callbacks or [])
     started = time.perf_counter()
-    loop.run(resume)
+    loop.run(s.resume_from)
     return finish(recipe, s, policy, loop.step, time.perf_counter() - started, parameters, lambda records: [
         f"- reference: {reference_mode(recipe)}; reward model: `{recipe.ppo.reward_model}`",
         f"- reward (train, mean score of each step's replies): {first_last(records, 'reward') or '-'}",
@@ -88,31 +89,43 @@ class Loop:
         self.scheduler = get_scheduler(self.t.scheduler, self.optimizer, num_warmup_steps=int(warmup), num_training_steps=updates)
         self.step = 0
 
-    def run(self, resume: bool) -> None:
+    def run(self, resume_from) -> None:
+        """Steps until the last; Ctrl-C stops at the end of a step with a checkpoint there (a second one at once)."""
         from tqdm.auto import tqdm
 
-        if resume:
-            self.load_checkpoint(self.run_dir.last_checkpoint())
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
         bar = tqdm(total=self.total, initial=self.step, desc="ppo", unit="step", dynamic_ncols=True)
-        started, tokens = time.perf_counter(), 0
-        while self.step < self.total:
-            self.step += 1
-            rollout = self.rollout(self.batch_of_prompts(self.step))
-            stats = self.update(rollout)
-            tokens += int(rollout["attention_mask"].sum())
-            record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **stats,
-                      "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - started)}
-            if self.eval_prompts and (self.step % (self.t.eval_steps or self.steps_per_epoch) == 0 or self.step == self.total):
-                record["eval_reward"] = self.evaluate()
-            if self.step % self.t.logging_steps == 0 or self.step in (1, self.total) or "eval_reward" in record:
-                self.run_dir.append_metrics(record)
-            if self.step % (self.t.save_steps or self.steps_per_epoch) == 0:
-                self.save_checkpoint()
-            bar.update(1)
-            bar.set_postfix_str(f"reward {stats['reward']:.3f} | kl {stats['kl']:.3f} | {record['tokens_per_s']:,.0f} tok/s", refresh=False)
-            for callback in self.callbacks:
-                callback(self, record)
-        bar.close()
+        started, tokens, done = time.perf_counter(), 0, self.step
+        try:
+            with InterruptRequest() as request:
+                while self.step < self.total and not request.requested:
+                    self.step += 1
+                    rollout = self.rollout(self.batch_of_prompts(self.step))
+                    stats = self.update(rollout)
+                    tokens += int(rollout["attention_mask"].sum())
+                    record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **stats,
+                              "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - started)}
+                    if self.eval_prompts and (self.step % (self.t.eval_steps or self.steps_per_epoch) == 0 or self.step == self.total):
+                        record["eval_reward"] = self.evaluate()
+                    if self.step % self.t.logging_steps == 0 or self.step in (1, self.total) or "eval_reward" in record:
+                        self.run_dir.append_metrics(record)
+                    saved = self.step % (self.t.save_steps or self.steps_per_epoch) == 0
+                    if saved:
+                        self.save_checkpoint()
+                    done = self.step
+                    bar.update(1)
+                    bar.set_postfix_str(f"reward {stats['reward']:.3f} | kl {stats['kl']:.3f} | {record['tokens_per_s']:,.0f} tok/s", refresh=False)
+                    for callback in self.callbacks:
+                        callback(self, record)
+                    if request.requested and not saved and self.step < self.total:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            raise interrupted(self.run_dir, done, saved=False) from None
+        finally:
+            bar.close()
+        if self.step < self.total:
+            raise interrupted(self.run_dir, self.step, saved=True)
 
     def batch_of_prompts(self, step: int) -> list[dict]:
         """The prompts of a step: each epoch is a fresh seeded shuffle, so a step's batch depends on the step alone."""
@@ -188,9 +201,13 @@ class Loop:
                 pg, clip_frac = losses.policy_loss(logprobs, part["logprobs"], part["advantages"], mask, cfg.clip_range)
                 vf = losses.value_loss(values, part["values"], part["returns"], mask, cfg.value_clip_range)
                 loss = pg + cfg.value_coef * vf
+                if not torch.isfinite(loss):
+                    raise diverged(f"the loss is {float(loss)}", self.step, self.recipe, self.run_dir, fp16=False)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, self.t.max_grad_norm) if self.t.max_grad_norm else torch.tensor(0.0)
+                if not finite_gradients(params):
+                    raise diverged("the gradients are not finite", self.step, self.recipe, self.run_dir, fp16=False)
                 self.optimizer.step()
                 self.scheduler.step()
                 approx_kl = 0.5 * losses.masked_mean((logprobs.detach() - part["logprobs"]) ** 2, mask)
@@ -209,16 +226,21 @@ class Loop:
 
     def evaluate(self) -> float:
         """Mean reward of greedy replies to the eval prompts."""
-        scores = []
-        for first in range(0, len(self.eval_prompts), self.t.eval_batch_size or self.t.batch_size):
-            rows = self.eval_prompts[first : first + (self.t.eval_batch_size or self.t.batch_size)]
+        from tqdm.auto import tqdm
+
+        scores, size = [], self.t.eval_batch_size or self.t.batch_size
+        for first in tqdm(range(0, len(self.eval_prompts), size), desc="eval", unit="batch", leave=False, dynamic_ncols=True):
+            rows = self.eval_prompts[first : first + size]
             scores += self.score(rows, self.generate(rows, sample=False))
         return sum(scores) / len(scores)
 
     def save_checkpoint(self) -> None:
-        """Everything --resume needs: trainable weights, value head, optimiser, schedule, RNG, step."""
-        folder = self.run_dir.checkpoints / f"checkpoint-{self.step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        """Everything --resume needs: trainable weights, value head, optimiser, schedule, RNG, step; written into
+        checkpoints/.unfinished/ and moved into place once complete (tunesmith.checkpoints)."""
+        check_finite_weights(self.policy, self.step)
+        check_finite_weights(self.value_head, self.step)
+        folder = checkpoints.staging(self.run_dir.checkpoints) / f"checkpoint-{self.step}"
+        folder.mkdir()
         torch.save({
             "step": self.step,
             "trainable": {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad},
@@ -227,14 +249,11 @@ class Loop:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }, folder / "ppo_state.pt")
-        if self.t.save_total_limit:
-            import shutil
-
-            for old in sorted(self.run_dir.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[: -self.t.save_total_limit]:
-                shutil.rmtree(old)
+        checkpoints.commit(folder, self.run_dir.checkpoints, self.run_dir.path / "config.yaml", len(self.run_dir.metrics()))
+        checkpoints.rotate(self.run_dir.checkpoints, self.t.save_total_limit)
 
     def load_checkpoint(self, folder) -> None:
-        state = torch.load(folder / "ppo_state.pt", weights_only=False)
+        state = read_state(folder)
         named = dict(self.policy.named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():
@@ -244,8 +263,17 @@ class Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.step = state["step"]
-        trim_metrics(self.run_dir, self.step)
-        console.print(f"resuming from {folder}")
+
+
+def read_state(folder) -> dict:
+    """A checkpoint's ppo_state.pt, read as tensors and plain values only: unpickling anything else could run
+    code from whoever wrote the file."""
+    import pickle
+
+    try:
+        return torch.load(folder / "ppo_state.pt", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise TunesmithError(f"{folder / 'ppo_state.pt'} holds more than tensors and plain values: not loading it ({str(err).splitlines()[0]})") from None
 
 
 def forward(model, value_head, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -29,8 +29,8 @@ from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.runs import RunDir
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
-    s = start(recipe, resume)  # run directory, tokenizer and template, checked pairs: before the model loads
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
+    s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked pairs: before the model loads
 
     set_seed(recipe.train.seed)  # the new scalar head and the adapters draw from the global RNG
     model, _, _ = load_model(recipe.model, s.source, head="reward")
@@ -39,7 +39,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
     describe(s.run, model, recipe, s.source, f"reward model, trainable {parameters[0]:,} / {parameters[1]:,} parameters")
 
     trainer = build_trainer(recipe, s.run, model, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
-    result, seconds = fit(trainer, s.run, resume)
+    result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, lambda records: [
         f"- pairwise accuracy (train): {first_last(records, 'accuracy') or '-'}",
         f"- pairwise accuracy (eval): {first_last(records, 'eval_accuracy') or 'no eval data'}",

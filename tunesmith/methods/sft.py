@@ -14,7 +14,9 @@ so the loss mask is the one the preflight showed and checked, not one rebuilt la
 
 from __future__ import annotations
 
+import torch
 from transformers import set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tunesmith.config import Recipe
 from tunesmith.methods.common import trainer_arguments
@@ -24,8 +26,8 @@ from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.runs import RunDir
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -> RunDir:
-    s = start(recipe, resume)  # run directory, tokenizer and template, checked data: before the model loads
+def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
+    s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked data: before the model loads
 
     set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
     model, _, _ = load_model(recipe.model, s.source)
@@ -34,7 +36,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None) -
     describe(s.run, model, recipe, s.source, f"sft, trainable {parameters[0]:,} / {parameters[1]:,} parameters")
 
     trainer = build_trainer(recipe, s.run, model, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
-    result, seconds = fit(trainer, s.run, resume)
+    result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters)
 
 
@@ -50,7 +52,10 @@ def build_trainer(recipe: Recipe, run: RunDir, model, tokenizer, train_rows, eva
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if recipe.train.group_by_length:
+        trainer_class = type("SFTTrainer", (SFTTrainer,), {"_get_train_sampler": length_grouped_sampler})
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
@@ -60,3 +65,26 @@ def build_trainer(recipe: Recipe, run: RunDir, model, tokenizer, train_rows, eva
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
+
+
+def length_grouped_sampler(self, train_dataset=None) -> LengthGroupedSampler:
+    """SFTTrainer._get_train_sampler for train.group_by_length (see EpochSeededLengthSampler)."""
+    dataset = self.train_dataset if train_dataset is None else train_dataset
+    return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Batches of similar length, shuffled from seed + epoch. transformers' own LengthGroupedSampler shuffles with
+    the global RNG as it stands when an epoch begins, which a run resumed in the middle of a later epoch cannot
+    reproduce: it would train on other batches than the run it continues."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by accelerate's dataloader at the start of every epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=torch.Generator().manual_seed(self.seed + self.epoch)))

@@ -8,27 +8,52 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from rich.console import Console
 
+from tunesmith import checkpoints
 from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
-from tunesmith.errors import TunesmithError
-from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, generation_eval_callbacks, trim_metrics
+from tunesmith.errors import ConfigError, Interrupted, RunFinished, TunesmithError
+from tunesmith.eval.experiments import flatten
+from tunesmith.methods.common import (
+    InterruptRequest,
+    MetricsLogger,
+    ProgressBar,
+    StopOnInterrupt,
+    StopOnNonFinite,
+    check_finite_weights,
+    check_optimizer,
+    check_tracking,
+    generation_eval_callbacks,
+    restore_metrics,
+    save_checkpoints_atomically,
+)
 from tunesmith.models.peft import check_adapter_targets
 from tunesmith.runs import RunDir, environment, plot_loss
 
 console = Console(stderr=True, soft_wrap=True)
 
 
+# Settings a resumed run may change without --allow-changes: where the run lives, what it is called, where it
+# reports, how often it logs and how many checkpoints it keeps change nothing it trains. save_steps joins them
+# unless keep_best or early stopping choose among the saved checkpoints.
+RESUME_NEUTRAL = ("name", "output_dir", "tracking", "train.logging_steps", "train.save_total_limit")
+# Settings no resume can change: the checkpoint's weights and optimiser state are those of the old ones.
+RESUME_FIXED = ("method", "model.", "peft.", "train.optimizer")
+
+
 @dataclass
 class Started:
-    """What every method has before its model loads: the run directory, the model source, the tokenizer,
-    the template, and the checked, tokenized data with its report."""
+    """What every method has before its model loads: the run directory (and the checkpoint it resumes from),
+    the model source, the tokenizer, the template, and the checked, tokenized data with its report."""
 
     run: RunDir
+    resume_from: Path | None
     source: object
     tokenizer: object
     template: ChatTemplate
@@ -37,30 +62,47 @@ class Started:
     data_report: object
 
 
-def start(recipe: Recipe, resume: bool) -> Started:
+def start(recipe: Recipe, resume: bool, allow_changes: bool = False) -> Started:
     """Checks, run directory, tokenizer and template, adapter targets, data: a problem with any of them
     should not wait for the model to load."""
     check_tracking(recipe)
     check_optimizer(recipe)
-    run = open_run(recipe, resume)
+    run, checkpoint = open_run(recipe, resume, allow_changes)
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, eval_rows, data_report = preflight(recipe, run, tokenizer, template)
-    return Started(run, source, tokenizer, template, train_rows, eval_rows, data_report)
+    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report)
 
 
-def fit(trainer, run: RunDir, resume: bool):
-    """Train (from the last checkpoint with --resume); returns (TrainOutput, seconds)."""
-    checkpoint = resume_from(run, resume)
+def fit(trainer, s: Started):
+    """Train (from s.resume_from with --resume); returns (TrainOutput, seconds). Checkpoints are written whole or
+    not at all; Ctrl-C stops at the end of the step with a checkpoint there and raises Interrupted."""
+    save_checkpoints_atomically(trainer, s.run)
+    request = InterruptRequest()
+    trainer.add_callback(StopOnInterrupt(request))
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        with request:
+            result = trainer.train(resume_from_checkpoint=str(s.resume_from) if s.resume_from else None)
+    except KeyboardInterrupt:
+        raise interrupted(s.run, trainer.state.global_step, saved=False) from None
+    finally:
+        trainer.pop_callback(ProgressBar).close()  # an exception leaves it mid-line otherwise
+    if request.requested and trainer.state.global_step < trainer.state.max_steps:
+        raise interrupted(s.run, trainer.state.global_step, saved=True)
     return result, time.perf_counter() - started
+
+
+def interrupted(run: RunDir, step: int, saved: bool) -> Interrupted:
+    last = run.last_checkpoint()
+    return Interrupted(step, last, saved and last is not None and checkpoints.step_of(last) == step)
 
 
 def finish(recipe: Recipe, s: Started, model, steps: int, seconds: float, parameters: tuple[int, int], extra=lambda records: []) -> RunDir:
     """Save the final weights with the template, write report.md and loss.png. `extra(records)` gives the
     report lines only this method measures, from metrics.jsonl."""
+    check_finite_weights(model, steps)
     final_dir = save_final(recipe, s.run, model, s.tokenizer, s.template, s.source)
     write_report(recipe, s.run, s.data_report, steps, seconds, parameters, final_dir, extra(s.run.metrics()))
     console.print(f"run written to {s.run.path} (final weights in {final_dir.name}/)")
@@ -81,7 +123,7 @@ def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
     from transformers import EarlyStoppingCallback
 
     stopping = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
-    return [MetricsLogger(run), ProgressBar(), *generation_eval_callbacks(recipe, run), *stopping, *(callbacks or [])]
+    return [MetricsLogger(run), ProgressBar(), StopOnNonFinite(recipe, run), *generation_eval_callbacks(recipe, run), *stopping, *(callbacks or [])]
 
 
 def reference_mode(recipe: Recipe) -> str:
@@ -107,19 +149,87 @@ def load_reference(recipe: Recipe, source):
     return reference
 
 
-def open_run(recipe: Recipe, resume: bool) -> RunDir:
+def open_run(recipe: Recipe, resume: bool, allow_changes: bool) -> tuple[RunDir, Path | None]:
+    """The run directory, and the checkpoint a --resume continues from."""
     run = RunDir(recipe.run_dir)
-    if resume:
-        if run.last_checkpoint() is None:
-            raise TunesmithError(f"--resume: no checkpoint in {run.checkpoints}")
-    elif run.checkpoints.exists() or (run.path / "adapter").exists() or (run.path / "model").exists():
-        # Only a run that reached training counts: a preflight that failed may simply be run again.
-        raise TunesmithError(
-            f"{run.path} already holds a run: pass --resume to continue it, or choose another output_dir=... or name=..."
-        )
+    checkpoint = resume_point(run, recipe, allow_changes) if resume else None
+    if not resume:
+        # A run that saved no checkpoint (stopped early, or its preflight failed) may simply be started again.
+        if run.finished or checkpoints.named(run.checkpoints):
+            raise TunesmithError(
+                f"{run.path} already holds a run: pass --resume to continue it, or choose another output_dir=... or name=..."
+            )
+        run.metrics_file.unlink(missing_ok=True)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(recipe)
-    return run
+    return run, checkpoint
+
+
+def resume_point(run: RunDir, recipe: Recipe, allow_changes: bool) -> Path:
+    """The newest complete checkpoint, once the recipe is known to continue the same run; metrics.jsonl is put back
+    as it was when that checkpoint was saved, and the resume is recorded in it."""
+    if not (run.path / "config.yaml").is_file():
+        raise TunesmithError(f"--resume: {run.path} holds no run (no config.yaml): start it without --resume")
+    if run.finished:
+        raise RunFinished(
+            f"{run.path} is finished (final weights in {run.final_dir.name}/): nothing to resume. "
+            f"To train it further, start a new run from it: model.path={run.path} name=<another name>"
+        )
+    choice = checkpoints.newest_complete(run.checkpoints, recipe.method)
+    for name, why in choice.skipped:
+        console.print(f"--resume: skipping {name}: {why}", markup=False, highlight=False)
+    if choice.checkpoint is None:
+        skipped = f" ({', '.join(name for name, _ in choice.skipped)} skipped, see above)" if choice.skipped else ""
+        raise TunesmithError(f"--resume: no complete checkpoint in {run.checkpoints}{skipped}; to start the run afresh, delete that folder and leave out --resume")
+    checkpoint, step = choice.checkpoint, checkpoints.step_of(choice.checkpoint)
+    changes = settings_changes(run, checkpoint, recipe)
+    listed = "\n".join(f"  {key}: {shown(old)} ({checkpoint.name}) → {shown(new)} (now)" for key, old, new in changes)
+    if any(key.startswith(RESUME_FIXED) for key, _, _ in changes):
+        raise ConfigError(
+            f"--resume: settings a resumed run cannot change (the checkpoint's weights and optimiser state belong to the old ones):\n"
+            f"{listed}\nstart a new run instead (another name=... or output_dir=...)"
+        )
+    if changes and not allow_changes:
+        raise ConfigError(
+            f"--resume: the settings differ from {checkpoint.name}'s, so this would not continue the same run:\n{listed}\n"
+            "use the settings it was trained with, or pass --allow-changes to continue with the new ones"
+        )
+    if changes:
+        console.print(f"--allow-changes: continuing with changed settings:\n{listed}", markup=False, highlight=False)
+    restore_metrics(run, checkpoint)
+    run.append_metrics({"step": step, "resumed_from": checkpoint.name, **({"changed": {k: [old, new] for k, old, new in changes}} if changes else {})})
+    console.print(f"resuming from {checkpoint} (step {step})", markup=False, highlight=False)
+    return checkpoint
+
+
+def settings_changes(run: RunDir, checkpoint: Path, recipe: Recipe) -> list[tuple[str, object, object]]:
+    """(key, checkpoint's value, new value) for every setting that differs and could change what is trained.
+    The checkpoint's own config.yaml is the reference (the run's, for a checkpoint saved without one)."""
+    saved = checkpoint / "config.yaml" if (checkpoint / "config.yaml").is_file() else run.path / "config.yaml"
+    raw = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    try:  # keys added to the schema since are compared at their defaults
+        raw = Recipe.model_validate(raw).model_dump(mode="json")
+    except ValueError:
+        pass
+    old, new = flatten(raw), flatten(recipe.model_dump(mode="json"))
+    t = recipe.train
+    neutral = RESUME_NEUTRAL if t.keep_best or t.early_stopping_patience else (*RESUME_NEUTRAL, "train.save_steps")
+    return [(key, old.get(key), new.get(key)) for key in dict.fromkeys([*old, *new]) if key not in neutral and old.get(key) != new.get(key)]
+
+
+def shown(value) -> str:
+    """A setting as a person writes it: 0.0001, yes/no, none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):  # a list item (a grpo reward): its unset fields say nothing
+        return ", ".join(f"{k}: {shown(v)}" for k, v in value.items() if v is not None)
+    return str(value)
 
 
 def load_tokenizer_and_template(recipe: Recipe):
@@ -145,29 +255,26 @@ def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate):
     return train_rows, eval_rows, data_report
 
 
-def resume_from(run: RunDir, resume: bool):
-    """The checkpoint to resume from (None for a fresh run); forgets metrics logged after it."""
-    checkpoint = run.last_checkpoint() if resume else None
-    if checkpoint is not None:
-        console.print(f"resuming from {checkpoint}")
-        trim_metrics(run, int(checkpoint.name.split("-")[1]))
-    return checkpoint
-
-
 def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemplate, source):
     """The adapter (LoRA/QLoRA) or the whole model, with a tokenizer that carries the run's template."""
+    from tunesmith.models.load import _save_atomically
+
     final_dir = run.path / ("model" if recipe.peft.method == "none" else "adapter")
     if recipe.peft.method != "none":
         # Point the adapter at a base PEFT can find again: the hub id, or the local (converted) folder.
         model.peft_config["default"].base_model_name_or_path = source.origin if source.kind == "hub" else source.path
-    model.save_pretrained(final_dir)
-    install_template(template, tokenizer)
-    tokenizer.save_pretrained(final_dir)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:  # sequence classifiers (reward models) have none
-        generation.eos_token_id = template.stop_token_ids
-        generation.pad_token_id = tokenizer.pad_token_id
-        generation.save_pretrained(final_dir)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        install_template(template, tokenizer)
+        tokenizer.save_pretrained(folder)
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:  # sequence classifiers (reward models) have none
+            generation.eos_token_id = template.stop_token_ids
+            generation.pad_token_id = tokenizer.pad_token_id
+            generation.save_pretrained(folder)
+
+    _save_atomically(final_dir, write)  # the final folder is what marks a run finished: never half of one
     return final_dir
 
 
@@ -179,16 +286,17 @@ def write_report(recipe: Recipe, run: RunDir, data_report, steps: int, seconds: 
     losses = [r["loss"] for r in records if "loss" in r]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    detail = f" ({recipe.method_config.model_dump()})" if recipe.method_config else ""
+    detail = f" ({', '.join(f'{k}: {shown(v)}' for k, v in recipe.method_config.model_dump().items())})" if recipe.method_config else ""
     lines = [
         f"# Run `{recipe.name}`",
         "",
         f"- model: `{recipe.model.path}`; method: {recipe.method}{detail}, {recipe.peft.method}"
-        + (f" (r={recipe.peft.r}, alpha={recipe.peft.alpha})" if recipe.peft.method != "none" else ""),
+        + (f" (r={recipe.peft.r}, alpha={shown(recipe.peft.alpha)})" if recipe.peft.method != "none" else ""),
         f"- trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
         f"- data: {data_report.train.kept} train / {data_report.eval.kept} eval {data_report.kind} examples, "
         f"template `{data_report.template}` (see data_report.md)",
         f"- steps: {steps}; time: {seconds:.0f} s" + (f"; {speeds[-1]:,.0f} tokens/s" if speeds else ""),
+        *resume_lines(records),
         f"- loss: first {losses[0]:.4f}, last {losses[-1]:.4f}" if losses else "- loss: not logged",
         f"- eval loss: first {evals[0]:.4f}, best {min(evals):.4f}, last {evals[-1]:.4f}" if evals else "- eval loss: no eval data",
         *extra,
@@ -200,6 +308,16 @@ def write_report(recipe: Recipe, run: RunDir, data_report, steps: int, seconds: 
     if recipe.method != "reward":
         lines += ["Try it:", "", "```bash", f'tunesmith generate {run.path} "your prompt"', "```", ""]
     (run.path / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def resume_lines(records: list[dict]) -> list[str]:
+    """One report line per --resume, with the settings it changed."""
+    lines = []
+    for r in records:
+        if "resumed_from" in r:
+            changed = "; ".join(f"{key} {shown(old)} → {shown(new)}" for key, (old, new) in r.get("changed", {}).items())
+            lines.append(f"- resumed from {r['resumed_from']}" + (f" with changed settings: {changed}" if changed else ""))
+    return lines
 
 
 def first_last(records: list[dict], key: str) -> str | None:
