@@ -87,6 +87,8 @@ def test_files_in_and_out(tmp_path):
     check_input(None, "--input")
     with pytest.raises(TunesmithError, match=r"^--data absent.jsonl: no such file or folder$"):
         check_input("absent.jsonl", "--data")
+    check_input("tatsu-lab/alpaca", "--data")  # a hub dataset: data.load reads it (or says why it cannot)
+    check_input("hf://org/name@ko::validation", "--data")
     (tmp_path / "file").write_text("")
     with pytest.raises(TunesmithError, match="is a file, not a folder"):
         check_output_file(str(tmp_path / "file" / "out.jsonl"), "--output")

@@ -91,8 +91,10 @@ def fetch_models(specs: list[tuple[str, str]]) -> None:
 
 
 def check_input(path: str | None, flag: str) -> None:
-    """An input data file (or a datasets folder, `folder::split`) exists."""
-    if path is not None and not Path(path.split("::")[0]).expanduser().exists():
+    """An input data file (or a datasets folder, `folder::split`) exists; a hub dataset (org/name) is found when it loads."""
+    from tunesmith.data.load import hub_dataset
+
+    if path is not None and hub_dataset(path) is None and not Path(path.split("::")[0]).expanduser().exists():
         raise TunesmithError(f"{flag} {path}: no such file or folder")
 
 

@@ -167,8 +167,9 @@ def split_list(value: str | None) -> list[str] | None:
 
 def cmd_score(args) -> None:
     from tunesmith.checks import check_input, check_output_file
-    from tunesmith.models.reward import score_file
+    from tunesmith.models.reward import reward_run, score_file
 
+    reward_run(args.run)
     check_input(args.data, "--data")
     check_output_file(args.output, "--output")
     summary = score_file(args.run, args.data, args.output, args.batch_size)

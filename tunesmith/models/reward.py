@@ -33,13 +33,18 @@ class RewardModel:
     system_prompt: str | None = None   # the run's data.system_prompt: every conversation it learned from had it
 
 
+def reward_run(target: str | Path) -> tuple[RunDir, object]:
+    """The run directory and recipe of a `method: reward` run; anything else is a one-line error."""
+    recipe = RunDir(Path(target)).recipe() if is_run_dir(target) else None
+    if recipe is None or recipe.method != "reward":
+        raise TunesmithError(f"{target}: not a reward model run (a run directory trained with method: reward)")
+    return RunDir(Path(target)), recipe
+
+
 def load_reward_model(target: str | Path) -> RewardModel:
     from tunesmith.models.load import load_model, load_tokenizer
 
-    run = RunDir(Path(target))
-    recipe = run.recipe() if is_run_dir(target) else None
-    if recipe is None or recipe.method != "reward":
-        raise TunesmithError(f"{target}: not a reward model run (a run directory trained with method: reward)")
+    run, recipe = reward_run(target)
     final = run.final_dir
     if final.name == "adapter":
         from peft import PeftModel
