@@ -14,7 +14,7 @@ from rich.console import Console
 from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
+from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, generation_eval_callbacks, trim_metrics
 from tunesmith.runs import RunDir, environment, plot_loss
@@ -119,7 +119,8 @@ def open_run(recipe: Recipe, resume: bool) -> RunDir:
 
 
 def load_tokenizer_and_template(recipe: Recipe):
-    """(model source, tokenizer, template). A run directory as model.path brings its own template."""
+    """(model source, tokenizer, template). A run directory as model.path brings its own template;
+    data.system_prompt_mode: merge is written into the template's text."""
     from tunesmith.models.load import generation_eos, load_tokenizer, resolve_source
 
     source = resolve_source(recipe.model)
@@ -128,6 +129,8 @@ def load_tokenizer_and_template(recipe: Recipe):
         template = ChatTemplate.load(source.template)
     else:
         template = resolve_template(recipe.data.template, tokenizer, generation_eos(source.path))
+    if recipe.data.system_prompt_mode == "merge":
+        template = merging_system(template)
     return source, tokenizer, template
 
 
