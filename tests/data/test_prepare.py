@@ -5,7 +5,7 @@ import pytest
 from tunesmith.config import DataConfig
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.templates import ChatTemplate, TemplateError, resolve_template
+from tunesmith.data.templates import TemplateError, resolve_template
 from tunesmith.errors import TunesmithError
 
 

@@ -268,5 +268,17 @@ def test_the_preflight_says_where_stop_tokens_come_from(smol_tokenizer, tmp_path
     _, _, report = prepare_data(cfg, tok, template, seed=0)
     text = render_markdown(report)
     assert "stop tokens: <|endoftext|> (EOS), <|im_end|> (ends assistant turns in the template)" in text
-    assert "assistant replies end with '<|im_end|>\\n'" in text
+    assert "assistant replies end with '<|im_end|>\\n': trained through <|im_end|>" in text
     assert json.loads(json.dumps(report.to_dict()))["template_notes"] == report.template_notes
+
+
+def test_qwen3_re_spacing_think_in_the_content_is_not_a_drop(smol_tokenizer, tmp_path):
+    # Qwen3 reads <think>...</think> out of the content and writes it back re-spaced: nothing is lost, so
+    # the template's own rendering is trained, not a rebuilt reply.
+    tok = family_tokenizer(smol_tokenizer, FAMILIES["qwen3"])
+    rows = [{"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "<think>Two plus three.</think>5"}]}]
+    cfg = DataConfig(train=[str(write_jsonl(tmp_path / "r.jsonl", rows))], template=str(TEMPLATES / "qwen3.jinja"))
+    [row], _, report = prepare_data(cfg, tok, template_for(cfg, tok), seed=0)
+    [(a, b)] = trained_runs(row)
+    assert tok.decode(row["input_ids"][a:b]) == "<think>\nTwo plus three.\n</think>\n\n5<|im_end|>"
+    assert report.train.rebuilt == 0

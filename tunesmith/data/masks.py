@@ -142,16 +142,18 @@ def rebuilt_reply(template: ChatTemplate, tokenizer, messages: list[dict], befor
 
 
 def dropped(text: str, messages: list[dict], trained_from: int, roles: tuple[str, ...]) -> Problem | None:
-    """The first message of `roles` whose content (or reasoning) does not appear in `text`. Assistant turns
+    """The first message of `roles` whose content (or reasoning) does not appear in `text`. Whitespace is
+    ignored: templates trim contents and re-space <think> blocks, which drops nothing. Assistant turns
     before `trained_from` are prompt history, rendered as inference renders it, and are not checked."""
+    squashed = "".join(text.split())
     for k, m in enumerate(messages):
         if m["role"] not in roles or (m["role"] == "assistant" and k < trained_from):
             continue
         for part in ("content", "reasoning"):
-            value = (m.get(part) or "").strip()
-            if value and value not in text:
+            value = m.get(part) or ""
+            if value.strip() and "".join(value.split()) not in squashed:
                 what = "reasoning" if part == "reasoning" else f"{m['role']} message" if m["role"] != "assistant" else "reply"
-                return Problem(f"dropped_{m['role']}", f"the {what} messages[{k}] ({value[:40]!r}) is not in the rendered text")
+                return Problem(f"dropped_{m['role']}", f"the {what} messages[{k}] ({value.strip()[:40]!r}) is not in the rendered text")
     return None
 
 

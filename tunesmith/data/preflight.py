@@ -24,12 +24,12 @@ def _split_lines(name: str, s: SplitReport, kind: str) -> list[str]:
         f"  - tokens per example: {lengths(s.lengths)}; trained tokens: {s.trained_tokens:,}",
     ]
     if kind in EOS_CHECKED:
-        failed = sum(s.problems.values())
-        lines += [
-            f"  - EOS/end-of-turn {EOS_CHECKED[kind]}: {eos}",
-            f"  - template checks (content kept, turns consistent, prompt tokenises to the training prefix): "
-            f"{s.template_checked - failed}/{s.template_checked} examples pass",
-        ]
+        lines.append(f"  - EOS/end-of-turn {EOS_CHECKED[kind]}: {eos}")
+    if kind in EOS_CHECKED and s.template_checked:
+        lines.append(
+            "  - template checks (content kept, turns consistent, prompt tokenises to the training prefix): "
+            f"{s.template_checked - sum(s.problems.values())}/{s.template_checked} examples pass"
+        )
     if kind in EOS_CHECKED and s.kept and s.with_eos < s.kept:
         lines.append(f"  - note: {s.kept - s.with_eos} examples lost their EOS to truncation (data.truncation: truncate_right)")
     return lines
