@@ -282,3 +282,9 @@ def test_qwen3_re_spacing_think_in_the_content_is_not_a_drop(smol_tokenizer, tmp
     [(a, b)] = trained_runs(row)
     assert tok.decode(row["input_ids"][a:b]) == "<think>\nTwo plus three.\n</think>\n\n5<|im_end|>"
     assert report.train.rebuilt == 0
+
+
+def test_a_template_that_refuses_system_messages_points_to_merge(smol_tokenizer, tmp_path):
+    message = refusal(*family_data(smol_tokenizer, tmp_path, "gemma"))
+    assert "chats.jsonl:1: template" in message and "cannot render this conversation: System role not supported" in message
+    assert "data.system_prompt_mode: merge" in message

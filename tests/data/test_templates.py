@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from tunesmith.data.masks import tokenize_conversation, tokenize_text
@@ -169,3 +171,10 @@ def test_context_turns_before_trained_from_are_not_trained(smol_tokenizer):
     trained = smol_tokenizer.decode([x for x in result.labels if x != -100])
     assert trained == "네, 안녕하세요.<|im_end|>"
     assert len(result.spans) == 1
+
+
+def test_a_template_json_written_before_the_turn_analysis_still_loads(tmp_path):
+    old = {"name": "model", "source": "{{ messages[0]['content'] }}", "stop_token_ids": [2], "bos_text": "", "eos_text": "<|im_end|>"}
+    (tmp_path / "template.json").write_text(json.dumps(old))
+    template = ChatTemplate.load(tmp_path / "template.json")
+    assert (template.stop_token_ids, template.stop_texts, template.turn_end, template.frozen_date) == ([2], [], None, None)

@@ -62,7 +62,10 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
             )
         except Exception as err:  # jinja errors, raise_exception() inside model templates
-            raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}") from None
+            hint = ""
+            if messages and messages[0]["role"] == "system" and not self.source.startswith(MERGE_SYSTEM):
+                hint = " (for a template that refuses system messages, data.system_prompt_mode: merge puts them into the first user turn)"
+            raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}{hint}") from None
 
     def template_messages(self, messages: list[dict]) -> list[dict]:
         """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style)."""
