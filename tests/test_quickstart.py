@@ -31,6 +31,6 @@ def test_quickstart_tunes_smollm2_to_classify_heldout_tickets(tmp_path, monkeypa
     assert saved["tuned"]["accuracy"] == result["tuned"]["accuracy"]
     report = json.loads((run / "data_report.json").read_text())
     assert report["train"]["with_eos"] == report["train"]["kept"] == 320
-    assert report["train"]["prefix_mismatch"] == []
+    assert report["train"]["problems"] == {}
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < losses[0] / 5

@@ -63,3 +63,9 @@ def test_reward_model_reward_scores_with_the_reward_runs_template(reward_run):
     replies = ["The capital is nice.", "No."]
     assert fn(prompts, replies) == pytest.approx(score(load_reward_model(reward_run), prompts, replies))
     assert fn.__name__ == "reward_model_run"
+
+
+def test_replies_reach_rewards_cut_at_the_templates_stop_texts():
+    # ChatML on a tokenizer without <|im_end|>: the policy writes the marker as text before its EOS.
+    fn = rewards.for_trl(rewards.exact_match("answer"), ["<|im_end|>"])
+    assert fn(P[:1], [[{"role": "assistant", "content": "billing<|im_end|>"}]], answer=["billing"]) == [1.0]

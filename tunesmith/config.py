@@ -86,6 +86,18 @@ class DataConfig(_Section):
         description="Chat template: 'model' (the tokenizer's own), 'chatml', 'alpaca', or a path to a .jinja file.",
     )
     system_prompt: str | None = Field(None, description="System message added to every conversation that has none.")
+    system_prompt_mode: Literal["keep", "merge"] = Field(
+        "keep",
+        description="keep: system messages go to the template as they are; merge: the system text is put at the head "
+        "of the first user turn, for templates that drop or refuse system messages (Mistral v0.3, Gemma). The run's "
+        "template does the merge, so evaluation and serving merge alike.",
+    )
+    multi_turn: Literal["whole", "split"] = Field(
+        "whole",
+        description="whole: a conversation is one example, every assistant turn trained; split: each assistant turn is "
+        "its own example, its prompt the conversation before it rendered as at inference (for templates that render "
+        "earlier turns differently, e.g. Qwen3 drops their thinking, Phi-3 ends only the last turn with EOS).",
+    )
     max_length: int = Field(2048, gt=0, description="Longest example in tokens; longer ones follow `truncation`.")
     truncation: Literal["drop", "truncate_right", "truncate_left", "error"] = Field(
         "drop",

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tunesmith.config import RewardFunction
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.generate import cut_at_stop
 
 RewardFn = Callable[..., list]
 
@@ -123,13 +124,14 @@ def build(spec: RewardFunction) -> RewardFn:
     return python_function(spec.function)
 
 
-def for_trl(fn: RewardFn) -> RewardFn:
+def for_trl(fn: RewardFn, stop_texts: list[str] = ()) -> RewardFn:
     """Adapt our signature to TRL's: it passes conversational replies as [{role, content}] lists, extra
     keyword arguments (trainer state, logging hooks) that are not data columns, and the columns it
-    reserves under the names rows_for_trl gave them."""
+    reserves under the names rows_for_trl gave them. Replies are cut at the template's stop texts
+    (turn-end markers that are no token), as every engine cuts them."""
 
     def reward(prompts, completions, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        texts = [cut_at_stop(c[-1]["content"] if isinstance(c, list) else c, list(stop_texts)) for c in completions]
         columns = {RENAMED.get(k, k): v for k, v in kwargs.items() if k not in TRL_KWARGS}
         return fn(prompts, texts, **columns)
 

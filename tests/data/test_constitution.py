@@ -319,7 +319,7 @@ def test_preference_dataset_trains_with_the_dpo_method(tiny_llama, tmp_path):
     run = train(recipe)
     report = json.loads((run.path / "data_report.json").read_text())
     assert report["kind"] == "preference" and report["train"]["kept"] == len(pairs) > 0
-    assert report["train"]["with_eos"] == len(pairs) and report["train"]["prefix_mismatch"] == []
+    assert report["train"]["with_eos"] == len(pairs) and report["train"]["problems"] == {}
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
 

@@ -272,3 +272,23 @@ def test_prompt_completion_trains_only_the_completion_turns():
     plain = to_example({"prompt": "Hi", "completion": "Hello"}, "prompt_completion", {}, "f.jsonl:2")
     assert plain.trained_from == 0  # nothing to exclude
     assert to_example({"question": "a", "answer": "b"}, "question_answer", {}, "f.jsonl:3").trained_from == 0
+
+
+def test_an_assistant_message_may_carry_its_reasoning():
+    row = {"messages": [
+        {"role": "user", "content": "2+3?"},
+        {"role": "assistant", "content": "5", "reasoning": "Two plus three is five."},
+    ]}
+    example = to_example(row, "messages", {}, "r.jsonl:1")
+    assert example.messages[1] == {"role": "assistant", "content": "5", "reasoning": "Two plus three is five."}
+    assert "reasoning" not in example.messages[0]
+
+
+@pytest.mark.parametrize("message, problem", [
+    ({"role": "user", "content": "hi", "reasoning": "x"}, "messages[0].reasoning: only assistant messages carry reasoning"),
+    ({"role": "assistant", "content": "hi", "reasoning": 3}, "messages[0].reasoning: expected a string, found a number"),
+])
+def test_a_bad_reasoning_field_names_the_message(message, problem):
+    turns = [message] if message["role"] == "assistant" else [message, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(DataError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        to_example({"messages": turns}, "messages", {}, "r.jsonl:1")

@@ -11,7 +11,8 @@ from tunesmith.data.load import load_examples
 from tunesmith.data.preference import PairExample, PromptExample, UnpairedExample, to_pair, to_prompt, to_unpaired
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.templates import prompt_ids, resolve_template, tokenize_conversation
+from tunesmith.data.masks import tokenize_conversation
+from tunesmith.data.templates import prompt_ids, resolve_template
 from tunesmith.errors import TunesmithError
 
 W = "pairs.jsonl:3"
@@ -130,10 +131,10 @@ def test_pair_tokens_are_the_sft_training_span_of_each_reply(smol_tokenizer, tmp
         sft = tokenize_conversation(template, smol_tokenizer, prompt + [assistant(rows[0][key])], trained_from=len(prompt))
         trained = [t for t, label in zip(sft.input_ids, sft.labels) if label != -100]
         assert row[f"{key}_ids"] == trained
-        assert row[f"{key}_ids"][-2:] == smol_tokenizer.convert_tokens_to_ids(["<|im_end|>", "Ċ"])  # EOS (= pad) scored
-    assert (report.kind, report.train.with_eos, report.train.prefix_mismatch) == ("preference", 1, [])
+        assert row[f"{key}_ids"][-1] == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")  # EOS (= pad) scored, the newline after it not
+    assert (report.kind, report.train.with_eos, report.train.problems) == ("preference", 1, {})
     text = render_markdown(report)
-    assert "--- chosen ---\n⟦Yes, within 30 days.<|im_end|>\n⟧" in report.first_example
+    assert "--- chosen ---\n⟦Yes, within 30 days.<|im_end|>⟧" in report.first_example
     assert "EOS/end-of-turn at the end of both the chosen and the rejected response: 1/1 (100.0%)" in text
 
 
@@ -150,11 +151,11 @@ def test_prompt_rows_carry_their_columns_for_rewards(smol_tokenizer, tmp_path):
     train, _, report = prepare(smol_tokenizer, path, "grpo")
     assert train[0]["answer"] == "4" and train[0]["prompt"] == [user("2+2?")]
     assert smol_tokenizer.decode(train[0]["prompt_ids"]).endswith("<|im_start|>assistant\n")
-    assert "EOS" not in render_markdown(report)
+    assert "EOS/end-of-turn" not in render_markdown(report)
 
 
 def long_pairs(tmp_path):
-    # Token counts with SmolLM2's template: short prompt 31, long prompt 41, long reply 33 (end-of-turn included).
+    # Token counts with SmolLM2's template: short prompt 31, long prompt 41, long reply 32 (end-of-turn included).
     rows = [{"prompt": "short", "chosen": "fine", "rejected": "nope"}, {"prompt": "long " * 10, "chosen": "a " * 30, "rejected": "b"}]
     return write_jsonl(tmp_path / "p.jsonl", rows)
 
@@ -167,7 +168,7 @@ def test_pair_length_policies_count_every_example(smol_tokenizer, tmp_path):
     train, _, report = prepare(smol_tokenizer, path, "dpo", max_length=60, truncation="truncate_left")
     assert len(train) == 2 and report.train.truncated == 1
     assert all(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= 60 for r in train)
-    assert train[1]["chosen_ids"][-2:] == smol_tokenizer.convert_tokens_to_ids(["<|im_end|>", "Ċ"])  # replies kept whole
+    assert train[1]["chosen_ids"][-1] == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")  # replies kept whole
 
     train, _, report = prepare(smol_tokenizer, path, "dpo", max_length=60, truncation="truncate_right")
     assert report.train.truncated == 1 and report.train.with_eos == 1  # the cut reply lost its EOS: reported
@@ -178,13 +179,10 @@ def test_pair_length_policies_count_every_example(smol_tokenizer, tmp_path):
 
 
 def test_a_template_that_never_ends_a_reply_is_rejected(smol_tokenizer, tmp_path):
-    from tunesmith.data.templates import ChatTemplate, TemplateError
+    from tunesmith.data.templates import TemplateError
 
-    template = ChatTemplate(
-        name="broken",
-        source="{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}",
-        stop_token_ids=[smol_tokenizer.eos_token_id],
-    )
-    cfg = DataConfig(train=[write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])])
-    with pytest.raises(TemplateError, match=r"p.jsonl:1: the chosen response has no end-of-turn/EOS token"):
-        prepare_data(cfg, smol_tokenizer, template, seed=0, method="dpo")
+    path = tmp_path / "broken.jinja"
+    path.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(TemplateError, match=r"ends an assistant reply with '\\n', which holds no token that ends a turn"):
+        prepare(smol_tokenizer, data, "dpo", template=str(path))

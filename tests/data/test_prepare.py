@@ -5,7 +5,7 @@ import pytest
 from tunesmith.config import DataConfig
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.templates import ChatTemplate, TemplateError, resolve_template
+from tunesmith.data.templates import TemplateError, resolve_template
 from tunesmith.errors import TunesmithError
 
 
@@ -32,10 +32,10 @@ def test_counts_and_stats_for_clean_data(smol_tokenizer, qa_file):
     assert len(train) == 11 and evals == []
     s = report.train
     assert (s.examples, s.kept, s.truncated, dict(s.dropped)) == (11, 11, 0, {})
-    assert s.with_eos == 11 and s.prefix_checked == 11 and s.prefix_mismatch == []
+    assert s.with_eos == 11 and s.template_checked == 11 and s.problems == {}
     assert s.trained_tokens == sum(sum(x != -100 for x in r["labels"]) for r in train)
     assert s.lengths["max"] == max(len(r["input_ids"]) for r in train)
-    assert "⟦0<|im_end|>\n⟧" in report.first_example
+    assert "⟦0<|im_end|>⟧" in report.first_example
     assert report.files[0]["read"] == 11 and report.files[0]["format"] == "question_answer"
 
 
@@ -67,7 +67,7 @@ def test_truncate_left_keeps_the_answer_end(smol_tokenizer, qa_file):
     limit = long_threshold(smol_tokenizer, qa_file)
     train, _, report = prepare(smol_tokenizer, train=[qa_file], max_length=limit, truncation="truncate_left")
     assert report.train.truncated == 3 and report.train.with_eos == 11
-    assert all(r["labels"][-2] == smol_tokenizer.eos_token_id for r in train)  # <|im_end|> then "\n"
+    assert all(r["labels"][-2:] == [smol_tokenizer.eos_token_id, -100] for r in train)  # <|im_end|> trained, the "\n" after it not
 
 
 def test_truncation_error_names_the_row(smol_tokenizer, qa_file):
@@ -119,7 +119,7 @@ def test_planted_template_mismatch_stops_the_run(smol_tokenizer, qa_file, tmp_pa
         "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\\nA: ' }}"
         "{% else %}{{ m['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}"
     )
-    with pytest.raises(TemplateError, match=r"template check failed for 3 example\(s\), first .*qa.jsonl:9"):
+    with pytest.raises(TemplateError, match=r"3 of 11 examples, first .*qa.jsonl:9: the prompt at inference ends in tokens"):
         prepare(smol_tokenizer, train=[qa_file], template=str(path))
 
 
@@ -129,7 +129,7 @@ def test_template_that_never_ends_a_turn_is_rejected(smol_tokenizer, qa_file, tm
         "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\\nA:' }}"
         "{% else %}{{ m['content'] + '\\n' }}{% endif %}{% endfor %}"
     )
-    with pytest.raises(TemplateError, match="qa.jsonl:1: the trained tokens of this example contain no end-of-turn"):
+    with pytest.raises(TemplateError, match=r"ends an assistant reply with '\\n', which holds no token that ends a turn"):
         prepare(smol_tokenizer, train=[qa_file], template=str(path))
 
 
@@ -140,17 +140,17 @@ def test_plain_text_format(smol_tokenizer, tmp_path):
     assert train[0]["labels"] == train[0]["input_ids"] and train[0]["input_ids"][-1] == smol_tokenizer.eos_token_id
 
 
-def test_stop_tokens_from_generation_config_count_as_eos(smol_tokenizer, qa_file, tmp_path):
-    # A template whose turns end with <|im_start|> (id 1) only passes when the model's generation config stops on it.
+def test_a_special_token_the_template_ends_turns_with_is_found_and_trained(smol_tokenizer, qa_file, tmp_path):
+    # Turns end with <|im_start|> (id 1): neither the EOS nor in a generation config, but the special token the
+    # template writes after every reply, so it is the end of turn: a stop token, trained, and said in the preflight.
     path = tmp_path / "odd.jinja"
     path.write_text(
         "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\\nA:' }}"
         "{% else %}{{ m['content'] + '<|im_start|>' }}{% endif %}{% endfor %}"
     )
-    cfg = DataConfig(train=[qa_file], template=str(path))
-    with pytest.raises(TemplateError):
-        prepare_data(cfg, smol_tokenizer, resolve_template(cfg.template, smol_tokenizer), seed=0)
-    template = resolve_template(cfg.template, smol_tokenizer, generation_eos=[1])
-    assert isinstance(template, ChatTemplate) and 1 in template.stop_token_ids
-    _, _, report = prepare_data(cfg, smol_tokenizer, template, seed=0)
+    template = resolve_template(str(path), smol_tokenizer)
+    assert template.stop_token_ids == [1, smol_tokenizer.eos_token_id]
+    train, _, report = prepare_data(DataConfig(train=[qa_file], template=str(path)), smol_tokenizer, template, seed=0)
     assert report.train.with_eos == 11
+    assert all(r["labels"][-1] == 1 for r in train)
+    assert "<|im_start|> (ends assistant turns in the template)" in render_markdown(report)

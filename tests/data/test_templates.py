@@ -1,14 +1,9 @@
+import json
+
 import pytest
 
-from tunesmith.data.templates import (
-    ChatTemplate,
-    TemplateError,
-    assistant_char_spans,
-    prompt_ids,
-    resolve_template,
-    tokenize_conversation,
-    tokenize_text,
-)
+from tunesmith.data.masks import tokenize_conversation, tokenize_text
+from tunesmith.data.templates import ChatTemplate, TemplateError, prompt_ids, resolve_template
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -26,12 +21,14 @@ def ids(tokenizer, text):
 def test_multiturn_mask_trains_exactly_the_assistant_turns_and_their_eos(smol_tokenizer):
     tok = smol_tokenizer
     template = resolve_template("model", tok)
-    # Built independently from the chatml pieces: (text, trained?)
+    # Built independently from the chatml pieces: (text, trained?). The newline after <|im_end|> is never
+    # generated (generation stops at <|im_end|>), so it is not trained.
     pieces = [
         ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Hello!<|im_end|>\n", True),
-        ("<|im_start|>user\n안녕하세요?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("네, 안녕하세요.<|im_end|>\n", True),
+        ("Hello!<|im_end|>", True),
+        ("\n<|im_start|>user\n안녕하세요?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("네, 안녕하세요.<|im_end|>", True),
+        ("\n", False),
     ]
     expected_ids, expected_labels = [], []
     for text, trained in pieces:
@@ -43,7 +40,7 @@ def test_multiturn_mask_trains_exactly_the_assistant_turns_and_their_eos(smol_to
 
     assert result.input_ids == expected_ids
     assert result.labels == expected_labels
-    assert result.prompt_prefix_ok
+    assert result.problem is None
     eos = tok.eos_token_id
     assert eos == tok.pad_token_id  # SmolLM2: the case where masking padding by id would erase EOS
     assert [label for label in result.labels if label == eos] == [eos, eos]  # one per assistant turn
@@ -83,6 +80,7 @@ def test_chatml_on_a_tokenizer_without_im_end_ends_turns_with_eos(stories_tokeni
     tok = stories_tokenizer
     template = resolve_template("chatml", tok)
     assert template.stop_token_ids == [tok.eos_token_id]
+    assert template.stop_texts == ["<|im_end|>"]  # marker text: every engine cuts replies there
     result = tokenize_conversation(template, tok, CONVERSATION)
     assert result.input_ids[0] == tok.bos_token_id  # this tokenizer uses BOS; the template writes it
     for start, end in result.spans:
@@ -101,7 +99,7 @@ def test_alpaca_template_renders_instruction_blocks(stories_tokenizer):
     text = template.render(stories_tokenizer, [{"role": "user", "content": "Add 2 and 2."}, {"role": "assistant", "content": "4"}])
     assert text == "<s>Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nAdd 2 and 2.\n\n### Response:\n4</s>\n\n"
     result = tokenize_conversation(template, stories_tokenizer, [{"role": "user", "content": "Add 2 and 2."}, {"role": "assistant", "content": "4"}])
-    assert result.prompt_prefix_ok
+    assert result.problem is None
     assert stories_tokenizer.decode([label for label in result.labels if label != -100]).startswith("4")
 
 
@@ -118,7 +116,7 @@ def test_custom_jinja_file(tmp_path, smol_tokenizer):
     )
     template = resolve_template(str(path), smol_tokenizer)
     result = tokenize_conversation(template, smol_tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " yo"}])
-    assert smol_tokenizer.decode([x for x in result.labels if x != -100]) == " yo<|im_end|>\n"
+    assert smol_tokenizer.decode([x for x in result.labels if x != -100]) == " yo<|im_end|>"
 
 
 def test_template_that_renders_turns_differently_from_the_prompt_is_rejected(smol_tokenizer):
@@ -129,8 +127,11 @@ def test_template_that_renders_turns_differently_from_the_prompt_is_rejected(smo
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
     template = ChatTemplate(name="planted", source=source, stop_token_ids=[2])
-    with pytest.raises(TemplateError, match="differently"):
-        assistant_char_spans(template, smol_tokenizer, CONVERSATION[1:3])
+    result = tokenize_conversation(template, smol_tokenizer, CONVERSATION[1:5])
+    assert result.problem.kind == "inconsistent"
+    assert result.problem.detail.startswith("assistant turn messages[1]: the prompt at inference reads")
+    assert "<|im_start|>assistant\\n' where the finished turn reads" in result.problem.detail
+    assert "<|im_start|>assistant: Hello!" in result.problem.detail
 
 
 def test_prompt_ending_in_a_space_fails_the_token_prefix_check(smol_tokenizer):
@@ -144,7 +145,8 @@ def test_prompt_ending_in_a_space_fails_the_token_prefix_check(smol_tokenizer):
     result = tokenize_conversation(
         template, smol_tokenizer, [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
     )
-    assert not result.prompt_prefix_ok
+    assert result.problem.kind == "prefix"
+    assert "ends in tokens '\\n' 'A' ':' ' ', but training has '\\n' 'A' ':' ' Paris'" in result.problem.detail
 
 
 def test_plain_text_gets_bos_and_eos(stories_tokenizer, smol_tokenizer):
@@ -167,5 +169,12 @@ def test_context_turns_before_trained_from_are_not_trained(smol_tokenizer):
     template = resolve_template("model", smol_tokenizer)
     result = tokenize_conversation(template, smol_tokenizer, CONVERSATION, trained_from=4)
     trained = smol_tokenizer.decode([x for x in result.labels if x != -100])
-    assert trained == "네, 안녕하세요.<|im_end|>\n"
+    assert trained == "네, 안녕하세요.<|im_end|>"
     assert len(result.spans) == 1
+
+
+def test_a_template_json_written_before_the_turn_analysis_still_loads(tmp_path):
+    old = {"name": "model", "source": "{{ messages[0]['content'] }}", "stop_token_ids": [2], "bos_text": "", "eos_text": "<|im_end|>"}
+    (tmp_path / "template.json").write_text(json.dumps(old))
+    template = ChatTemplate.load(tmp_path / "template.json")
+    assert (template.stop_token_ids, template.stop_texts, template.turn_end, template.frozen_date) == ([2], [], None, None)

@@ -85,3 +85,32 @@ def test_open_engine_falls_back_to_transformers_without_vllm(stories_path):
     assert engine.name_of_engine == "transformers"
     with pytest.raises(TunesmithError, match="--engine: 'x'"):
         open_engine(str(stories_path), engine="x")
+
+
+class Scripted:
+    """A model whose generate writes the same continuation after every prompt."""
+
+    device = "cpu"
+
+    def __init__(self, continuation: list[int]):
+        self.continuation = continuation
+
+    def generate(self, input_ids, **kwargs):
+        import torch
+
+        return torch.cat([input_ids, torch.tensor([self.continuation] * len(input_ids))], dim=1)
+
+
+def test_chatml_without_an_im_end_token_never_shows_the_marker(stories_tokenizer):
+    # The built-in ChatML on a tokenizer without <|im_end|> ends turns with the text <|im_end|> and then EOS:
+    # a model trained on it writes both, and the reply is cut at the marker text.
+    from tunesmith.data.templates import resolve_template
+    from tunesmith.eval.generate import Loaded
+
+    tok = stories_tokenizer
+    template = resolve_template("chatml", tok)
+    written = tok("Paris<|im_end|>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    loaded = Loaded(Scripted(written), tok, template, "scripted")
+    assert generate(loaded, conversations(["Capital of France?"]), max_new_tokens=len(written), progress=False) == ["Paris"]
+    [completion] = TransformersEngine(loaded).complete(conversations(["Capital of France?"]), Decoding(max_new_tokens=len(written)), progress=False)
+    assert (completion.text, completion.tokens) == ("Paris", len(written))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunesmith.data.formats import Example
-from tunesmith.data.templates import tokenize_conversation
+from tunesmith.data.masks import tokenize_conversation
 from tunesmith.eval.generate import load_for_inference
 from tunesmith.eval.metrics import perplexity
 from tunesmith.eval.perplexity import IGNORE, nll_sums, windows

@@ -50,7 +50,8 @@ def test_reward_model_learns_a_separable_preference_and_scores_it_back(stories_p
     records = run.metrics()
     train_acc = [r["accuracy"] for r in records if "accuracy" in r]
     eval_acc = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
-    assert train_acc[-1] == 1.0 and train_acc[-1] > min(train_acc)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert train_acc[-1] == 1.0 and losses[-1] < losses[0] / 2
     assert eval_acc[-1] == 1.0  # held-out topics: the model learned the preference, not the 8 prompts
 
     head = {n for n in snap.trainable if "score" in n}

@@ -224,3 +224,17 @@ def test_a_failed_preflight_can_simply_be_run_again(tiny_llama, tmp_path):
     good.write_text('{"question": "a?", "answer": "b"}\n')
     run = train(recipe(tiny_llama, str(good), tmp_path / "run", train={"max_steps": 1}, data={"template": "model"}))
     assert (run.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_template_end_of_turn_token_that_is_neither_eos_nor_in_the_generation_config_is_trained_and_saved(tmp_path, capitals_file):
+    # A Qwen base model: EOS and generation config say <|endoftext|> (id 0); its ChatML template ends turns with <|im_end|> (id 2).
+    from tests.conftest import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "base")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|endoftext|>"}))
+    (base / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 0}))
+    run = train(recipe(base, capitals_file, tmp_path / "run", data={"template": "model"}, train={"max_steps": 1}))
+    assert json.loads((run.path / "template.json").read_text())["stop_token_ids"] == [0, 2]
+    assert json.loads((run.path / "adapter" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]
+    assert "<|im_end|> (ends assistant turns in the template)" in (run.path / "data_report.md").read_text()

@@ -42,7 +42,8 @@ def test_chat_answers_like_generate_for_each_adapter_and_the_base(client, story_
         answers = [ask(client, model, p).choices[0].message.content for p in PROMPTS[:3]]
         assert answers == expected(target, PROMPTS[:3], **load), model
     # The adapters really are different weights, picked by the model field.
-    assert ask(client, "first", PROMPTS[0]).choices[0].message.content != ask(client, "second", PROMPTS[0]).choices[0].message.content
+    answers = {model: [ask(client, model, p).choices[0].message.content for p in PROMPTS] for model in ("first", "second")}
+    assert answers["first"] != answers["second"]
 
 
 def test_chat_reply_shape_and_usage(client):

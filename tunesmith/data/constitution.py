@@ -161,7 +161,7 @@ def _prompt_row(row: dict, where: str, number: int) -> PromptRow:
         raise DataError(where, turns[-1][2] if turns else "messages", f"the last message must be the user turn to answer, {last}", "bad_turn_order")
     # check_turns wants a conversation ending in an answer: give it a stand-in for the one we will generate.
     check_turns(turns + [("assistant", "answer", "messages", "messages")], "messages", where)
-    return PromptRow(str(row_id), [{"role": role, "content": content} for role, content, _, _ in turns], where)
+    return PromptRow(str(row_id), [{"role": role, "content": content} for role, content, *_ in turns], where)
 
 
 DEFAULT_CRITIQUE = """\

@@ -8,7 +8,7 @@ names, e.g. {prompt: ticket, completion: category}. Required fields are marked w
 |-------------------|---------------------------------------------|--------------------------------------------------|
 | alpaca            | instruction*, input, output*, system,       | [system] + (user, assistant) per history pair +  |
 |                   | history ([[instruction, output], ...])      | user: instruction + "\\n\\n" + input, assistant: output |
-| messages          | messages*: [{role, content}, ...]           | the messages (OpenAI style)                      |
+| messages          | messages*: [{role, content, reasoning}, ...]| the messages (OpenAI style)                      |
 | sharegpt          | conversations*: [{from, value}, ...],       | from human/user -> user, gpt/assistant ->        |
 |                   | system                                      | assistant, system -> system                      |
 | prompt_completion | prompt*, completion*: both strings, or both | user: prompt, assistant: completion; or prompt   |
@@ -19,11 +19,17 @@ names, e.g. {prompt: ticket, completion: category}. Required fields are marked w
 A conversation may start with one system message, then alternates user and assistant turns and
 ends with an assistant turn; user messages and assistant replies may not be empty. Content is kept
 exactly as given.
+
+An assistant message (messages, and prompt_completion message lists) may carry its reasoning, the
+thinking before the reply, in an optional `reasoning` field. It reaches the template as
+`reasoning_content`, which Qwen3-style templates render as <think>...</think>; a template that does
+not render it is reported by the data checks (tunesmith.data.masks), never silently dropped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tunesmith.errors import TunesmithError
 
@@ -73,7 +79,7 @@ class DataError(TunesmithError, ValueError):
 
 @dataclass
 class Example:
-    messages: list[dict[str, str]] | None   # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+    messages: list[dict[str, str]] | None   # [{"role": "system"|"user"|"assistant", "content": str, "reasoning"?: str}, ...]
     text: str | None                        # only for the plain "text" format
     where: str                              # 'train.jsonl:12', for error messages later
     trained_from: int = 0                   # assistant turns before this message index are context, not trained
@@ -127,7 +133,7 @@ def to_example(
 
     turns, container = CONVERTERS[fmt](row, columns, where)
     check_turns(turns, container, where)
-    messages = with_system([{"role": role, "content": content} for role, content, _, _ in turns], system_prompt)
+    messages = with_system([as_message(turn) for turn in turns], system_prompt)
     trained_from = 0
     if fmt == "prompt_completion":
         # Like TRL: only the completion is trained, even when the prompt holds earlier assistant turns.
@@ -138,8 +144,16 @@ def to_example(
     return Example(messages=messages, text=None, where=where, trained_from=trained_from)
 
 
-# A turn is (role, content, role_path, content_path): the paths name the user's fields in errors.
-Turn = tuple[str, str, str, str]
+class Turn(NamedTuple):
+    role: str
+    content: str
+    role_path: str          # the paths name the user's fields in errors
+    content_path: str
+    reasoning: str = ""     # an assistant message's optional `reasoning` field
+
+
+def as_message(turn: Turn) -> dict[str, str]:
+    return {"role": turn.role, "content": turn.content, **({"reasoning": turn.reasoning} if turn.reasoning else {})}
 
 
 def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
@@ -152,7 +166,7 @@ def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn],
     hkey = columns.get("history", "history")
     history = row.get(hkey)
 
-    turns: list[Turn] = [("system", system, skey, skey)] if system else []
+    turns: list[Turn] = [Turn("system", system, skey, skey)] if system else []
     if history is not None:
         if not isinstance(history, list):
             raise DataError(where, hkey, f"expected a list of [instruction, output] pairs, found {type_name(history)}", "wrong_type")
@@ -163,9 +177,9 @@ def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn],
                 raise DataError(where, path, f"expected an [instruction, output] pair, found {found}", "wrong_type")
             for j, role in enumerate(("user", "assistant")):
                 expect_string(pair[j], f"{path}[{j}]", where)
-                turns.append((role, pair[j], f"{path}[{j}]", f"{path}[{j}]"))
+                turns.append(Turn(role, pair[j], f"{path}[{j}]", f"{path}[{j}]"))
     user = instruction + "\n\n" + extra if extra else instruction
-    turns += [("user", user, ikey, ikey), ("assistant", output, okey, okey)]
+    turns += [Turn("user", user, ikey, ikey), Turn("assistant", output, okey, okey)]
     return turns, okey
 
 
@@ -178,7 +192,7 @@ def _sharegpt(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn
     key, items = required_field(row, "conversations", columns, where)
     turns = parse_turns(items, key, ("from", "value"), SHAREGPT_ROLES, where)
     skey, system = _optional_string(row, "system", columns, where)
-    return ([("system", system, skey, skey)] if system else []) + turns, key
+    return ([Turn("system", system, skey, skey)] if system else []) + turns, key
 
 
 def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
@@ -192,11 +206,11 @@ def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[
             where, ckey, f"expected {type_name(prompt)} like {pkey}, found {type_name(completion)}", "wrong_type"
         )
     if isinstance(prompt, str):
-        return [("user", prompt, pkey, pkey), ("assistant", completion, ckey, ckey)], ckey
+        return [Turn("user", prompt, pkey, pkey), Turn("assistant", completion, ckey, ckey)], ckey
 
     prompt_turns = parse_turns(prompt, pkey, ("role", "content"), MESSAGE_ROLES, where)
     completion_turns = parse_turns(completion, ckey, ("role", "content"), MESSAGE_ROLES, where)
-    for role, _, role_path, _ in completion_turns:
+    for role, _, role_path, *_ in completion_turns:
         if role != "assistant":
             raise DataError(where, role_path, f"completion messages must be assistant turns, found {role}", "bad_turn_order")
     return prompt_turns + completion_turns, ckey
@@ -207,7 +221,7 @@ def _question_answer(row: dict, columns: dict[str, str], where: str) -> tuple[li
     akey, answer = required_field(row, "answer", columns, where)
     expect_string(question, qkey, where)
     expect_string(answer, akey, where)
-    return [("user", question, qkey, qkey), ("assistant", answer, akey, akey)], akey
+    return [Turn("user", question, qkey, qkey), Turn("assistant", answer, akey, akey)], akey
 
 
 CONVERTERS = {
@@ -262,7 +276,12 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
         if role not in roles:
             raise DataError(where, f"{item_path}.{role_key}", f"unknown role {role!r}; allowed: {', '.join(roles)}", "unknown_role")
         expect_string(content, f"{item_path}.{content_key}", where)
-        turns.append((roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}"))
+        reasoning = item.get("reasoning")
+        if reasoning is not None:
+            expect_string(reasoning, f"{item_path}.reasoning", where)
+            if roles[role] != "assistant":
+                raise DataError(where, f"{item_path}.reasoning", f"only assistant messages carry reasoning, this one is {roles[role]}", "wrong_type")
+        turns.append(Turn(roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}", reasoning or ""))
     return turns
 
 
@@ -276,7 +295,7 @@ def check_not_empty(turn: Turn, where: str) -> None:
 def check_turns(turns: list[Turn], container: str, where: str) -> None:
     """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
     previous = None
-    for i, (role, content, role_path, content_path) in enumerate(turns):
+    for i, (role, content, role_path, content_path, *_) in enumerate(turns):
         if role == "system":
             if i > 0:
                 raise DataError(where, role_path, "a system message is allowed only as the first message", "bad_turn_order")

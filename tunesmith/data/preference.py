@@ -25,6 +25,7 @@ from tunesmith.data.formats import (
     MESSAGE_ROLES,
     DataError,
     Turn,
+    as_message,
     check_not_empty,
     check_turns,
     parse_turns,
@@ -73,7 +74,7 @@ def to_pair(row: dict, columns: dict[str, str], where: str, system_prompt: str |
     else:
         prompt, chosen_text, rejected_text = _split_implicit(chosen, rejected, ckey, rkey, where)
     for key, text in ((ckey, chosen_text), (rkey, rejected_text)):
-        check_turns(prompt + [("assistant", text, key, key)], key, where)
+        check_turns(prompt + [Turn("assistant", text, key, key)], key, where)
     if chosen_text.strip() == rejected_text.strip():
         raise DataError(where, rkey, "identical to the chosen response: the pair teaches nothing", "identical_responses")
     return PairExample(_messages(prompt, system_prompt), chosen_text, rejected_text, where)
@@ -85,7 +86,7 @@ def to_unpaired(row: dict, columns: dict[str, str], where: str, system_prompt: s
     lkey, label = required_field(row, "label", columns, where)
     turns = _prompt_turns(prompt, pkey, where)
     text = _response(completion, ckey, where)
-    check_turns(turns + [("assistant", text, ckey, ckey)], ckey, where)
+    check_turns(turns + [Turn("assistant", text, ckey, ckey)], ckey, where)
     return UnpairedExample(_messages(turns, system_prompt), text, _label(label, lkey, where), where)
 
 
@@ -120,7 +121,7 @@ def _prompt_turns(prompt, key: str, where: str) -> list[Turn]:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise DataError(where, key, "empty prompt", "empty_content")
-        return [("user", prompt, key, key)]
+        return [Turn("user", prompt, key, key)]
     turns = parse_turns(prompt, key, ("role", "content"), MESSAGE_ROLES, where)
     if not turns or turns[-1][0] != "user":
         found = turns[-1][0] if turns else "no message"
@@ -140,7 +141,10 @@ def _response(value, key: str, where: str) -> str:
     if len(turns) != 1 or turns[0][0] != "assistant":
         roles = ", ".join(t[0] for t in turns) or "nothing"
         raise DataError(where, key, f"expected exactly one assistant message, found {roles}", "bad_turn_order")
-    return turns[0][1]
+    if turns[0].reasoning:
+        problem = "a response's reasoning field is not read in preference data: write the reasoning into its content the way the model writes it"
+        raise DataError(where, f"{key}[0].reasoning", problem, "unsupported_field")
+    return turns[0].content
 
 
 def _split_implicit(chosen, rejected, ckey: str, rkey: str, where: str) -> tuple[list[Turn], str, str]:
@@ -177,4 +181,4 @@ def _label(value, key: str, where: str) -> bool:
 
 
 def _messages(turns: list[Turn], system_prompt: str | None) -> Messages:
-    return with_system([{"role": role, "content": content} for role, content, _, _ in turns], system_prompt)
+    return with_system([as_message(turn) for turn in turns], system_prompt)

@@ -18,18 +18,26 @@ def _split_lines(name: str, s: SplitReport, kind: str) -> list[str]:
         return [f"- {name}: none"]
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items())) or "none"
     eos = f"{s.with_eos}/{s.kept} ({100 * s.with_eos / s.kept:.1f}%)" if s.kept else "-"
+    examples = f"{s.conversations} conversations, {s.examples} examples" if s.examples != s.conversations else f"{s.examples} examples"
     lines = [
-        f"- {name}: {s.examples} examples → kept {s.kept}, dropped: {dropped}, truncated {s.truncated}",
-        f"  - tokens per example: {s.lengths or '-'}; trained tokens: {s.trained_tokens:,}",
+        f"- {name}: {examples} → kept {s.kept}, dropped: {dropped}, truncated {s.truncated}",
+        f"  - tokens per example: {lengths(s.lengths)}; trained tokens: {s.trained_tokens:,}",
     ]
     if kind in EOS_CHECKED:
-        lines += [
-            f"  - EOS/end-of-turn {EOS_CHECKED[kind]}: {eos}",
-            f"  - template prefix check: {s.prefix_checked - len(s.prefix_mismatch)}/{s.prefix_checked} prompts tokenise to the training prefix",
-        ]
+        lines.append(f"  - EOS/end-of-turn {EOS_CHECKED[kind]}: {eos}")
+    if kind in EOS_CHECKED and s.template_checked:
+        lines.append(
+            "  - template checks (content kept, turns consistent, prompt tokenises to the training prefix): "
+            f"{s.template_checked - sum(s.problems.values())}/{s.template_checked} examples pass"
+        )
     if kind in EOS_CHECKED and s.kept and s.with_eos < s.kept:
         lines.append(f"  - note: {s.kept - s.with_eos} examples lost their EOS to truncation (data.truncation: truncate_right)")
     return lines
+
+
+def lengths(stats: dict) -> str:
+    """'min 45, mean 60.2, p50 58, p95 90, max 120', or '-' when nothing was kept."""
+    return ", ".join(f"{key} {value:,}" for key, value in stats.items()) or "-"
 
 
 FIRST_EXAMPLE = {
@@ -48,10 +56,14 @@ def render_markdown(report: DataReport) -> str:
         lines += [f"  - {msg}" for msg in f.get("first_errors", [])]
     lines += ["", "## Splits", ""]
     lines += _split_lines("train", report.train, report.kind) + _split_lines("eval", report.eval, report.kind)
-    stops = ", ".join(report.stop_tokens)
+    stops = ", ".join(report.stop_tokens) or "none"
     lines += [
         "",
-        f"Template: `{report.template}`; stop tokens: {stops}; max_length {report.max_length}, truncation: {report.truncation}.",
+        "## Template",
+        "",
+        f"- `{report.template}`; stop tokens: {stops}",
+        *[f"- {note}" for note in report.template_notes],
+        f"- max_length {report.max_length}, truncation: {report.truncation}",
         "",
         "## First training example",
         "",

@@ -1,8 +1,11 @@
 """From the recipe's data section to tokenized train/eval rows, and the counts that prove nothing was lost.
 
 Every row read is accounted for: kept, dropped with a reason, or truncated. The checks a run must pass
-before step 1 live here too: every kept example has its end-of-turn token in the labels, and the
-prompt rendered with the generation prompt tokenises to exactly the prefix used in training.
+before step 1 live here too, on every example: the template ends assistant turns with a token; every
+kept example has its end-of-turn token in the labels; and the mask checks of tunesmith.data.masks
+(nothing the data holds is dropped by the template, turns render the same whatever follows them, the
+prompt rendered with the generation prompt tokenises to exactly the prefix used in training). A failed
+check stops the run with how many examples failed each, the first of them, and what to change.
 """
 
 from __future__ import annotations
@@ -13,14 +16,12 @@ from dataclasses import asdict
 from tunesmith.config import METHOD_FORMATS, DataConfig
 from tunesmith.data.formats import Example
 from tunesmith.data.load import load_examples
+from tunesmith.data.checks import check_problems, check_turn_end, stop_token_names, template_notes
+from tunesmith.data.masks import Tokenized, tokenize_conversation, tokenize_text
 from tunesmith.data.prepare_align import mark_aligned, tokenize_aligned
-from tunesmith.data.report import DataReport, SplitReport, count, length_stats
-from tunesmith.data.templates import ChatTemplate, TemplateError, Tokenized, tokenize_conversation, tokenize_text
+from tunesmith.data.report import DataReport, SplitReport, count, length_stats, note_problem
+from tunesmith.data.templates import ChatTemplate, TemplateError
 from tunesmith.errors import TunesmithError
-
-
-# Prefix checks re-tokenise every prompt; beyond this many examples per split a sample is enough.
-PREFIX_CHECK_LIMIT = 500
 
 
 def read_split(files: list[str], cfg: DataConfig, report: DataReport, formats: tuple[str, ...] = METHOD_FORMATS["sft"]) -> list:
@@ -42,6 +43,19 @@ def split_eval(examples: list[Example], share: float, seed: int) -> tuple[list[E
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
+def split_turns(examples: list[Example]) -> list[Example]:
+    """data.multi_turn: split: one example per trained assistant turn, the conversation before it as its prompt."""
+    out = []
+    for example in examples:
+        messages = example.messages or []
+        turns = [k for k, m in enumerate(messages) if m["role"] == "assistant" and k >= example.trained_from]
+        if len(turns) <= 1:
+            out.append(example)
+            continue
+        out += [Example(messages[: k + 1], None, f"{example.where} (turn messages[{k}])", trained_from=k) for k in turns]
+    return out
+
+
 def tokenize_example(example: Example, template: ChatTemplate, tokenizer, train_on_prompt: bool) -> Tokenized:
     try:
         if example.text is not None:
@@ -59,9 +73,9 @@ def truncate(tok: Tokenized, max_length: int, side: str) -> Tokenized:
     cut = len(tok.input_ids) - max_length
     if side == "truncate_right":
         spans = [(a, min(b, max_length)) for a, b in tok.spans if a < max_length]
-        return Tokenized(tok.input_ids[:max_length], tok.labels[:max_length], spans, tok.prompt_prefix_ok)
+        return Tokenized(tok.input_ids[:max_length], tok.labels[:max_length], spans, rebuilt=tok.rebuilt)
     spans = [(max(a - cut, 0), b - cut) for a, b in tok.spans if b > cut]
-    return Tokenized(tok.input_ids[cut:], tok.labels[cut:], spans, tok.prompt_prefix_ok)
+    return Tokenized(tok.input_ids[cut:], tok.labels[cut:], spans, rebuilt=tok.rebuilt)
 
 
 def tokenize_split(
@@ -69,13 +83,18 @@ def tokenize_split(
 ) -> list[dict]:
     stop_ids = set(template.stop_token_ids)
     rows, lengths = [], []
+    report.conversations = len(examples)
+    if cfg.multi_turn == "split":
+        examples = split_turns(examples)
     report.examples = len(examples)
-    for i, example in enumerate(examples):
+    for example in examples:
         tok = tokenize_example(example, template, tokenizer, cfg.train_on_prompt)
-        if example.messages is not None and i < PREFIX_CHECK_LIMIT:
-            report.prefix_checked += 1
-            if not tok.prompt_prefix_ok:
-                report.prefix_mismatch.append(example.where)
+        if example.messages is not None:
+            report.template_checked += 1
+            if tok.problem:
+                note_problem(report, tok.problem, example.where)
+                continue
+            report.rebuilt += tok.rebuilt
         has_stop = turns_have_stop(tok, stop_ids)
         if not has_stop:
             raise TemplateError(
@@ -130,7 +149,7 @@ def prepare_data(
     report = DataReport(
         kind=kind,
         template=template.name,
-        stop_tokens=[tokenizer.convert_ids_to_tokens(i) for i in template.stop_token_ids],
+        stop_tokens=stop_token_names(template, tokenizer),
         max_length=cfg.max_length,
         truncation=cfg.truncation,
     )
@@ -141,21 +160,17 @@ def prepare_data(
         train_examples, eval_examples = split_eval(train_examples, cfg.eval_split, seed)
     else:
         eval_examples = []
+    if kind in ("preference", "unpaired") or (kind == "conversation" and any(e.messages for e in train_examples + eval_examples)):
+        check_turn_end(template, tokenizer)
     if kind == "conversation":
         train_rows = tokenize_split(train_examples, cfg, template, tokenizer, report.train)
         eval_rows = tokenize_split(eval_examples, cfg, template, tokenizer, report.eval)
     else:
         train_rows = tokenize_aligned(kind, train_examples, cfg, template, tokenizer, report.train)
         eval_rows = tokenize_aligned(kind, eval_examples, cfg, template, tokenizer, report.eval)
+    check_problems(report, template, cfg)
     if not train_rows:
         raise TunesmithError(f"no training example left after filtering: dropped {dict(report.train.dropped)}")
+    report.template_notes = template_notes(template, tokenizer, cfg, report)
     report.first_example = mark_trained(tokenizer, train_rows[0]) if kind == "conversation" else mark_aligned(tokenizer, kind, train_rows[0])
-    mismatched = report.train.prefix_mismatch + report.eval.prefix_mismatch
-    if mismatched:
-        raise TemplateError(
-            f"template check failed for {len(mismatched)} example(s), first {mismatched[0]}: the prompt rendered "
-            "with add_generation_prompt does not tokenise to the prefix used in training, so inference would "
-            f"see different tokens than training. Fix the template {template.name!r} (its generation prompt must "
-            "match how assistant turns begin)."
-        )
     return train_rows, eval_rows, report

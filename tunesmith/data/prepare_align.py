@@ -3,8 +3,9 @@
 The counterpart of the SFT preparation in tunesmith.data.prepare, with the same guarantees. A
 response's tokens are exactly the span SFT would train for that assistant turn: from the end of the
 prompt rendered with the generation prompt to the end of the rendered turn, end-of-turn token
-included. So the prompt a policy is trained on is the prompt it will see at inference (checked per
-example), and every response teaches the model to stop (checked, like SFT's EOS check).
+included. So the prompt a policy is trained on is the prompt it will see at inference, and every
+response teaches the model to stop: the checks of tunesmith.data.masks run on every example, and a
+failed one is counted like SFT's (tunesmith.data.prepare stops the run with the count and the first).
 
 Rows handed to the trainers:
   preference -> {prompt_ids, chosen_ids, rejected_ids}
@@ -15,18 +16,28 @@ Rows handed to the trainers:
 from __future__ import annotations
 
 from tunesmith.config import DataConfig
+from tunesmith.data.masks import Problem, dropped, tokenize_conversation
 from tunesmith.data.preference import PairExample, PromptExample, UnpairedExample, unpair
-from tunesmith.data.report import SplitReport, count, length_stats
-from tunesmith.data.templates import ChatTemplate, TemplateError, prompt_ids, tokenize_conversation
+from tunesmith.data.report import SplitReport, count, length_stats, note_problem
+from tunesmith.data.templates import ChatTemplate, TemplateError, prompt_ids
 from tunesmith.errors import TunesmithError
 
 
+class Failed(Exception):
+    """An example failed a mask check: counted, and the run stops once every example is checked."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+
 def tokenize_reply(template: ChatTemplate, tokenizer, prompt: list[dict], reply: str) -> tuple[list[int], list[int], bool]:
-    """(prompt ids, reply ids, prefix ok) for one reply to `prompt`."""
+    """(prompt ids, reply ids, whether the reply was rebuilt) for one reply to `prompt`."""
     messages = prompt + [{"role": "assistant", "content": reply}]
     tok = tokenize_conversation(template, tokenizer, messages, trained_from=len(prompt))
+    if tok.problem:
+        raise Failed(tok.problem)
     first, last = tok.spans[-1]
-    return tok.input_ids[:first], tok.input_ids[first:last], tok.prompt_prefix_ok
+    return tok.input_ids[:first], tok.input_ids[first:last], tok.rebuilt
 
 
 def to_unpaired(examples: list) -> list[UnpairedExample]:
@@ -40,14 +51,18 @@ def to_unpaired(examples: list) -> list[UnpairedExample]:
 def tokenize_aligned(kind: str, examples: list, cfg: DataConfig, template: ChatTemplate, tokenizer, report: SplitReport) -> list[dict]:
     if kind == "unpaired":
         examples = to_unpaired(examples)
-    report.examples = len(examples)
+    report.conversations = report.examples = len(examples)
     stop_ids = set(template.stop_token_ids)
     rows, lengths = [], []
     for example in examples:
+        report.template_checked += 1
         try:
             row = TOKENIZERS[kind](example, template, tokenizer, stop_ids, report)
         except TemplateError as err:
             raise TemplateError(f"{example.where}: {err}") from None
+        except Failed as failed:
+            note_problem(report, failed.problem, example.where)
+            continue
         row = fit_length(row, kind, cfg, example.where, report)
         if row is None:
             continue
@@ -65,32 +80,32 @@ RESPONSE_KEYS = {"preference": ("chosen_ids", "rejected_ids"), "unpaired": ("com
 
 
 def _pair_row(example: PairExample, template, tokenizer, stop_ids: set[int], report: SplitReport) -> dict:
-    prompt, chosen, chosen_ok = tokenize_reply(template, tokenizer, example.prompt, example.chosen)
-    prompt_r, rejected, rejected_ok = tokenize_reply(template, tokenizer, example.prompt, example.rejected)
-    _check_prefix(chosen_ok and rejected_ok and prompt == prompt_r, example.where, report)
+    prompt, chosen, chosen_rebuilt = tokenize_reply(template, tokenizer, example.prompt, example.chosen)
+    prompt_r, rejected, rejected_rebuilt = tokenize_reply(template, tokenizer, example.prompt, example.rejected)
+    if prompt != prompt_r:
+        raise Failed(Problem("inconsistent", "the prompt renders differently before the chosen and the rejected response"))
     for name, ids in (("chosen", chosen), ("rejected", rejected)):
         _check_stop(ids, stop_ids, name, example.where, template)
+    report.rebuilt += chosen_rebuilt + rejected_rebuilt
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
 def _unpaired_row(example: UnpairedExample, template, tokenizer, stop_ids: set[int], report: SplitReport) -> dict:
-    prompt, completion, ok = tokenize_reply(template, tokenizer, example.prompt, example.completion)
-    _check_prefix(ok, example.where, report)
+    prompt, completion, rebuilt = tokenize_reply(template, tokenizer, example.prompt, example.completion)
     _check_stop(completion, stop_ids, "completion", example.where, template)
+    report.rebuilt += rebuilt
     return {"prompt_ids": prompt, "completion_ids": completion, "label": example.label}
 
 
 def _prompt_row(example: PromptExample, template, tokenizer, stop_ids: set[int], report: SplitReport) -> dict:
+    text = template.render(tokenizer, example.prompt, add_generation_prompt=True)
+    problem = dropped(text, example.prompt, len(example.prompt), roles=("system", "user"))
+    if problem:
+        raise Failed(problem)
     return {"prompt_ids": prompt_ids(template, tokenizer, example.prompt), "prompt": example.prompt, **example.extra}
 
 
 TOKENIZERS = {"preference": _pair_row, "unpaired": _unpaired_row, "prompt": _prompt_row}
-
-
-def _check_prefix(ok: bool, where: str, report: SplitReport) -> None:
-    report.prefix_checked += 1
-    if not ok:
-        report.prefix_mismatch.append(where)
 
 
 def _check_stop(ids: list[int], stop_ids: set[int], name: str, where: str, template: ChatTemplate) -> None:

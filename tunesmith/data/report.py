@@ -12,15 +12,18 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class SplitReport:
-    examples: int = 0                 # examples that reached tokenisation
+    conversations: int = 0            # rows that reached tokenisation (before data.multi_turn: split)
+    examples: int = 0                 # examples tokenised: one per row, or one per assistant turn with split
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count, after loading
     truncated: int = 0
     lengths: dict = field(default_factory=dict)        # token-length stats of kept examples
     trained_tokens: int = 0
     with_eos: int = 0                 # kept examples whose every trained turn (every response) contains a stop token
-    prefix_checked: int = 0
-    prefix_mismatch: list[str] = field(default_factory=list)
+    template_checked: int = 0         # conversations whose rendering and mask were checked (all of them)
+    problems: dict[str, int] = field(default_factory=dict)       # kind (tunesmith.data.masks.Problem) -> examples
+    first_problem: dict[str, str] = field(default_factory=dict)  # kind -> 'where: detail' of its first example
+    rebuilt: int = 0                  # replies rebuilt around the template (tunesmith.data.masks)
 
 
 @dataclass
@@ -30,7 +33,8 @@ class DataReport:
     train: SplitReport = field(default_factory=SplitReport)
     eval: SplitReport = field(default_factory=SplitReport)
     template: str = ""
-    stop_tokens: list[str] = field(default_factory=list)
+    stop_tokens: list[str] = field(default_factory=list)  # each with where it comes from: '<|im_end|> (end of turn)'
+    template_notes: list[str] = field(default_factory=list)  # what the template analysis found and what was done about it
     max_length: int = 0
     truncation: str = ""
     first_example: str = ""           # rendered, trained tokens (responses) between ⟦ and ⟧
@@ -42,6 +46,11 @@ class DataReport:
 def count(counts: dict[str, int], reason: str) -> None:
     # A plain dict, not a Counter: dataclasses.asdict rebuilds a Counter from its items, mangling it.
     counts[reason] = counts.get(reason, 0) + 1
+
+
+def note_problem(report: SplitReport, problem, where: str) -> None:
+    count(report.problems, problem.kind)
+    report.first_problem.setdefault(problem.kind, f"{where}: {problem.detail}")
 
 
 def length_stats(lengths: list[int]) -> dict:

@@ -1,22 +1,20 @@
-"""Chat templates: render conversations and mark the tokens a model is trained on.
+"""Chat templates: one `ChatTemplate` renders a conversation for training, evaluation and serving.
 
-One `ChatTemplate` object drives training, evaluation and serving: it is saved in the run
-directory (`template.json`) and written into the saved tokenizer, so a served model sees
-exactly the text it was trained on.
-
-Loss masks come from rendering, not from searching for marker strings: for assistant turn k,
-the trained span starts where `render(messages[:k], add_generation_prompt=True)` ends and
-stops where `render(messages[:k+1])` ends. That span includes the end-of-turn token, so the
-model learns to stop; padding is masked by position in the collator, never by token id (with
-pad == eos, masking by id would erase every EOS).
+It is saved in the run directory (`template.json`) and written into the saved tokenizer, so a served
+model sees exactly the text it was trained on. Resolving a template also reads from it how an
+assistant turn ends (tunesmith.data.turn_end): the end-of-turn token becomes a stop token, marker text
+that is not a token becomes a stop text, and a date the template writes is frozen into its text.
+Loss masks are built from renderings in tunesmith.data.masks.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tunesmith.data.turn_end import find_turn_end, freeze_date, special_ids
 from tunesmith.errors import TunesmithError
 
 BUILTIN_TEMPLATES = ("chatml", "alpaca")
@@ -47,19 +45,34 @@ class TemplateError(TunesmithError):
 
 @dataclass
 class ChatTemplate:
+    # Every field after stop_token_ids has a default, so template.json files of older runs still load.
     name: str                       # 'model', 'chatml', 'alpaca' or the .jinja path it came from
     source: str                     # the Jinja text, complete: nothing is added at render time
     stop_token_ids: list[int]       # generation stops at any of these; labels must contain one per turn
     bos_text: str = ""              # for plain text: what the template would put first (the BOS), if anything
     eos_text: str = ""              # for plain text: appended so the model learns to end a document
+    stop_texts: list[str] = field(default_factory=list)  # replies are cut before these (turn-end text that is no special token)
+    turn_end: str | None = None     # what the template writes after a reply ('<|im_end|>\n'); None: unknown
+    frozen_date: str | None = None  # the day written into `source` in place of strftime_now(...), ISO
 
     def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
         try:
             return tokenizer.apply_chat_template(
-                messages, chat_template=self.source, tokenize=False, add_generation_prompt=add_generation_prompt
+                self.template_messages(messages), chat_template=self.source, tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
         except Exception as err:  # jinja errors, raise_exception() inside model templates
-            raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}") from None
+            hint = ""
+            if messages and messages[0]["role"] == "system" and not self.source.startswith(MERGE_SYSTEM):
+                hint = " (for a template that refuses system messages, data.system_prompt_mode: merge puts them into the first user turn)"
+            raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}{hint}") from None
+
+    def template_messages(self, messages: list[dict]) -> list[dict]:
+        """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style)."""
+        return [
+            {"role": m["role"], "content": m["content"], **({"reasoning_content": m["reasoning"]} if m.get("reasoning") else {})}
+            for m in messages
+        ]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
@@ -67,14 +80,6 @@ class ChatTemplate:
     @classmethod
     def load(cls, path: Path) -> ChatTemplate:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-@dataclass
-class Tokenized:
-    input_ids: list[int]
-    labels: list[int]                                   # -100 where not trained
-    spans: list[tuple[int, int]] = field(default_factory=list)  # token spans of trained turns [start, end)
-    prompt_prefix_ok: bool = True                       # prompt-with-generation-prompt tokenises to the training prefix
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:
@@ -105,8 +110,14 @@ def _builtin_source(name: str, tokenizer) -> tuple[str, list[int]]:
     return _ALPACA.replace("{bos}", bos).replace("{eot}", eos), []
 
 
-def resolve_template(name: str, tokenizer, generation_eos: int | list[int] | None = None) -> ChatTemplate:
-    """Build the template a run uses: the tokenizer's own ('model'), a built-in, or a .jinja file."""
+def resolve_template(
+    name: str, tokenizer, generation_eos: int | list[int] | None = None, today: datetime.date | None = None
+) -> ChatTemplate:
+    """Build the template a run uses: the tokenizer's own ('model'), a built-in, or a .jinja file.
+
+    Stop tokens: the token the template ends an assistant turn with, the tokenizer's EOS, and the
+    model's generation-config EOS ids. Stop texts: turn-end marker text that is no token, and the text
+    of any stop token that decoding keeps (one that is not a special token)."""
     stops: list[int] = []
     if name == "model":
         if not tokenizer.chat_template:
@@ -121,68 +132,43 @@ def resolve_template(name: str, tokenizer, generation_eos: int | list[int] | Non
         if not path.is_file():
             raise TemplateError(f"data.template: {name!r} is not 'model', 'chatml', 'alpaca' or an existing .jinja file")
         source = path.read_text(encoding="utf-8")
+    source, frozen_date = freeze_date(source, today or datetime.date.today())
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
-    extra = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
-    stops += extra
+    stops += [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    end = find_turn_end(source, tokenizer, set(stops))
+    if end is not None and end.token_id is not None:
+        stops.append(end.token_id)
+    stops = sorted(set(stops))
+    specials = special_ids(tokenizer)
+    texts = [end.marker] if end is not None and end.token_id is not None else []
+    texts += [tokenizer.decode([i]) for i in stops if i not in specials]
     return ChatTemplate(
         name=name,
         source=source,
-        stop_token_ids=sorted(set(stops)),
+        stop_token_ids=stops,
         bos_text=tokenizer.bos_token if _adds_bos(tokenizer) else "",
         eos_text=tokenizer.eos_token or "",
+        stop_texts=list(dict.fromkeys(t for t in texts if t.strip())),
+        turn_end=end.text if end is not None else None,
+        frozen_date=frozen_date,
     )
 
 
-def assistant_char_spans(template: ChatTemplate, tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of every assistant turn in it."""
-    full = template.render(tokenizer, messages)
-    spans = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = template.render(tokenizer, messages[:k], add_generation_prompt=True)
-        upto = template.render(tokenizer, messages[: k + 1])
-        if not upto.startswith(before) or not full.startswith(upto):
-            raise TemplateError(
-                f"template {template.name!r} renders turn {k} differently depending on what follows it, so the "
-                "prompt seen at inference would not match training (the prompt with add_generation_prompt must be "
-                f"a prefix of the conversation).\n  prompt ends: {before[-60:]!r}\n  conversation: {upto[len(before) - 60 : len(before) + 20]!r}"
-            )
-        spans.append((len(before), len(upto)))
-    return full, spans
+# Put before a template's own text: a system message becomes the head of the first user turn, for
+# templates that drop or refuse system messages (Mistral v0.3 keeps it only in the last user turn, Gemma raises).
+MERGE_SYSTEM = (
+    "{%- if messages|length > 1 and messages[0]['role'] == 'system' and messages[1]['role'] == 'user' -%}"
+    "{%- set messages = [{'role': 'user', 'content': messages[0]['content'] + '\\n\\n' + messages[1]['content']}] + messages[2:] -%}"
+    "{%- endif -%}"
+)
 
 
-def tokenize_conversation(
-    template: ChatTemplate, tokenizer, messages: list[dict], train_on_prompt: bool = False, trained_from: int = 0
-) -> Tokenized:
-    """Token ids and labels: every assistant turn from message `trained_from` on is trained, with its end-of-turn token."""
-    full, char_spans = assistant_char_spans(template, tokenizer, messages)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = list(ids) if train_on_prompt else [-100] * len(ids)
-    token_spans = []
-    prefix_ok = True
-    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-    for k, (start, end) in zip(turns, char_spans):
-        if k < trained_from:
-            continue
-        # A token belongs to the turn when it starts inside it: a token straddling the boundary
-        # would mean the prompt ends mid-token, which the prefix check below reports.
-        inside = [i for i, (s, e) in enumerate(offsets) if start <= s < end and e > s]
-        first, last = (inside[0], inside[-1] + 1) if inside else (len(ids), len(ids))
-        token_spans.append((first, last))
-        if not train_on_prompt:
-            labels[first:last] = ids[first:last]
-        prompt = template.render(tokenizer, messages[:k], add_generation_prompt=True)
-        prefix_ok &= tokenizer(prompt, add_special_tokens=False)["input_ids"] == ids[:first]
-    return Tokenized(input_ids=ids, labels=labels, spans=token_spans, prompt_prefix_ok=prefix_ok)
-
-
-def tokenize_text(template: ChatTemplate, tokenizer, text: str) -> Tokenized:
-    """Plain language-modelling text: BOS (when the tokenizer uses one) + text + EOS, all trained."""
-    ids = tokenizer(template.bos_text + text + template.eos_text, add_special_tokens=False)["input_ids"]
-    return Tokenized(input_ids=ids, labels=list(ids), spans=[(0, len(ids))])
+def merging_system(template: ChatTemplate) -> ChatTemplate:
+    """The template with data.system_prompt_mode: merge written into its text, so every renderer merges alike."""
+    if template.source.startswith(MERGE_SYSTEM):
+        return template
+    return replace(template, source=MERGE_SYSTEM + template.source)
 
 
 def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict]) -> list[int]:

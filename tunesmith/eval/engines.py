@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.data.templates import ChatTemplate, prompt_ids
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.generate import Completion, Loaded, generate_ids, load_for_inference
+from tunesmith.eval.generate import Completion, Loaded, cut_at_stop, generate_ids, load_for_inference
 from tunesmith.runs import RunDir, is_run_dir
 
 
@@ -149,7 +149,7 @@ class VLLMEngine:
             top_k=decoding.top_k or -1,
             repetition_penalty=decoding.repetition_penalty,
             max_tokens=decoding.max_new_tokens,
-            stop=decoding.stop or None,
+            stop=[*decoding.stop, *self.template.stop_texts] or None,
             stop_token_ids=self.template.stop_token_ids,
             seed=decoding.seed,
             skip_special_tokens=True,
@@ -162,7 +162,8 @@ class VLLMEngine:
             lora_request = LoRARequest(self.name, 1, self.files.adapter)
         # vLLM schedules its own batches; batch_size is a transformers setting.
         results = self.llm.generate(prompts, params, use_tqdm=progress, lora_request=lora_request)
-        return [Completion(r.outputs[0].text, len(r.outputs[0].token_ids)) for r in results]
+        # vLLM keeps the text of a stop token that is no special token; the template's stop texts name those.
+        return [Completion(cut_at_stop(r.outputs[0].text, self.template.stop_texts), len(r.outputs[0].token_ids)) for r in results]
 
 
 def vllm_usable(decoding: Decoding) -> bool:

@@ -1,9 +1,9 @@
 """Load a run (or a plain model) for inference and generate with its template.
 
 A run directory brings its own template (template.json); a plain model uses its tokenizer's chat
-template. Generation is batched with left padding and stops on the template's stop tokens, and
-optionally on stop strings (the output is cut before the first one; a batch ends early once every
-row has hit one).
+template. Generation is batched with left padding and stops on the template's stop tokens and stop
+texts (turn-end markers that are no token, see tunesmith.data.turn_end), and optionally on stop strings
+(the output is cut before the first one; a batch ends early once every row has hit one).
 
 Two engines give the same output format (a `Completion` per prompt, in input order):
 `TransformersEngine` (any machine) and `VLLMEngine` (used by `open_engine` when vllm is installed and a
@@ -90,6 +90,7 @@ def generate_ids(
     tokenizer, model = loaded.tokenizer, loaded.model
     pad_id = tokenizer.pad_token_id
     stop_ids = set(loaded.template.stop_token_ids)
+    stop = [*stop, *loaded.template.stop_texts]
     hf_kwargs = dict(hf_kwargs)
     do_sample = hf_kwargs.pop("do_sample", False)
     if stop:
@@ -121,17 +122,18 @@ def generate_ids(
 
 
 def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int, stop: list[str]) -> Completion:
-    """Generated ids up to the first stop token (kept) or padding (a row finished by a stop string), decoded and cut."""
-    n = len(generated)
+    """Generated ids up to the first stop token (counted, not decoded: it may be no special token) or padding
+    (a row finished by a stop string), decoded and cut."""
+    n, text_end = len(generated), len(generated)
     for k, token in enumerate(generated):
         if token in stop_ids:
-            n = k + 1
+            n, text_end = k + 1, k
             break
         if token == pad_id:
-            n = k
+            n = text_end = k
             break
     # A token budget can end inside a multi-byte character (byte-level BPE): drop the half character.
-    text = tokenizer.decode(generated[:n], skip_special_tokens=True).rstrip("\ufffd")
+    text = tokenizer.decode(generated[:text_end], skip_special_tokens=True).rstrip("\ufffd")
     return Completion(cut_at_stop(text, stop), n)
 
 

@@ -13,7 +13,8 @@ text has no context and is never scored.
 from __future__ import annotations
 
 from tunesmith.data.formats import Example
-from tunesmith.data.templates import tokenize_conversation, tokenize_text
+from tunesmith.data.masks import tokenize_conversation, tokenize_text
+from tunesmith.data.templates import TemplateError
 
 IGNORE = -100
 
@@ -27,6 +28,8 @@ def scored_tokens(example: Example, template, tokenizer, scope: str) -> tuple[li
         return tok.input_ids, tok.labels
     last = len(example.messages) - 1
     tok = tokenize_conversation(template, tokenizer, example.messages, trained_from=last)
+    if tok.problem:
+        raise TemplateError(f"{example.where}: {tok.problem.detail}")
     return tok.input_ids, (list(tok.input_ids) if scope == "text" else tok.labels)
 
 

@@ -33,7 +33,7 @@ from tunesmith.runs import RunDir
 
 def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
     s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked prompts: before the model loads
-    reward_funcs = [rewards.for_trl(rewards.build(spec)) for spec in recipe.grpo.rewards]
+    reward_funcs = [rewards.for_trl(rewards.build(spec), s.template.stop_texts) for spec in recipe.grpo.rewards]
 
     model, _, _ = load_model(recipe.model, s.source)
     model.generation_config.eos_token_id = s.template.stop_token_ids  # replies end where the template ends a turn

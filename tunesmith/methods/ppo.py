@@ -32,6 +32,7 @@ from transformers import set_seed
 from tunesmith import checkpoints, losses
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.generate import cut_at_stop
 from tunesmith.methods.common import InterruptRequest, check_finite_weights, diverged, finite_gradients
 from tunesmith.methods.steps import describe, finish, first_last, interrupted, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
@@ -177,7 +178,7 @@ class Loop:
                 "prompt_width": width, "ended": ended.cpu()}
 
     def score(self, rows: list[dict], batch: dict) -> list[float]:
-        replies = [self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+        replies = [cut_at_stop(self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True), self.template.stop_texts)
                    for ids, mask in zip(batch["input_ids"][:, batch["prompt_width"]:], batch["response_mask"])]
         return score(self.reward, [r["prompt"] for r in rows], replies)
 

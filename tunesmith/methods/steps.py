@@ -17,7 +17,7 @@ from tunesmith import checkpoints
 from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
+from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
 from tunesmith.errors import ConfigError, Interrupted, RunFinished, TunesmithError
 from tunesmith.eval.experiments import flatten
 from tunesmith.methods.common import (
@@ -233,7 +233,8 @@ def shown(value) -> str:
 
 
 def load_tokenizer_and_template(recipe: Recipe):
-    """(model source, tokenizer, template). A run directory as model.path brings its own template."""
+    """(model source, tokenizer, template). A run directory as model.path brings its own template;
+    data.system_prompt_mode: merge is written into the template's text."""
     from tunesmith.models.load import generation_eos, load_tokenizer, resolve_source
 
     source = resolve_source(recipe.model)
@@ -242,6 +243,8 @@ def load_tokenizer_and_template(recipe: Recipe):
         template = ChatTemplate.load(source.template)
     else:
         template = resolve_template(recipe.data.template, tokenizer, generation_eos(source.path))
+    if recipe.data.system_prompt_mode == "merge":
+        template = merging_system(template)
     return source, tokenizer, template
 
 

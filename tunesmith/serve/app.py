@@ -174,7 +174,8 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         ]
 
     async def deltas(request: Request, stop: list[str]) -> AsyncIterator[Delta]:
-        text = TextStream(tokenizer, stop)
+        # The template's stop texts too: turn-end markers that are no token never reach a client.
+        text = TextStream(tokenizer, [*stop, *request.model.template.stop_texts])
         async with contextlib.aclosing(engine.stream(request)) as steps:
             async for step in steps:
                 delta = text.add(step.token_ids)
