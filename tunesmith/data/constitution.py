@@ -54,7 +54,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
-from tunesmith.data.formats import MESSAGE_ROLES, DataError, check_turns, expect_string, parse_turns, type_name, with_system
+from tunesmith.data.formats import MESSAGE_ROLES, DataError, Turn, check_turns, expect_string, parse_turns, type_name, with_system
 from tunesmith.data.load import DataFileError, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -160,7 +160,7 @@ def _prompt_row(row: dict, where: str, number: int) -> PromptRow:
         last = f"found {turns[-1][0]}" if turns else "found no messages"
         raise DataError(where, turns[-1][2] if turns else "messages", f"the last message must be the user turn to answer, {last}", "bad_turn_order")
     # check_turns wants a conversation ending in an answer: give it a stand-in for the one we will generate.
-    check_turns(turns + [("assistant", "answer", "messages", "messages")], "messages", where)
+    check_turns(turns + [Turn("assistant", "answer", "messages", "messages")], "messages", where)
     return PromptRow(str(row_id), [{"role": role, "content": content} for role, content, *_ in turns], where)
 
 

@@ -287,15 +287,16 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
 
 def check_not_empty(turn: Turn, where: str) -> None:
     """A user message or an assistant reply holds text (an empty system message just means none)."""
-    role, content, _, content_path = turn
-    if role != "system" and not content.strip():
-        raise DataError(where, content_path, "empty assistant reply" if role == "assistant" else "empty user message", "empty_content")
+    if turn.role != "system" and not turn.content.strip():
+        problem = "empty assistant reply" if turn.role == "assistant" else "empty user message"
+        raise DataError(where, turn.content_path, problem, "empty_content")
 
 
 def check_turns(turns: list[Turn], container: str, where: str) -> None:
     """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
     previous = None
-    for i, (role, content, role_path, content_path, *_) in enumerate(turns):
+    for i, turn in enumerate(turns):
+        role, role_path = turn.role, turn.role_path
         if role == "system":
             if i > 0:
                 raise DataError(where, role_path, "a system message is allowed only as the first message", "bad_turn_order")
@@ -304,7 +305,7 @@ def check_turns(turns: list[Turn], container: str, where: str) -> None:
         if role != expected:
             problem = f"two {role} turns in a row" if role == previous else f"the conversation must start with a user turn, found {role}"
             raise DataError(where, role_path, problem, "bad_turn_order")
-        check_not_empty((role, content, role_path, content_path), where)
+        check_not_empty(turn, where)
         previous = role
     if not any(role == "assistant" for role, *_ in turns):
         raise DataError(where, container, "no assistant turn to train on", "no_assistant_turn")
