@@ -17,8 +17,8 @@ CONFIGS = {
     "lora_adapters_off": ["dpo.reference=adapters_off"],
     "lora_copy": ["dpo.reference=copy"],
     "lora_precomputed": ["dpo.precompute_reference=true"],
-    "full_copy": ["peft.method=none", "train.lr=1e-5"],
-    "full_precomputed": ["peft.method=none", "train.lr=1e-5", "dpo.precompute_reference=true"],
+    "full_copy": ["peft={method: none}", "train.lr=1e-5"],
+    "full_precomputed": ["peft={method: none}", "train.lr=1e-5", "dpo.precompute_reference=true"],
 }
 
 

@@ -16,7 +16,7 @@ CONFIGS = {
     "lora": [],
     "lora_random": ["train.group_by_length=false"],
     "qlora": ["peft.method=qlora"],
-    "full": ["peft.method=none", "train.lr=3e-5"],
+    "full": ["peft={method: none}", "train.lr=3e-5"],
 }
 
 

@@ -311,9 +311,12 @@ def test_keep_best_with_matching_steps(recipe_file):
     assert (recipe.train.save_steps, recipe.train.eval_steps) == (20, 10)
 
 
-def test_rslora_dora_need_lora(recipe_file):
+def test_adapter_keys_need_adapters(recipe_file):
     message = config_error(recipe_file(), ["peft.method=none", "peft.dora=true"])
-    assert "peft.rslora and peft.dora apply to LoRA" in message
+    assert "peft.dora: applies to adapters, but peft.method is 'none'" in message
+    message = config_error(recipe_file(), ["peft.method=none", "peft.r=8", "peft.modules_to_save=[lm_head]"])
+    assert "remove peft.r, peft.modules_to_save (on the command line: peft={method: none} replaces the section)" in message
+    assert load_recipe(recipe_file({"peft": {"r": 8}}), ["peft={method: none}"]).peft.r == 16
 
 
 def test_eval_split_range(recipe_file):

@@ -411,8 +411,15 @@ class Recipe(_Section):
                 )
         if self.peft.method == "none" and self.model.dtype == "float16":
             raise ValueError("model.dtype 'float16' cannot be fully fine-tuned (fp16 weights lose the updates): use bfloat16 or float32, or train adapters")
-        if self.peft.method == "none" and (self.peft.rslora or self.peft.dora):
-            raise ValueError("peft.rslora and peft.dora apply to LoRA: set peft.method lora or qlora")
+        if self.peft.method == "none":
+            # Compared with the defaults, not with the keys given: a run's resolved config.yaml holds every key.
+            stray = [key for key, info in PeftConfig.model_fields.items() if key != "method" and getattr(self.peft, key) != info.default]
+            if stray:
+                raise ValueError(
+                    f"peft.{stray[0]}: applies to adapters, but peft.method is 'none' (full fine-tuning trains every weight); "
+                    f"remove {', '.join('peft.' + key for key in stray)} (on the command line: peft={{method: none}} replaces the section) "
+                    "or set peft.method lora or qlora"
+                )
         if self.model.quantization != "4bit":
             defaults = ModelConfig.model_fields
             for key in ("quant_type", "double_quant", "compute_dtype"):

@@ -28,6 +28,9 @@ def pairs_file(tmp_path_factory):
     return str(path)
 
 
+FULL = {"method": "none"}  # full fine-tuning: replaces the LoRA section of recipe(), whose settings would not apply
+
+
 def recipe(model_path, data_file, out, dpo=None, **sections):
     """The 8 pairs are one batch, so every step sees the same pairs and the logged loss is a full-batch loss."""
     raw = {
@@ -41,7 +44,7 @@ def recipe(model_path, data_file, out, dpo=None, **sections):
         "output_dir": str(out),
     }
     for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
+        raw[section] = values if values == FULL else {**raw.get(section, {}), **values}
     return validate(raw)
 
 
@@ -162,7 +165,7 @@ def test_each_loss_trains_only_the_adapters_and_reward_accuracy_rises(stories_pa
 
 def test_full_finetuning_against_a_frozen_copy(stories_path, pairs_file, tmp_path):
     snap = Snapshot()
-    run = train(recipe(stories_path, pairs_file, tmp_path / "run", peft={"method": "none"}, train={"lr": 1e-3}), callbacks=[snap])
+    run = train(recipe(stories_path, pairs_file, tmp_path / "run", peft=FULL, train={"lr": 1e-3}), callbacks=[snap])
     assert snap.trainable == set(snap.before)
     assert sum(not torch.equal(snap.before[n], snap.after[n]) for n in snap.trainable) > len(snap.trainable) // 2
     assert "- reference: copy" in (run.path / "report.md").read_text()

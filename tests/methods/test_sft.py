@@ -27,6 +27,9 @@ def capitals_file(tmp_path_factory):
     return str(path)
 
 
+FULL = {"method": "none"}  # full fine-tuning: replaces the LoRA section of recipe(), whose settings would not apply
+
+
 def recipe(model_path, data_file, out, **sections):
     """A few steps of LoRA; the whole data set (16 rows) is one batch, so the loss curve is not batch noise."""
     raw = {
@@ -38,7 +41,7 @@ def recipe(model_path, data_file, out, **sections):
         "output_dir": str(out),
     }
     for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+        raw[section] = values if values == FULL else {**raw.get(section, {}), **values} if isinstance(values, dict) else values
     return validate(raw)
 
 
@@ -136,7 +139,7 @@ def test_full_finetuning_changes_all_weights_and_saves_a_plain_model(tiny_llama,
     from transformers import AutoModelForCausalLM
 
     snap = Snapshot(PROBE)
-    run = train(recipe(tiny_llama, capitals_file, tmp_path / "run", peft={"method": "none"}, train={"lr": 5e-3}, data={"template": "model"}), callbacks=[snap])
+    run = train(recipe(tiny_llama, capitals_file, tmp_path / "run", peft=FULL, train={"lr": 5e-3}, data={"template": "model"}), callbacks=[snap])
     assert snap.trainable == set(snap.before)
     assert len(changed(snap, snap.trainable)) == len(snap.trainable)
     assert losses(run)[-1] < losses(run)[0]
