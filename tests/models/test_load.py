@@ -151,6 +151,17 @@ def test_offline_packaged_id_uses_the_packaged_gguf(offline_hub, monkeypatch, tm
     assert converted == [fake_gguf]
 
 
+def test_the_packaged_gguf_fallback_is_announced_once_per_process(offline_hub, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(load, "packaged_gguf", lambda hub_id: tmp_path / "packaged.gguf")
+    monkeypatch.setattr(load, "gguf_to_folder", lambda path: tmp_path / "converted")
+    monkeypatch.setattr(load, "_ANNOUNCED_FALLBACKS", set())
+    hub_id = next(iter(PACKAGED_GGUF))
+    with caplog.at_level("INFO", logger="tunesmith.models.load"):
+        for _ in range(3):  # the quickstart loads its model three times
+            resolve_source(ModelConfig(path=hub_id))
+    assert [r.getMessage() for r in caplog.records].count(f"hub unreachable for {hub_id}; using the GGUF shipped in {tmp_path.name}") == 1
+
+
 def test_packaged_gguf_unknown_id():
     assert packaged_gguf("tunesmith-tests/no-such-model") is None
 

