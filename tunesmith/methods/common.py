@@ -224,27 +224,31 @@ class StopOnNonFinite(TrainerCallback):
 
 
 class InterruptRequest:
-    """Ctrl-C while training, as a context manager: the first Ctrl-C asks the loop to stop at the end of the step
-    and save a checkpoint there; a second one stops at once (KeyboardInterrupt), without saving."""
+    """Ctrl-C (or SIGTERM, as a scheduler or `kill` sends it) while training, as a context manager: the first one
+    asks the loop to stop at the end of the step and save a checkpoint there; a second one stops at once
+    (KeyboardInterrupt), without saving."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self):
         self.requested = False
-        self.previous = None
+        self.previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            self.previous = {signum: signal.signal(signum, self.handle) for signum in self.SIGNALS}
         return self
 
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping at the end of this step to save a checkpoint (Ctrl-C again: stop now, without saving)", file=sys.stderr)
+        name = self.SIGNALS[signum]
+        print(f"\n{name}: stopping at the end of this step to save a checkpoint ({name} again: stop now, without saving)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 class StopOnInterrupt(TrainerCallback):
