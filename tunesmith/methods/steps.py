@@ -16,8 +16,9 @@ from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, resolve_template
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, check_tracking, generation_eval_callbacks, trim_metrics
+from tunesmith.methods.common import MetricsLogger, ProgressBar, check_optimizer, generation_eval_callbacks, trim_metrics
 from tunesmith.runs import RunDir, environment, plot_loss
+from tunesmith.tracking import check_installed, data_params, open_tracker
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -37,12 +38,15 @@ class Started:
 
 
 def start(recipe: Recipe, resume: bool) -> Started:
-    """Checks, run directory, tokenizer and template, data: a data problem should not wait for the model to load."""
-    check_tracking(recipe)
+    """Checks, run directory, tracker, tokenizer and template, data: a problem should not wait for the model to load."""
+    check_installed(recipe.tracking)
     check_optimizer(recipe)
     run = open_run(recipe, resume)
+    run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     train_rows, eval_rows, data_report = preflight(recipe, run, tokenizer, template)
+    if run.tracker is not None and not resume:
+        run.tracker.log_params(data_params(data_report))
     return Started(run, source, tokenizer, template, train_rows, eval_rows, data_report)
 
 
@@ -55,10 +59,12 @@ def fit(trainer, run: RunDir, resume: bool):
 
 
 def finish(recipe: Recipe, s: Started, model, steps: int, seconds: float, parameters: tuple[int, int], extra=lambda records: []) -> RunDir:
-    """Save the final weights with the template, write report.md and loss.png. `extra(records)` gives the
-    report lines only this method measures, from metrics.jsonl."""
+    """Save the final weights with the template, write report.md and loss.png, hand them to the tracker.
+    `extra(records)` gives the report lines only this method measures, from metrics.jsonl."""
     final_dir = save_final(recipe, s.run, model, s.tokenizer, s.template, s.source)
     write_report(recipe, s.run, s.data_report, steps, seconds, parameters, final_dir, extra(s.run.metrics()))
+    if s.run.tracker is not None:
+        s.run.tracker.finish(final_dir)
     console.print(f"run written to {s.run.path} (final weights in {final_dir.name}/)")
     return s.run
 
