@@ -4,10 +4,11 @@
     tracking: {backend: wandb, project: support-bot, run_name: lora-r16}
     tracking: {backend: mlflow, uri: http://mlflow.internal:5000}
 
-Every tracker gets the same things: as params, the resolved recipe flattened to dotted keys as `tunesmith runs
-compare` reads it (peft.r, peft.target_modules, data.template, ...) and the data counts (data_report.train.kept, ...); as metrics, every
-line of metrics.jsonl at its step (RunDir.append_metrics hands each one over, whichever method wrote it); at the
-end, config.yaml, the data report, report.md, loss.png and the adapter/ folder. TensorBoard has no place for
+Every tracker gets the same things: as params, the resolved recipe flattened to dotted keys as `tunesmith
+runs compare` reads it (peft.r, peft.target_modules, data.template, ...) and the data counts
+(data_report.train.kept, ...); as metrics, every line of metrics.jsonl at its step (RunDir.append_metrics
+hands each one over, whichever method wrote it); at the end, config.yaml, the data report, report.md,
+loss.png and the adapter/ folder. TensorBoard has no place for
 files: it gets the texts and the plot. The tracker's run id is kept in RUN/tracking.json, so --resume continues
 the same tracker run.
 
@@ -31,6 +32,7 @@ from typing import Any
 from tunesmith.config import Recipe, TrackingConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.experiments import flatten
+from tunesmith.runs import RunDir
 
 # What a run directory holds that a tracker should keep, in this order; the final adapter/ comes after.
 RUN_FILES = ("config.yaml", "environment.json", "data_report.md", "data_report.json", "template.json", "report.md", "loss.png")
@@ -51,14 +53,13 @@ def check_installed(cfg: TrackingConfig) -> None:
         try:
             importlib.import_module(name)
         except Exception as err:  # ImportError, or a broken dependency failing at import (protobuf, ...)
-            problem = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
             raise TunesmithError(
-                f"tracking.backend: {cfg.backend} cannot be imported ({problem}): "
+                f"tracking.backend: {cfg.backend} cannot be imported ({err.__class__.__name__}: {first_line(err)}): "
                 f"pip install -c constraints.txt 'tunesmith[{cfg.backend}]'"
             ) from None
 
 
-def open_tracker(recipe: Recipe, run, resume: bool) -> Tracker | None:
+def open_tracker(recipe: Recipe, run: RunDir, resume: bool) -> Tracker | None:
     """Start (or, with --resume, continue) the tracker run and log the recipe; None without tracking.
     `check_installed` has run already."""
     cfg = recipe.tracking
@@ -72,8 +73,6 @@ def open_tracker(recipe: Recipe, run, resume: bool) -> Tracker | None:
         tracker = BACKENDS[cfg.backend](cfg, run.path, name, resume_id)
         if resume_id is None:  # a continued run keeps the settings it started with
             tracker.log_params(flatten(recipe.model_dump(mode="json")))
-    except TunesmithError:
-        raise
     except Exception as err:  # the backend's own errors: unreachable server, bad URI, no W&B login, ...
         where = f" at {cfg.uri}" if cfg.uri else ""
         raise TunesmithError(f"tracking: cannot start a {cfg.backend} run{where}: {err.__class__.__name__}: {first_line(err)}") from None
@@ -126,6 +125,21 @@ class Tracker:
         if not self.closed:
             self.closed = True
             self.end(ok)
+
+
+@contextmanager
+def fail_fast():
+    """MLflow retries an unreachable server for minutes (7 tries, 120 s timeout each): opening the store tries
+    once, within 10 s, so a wrong tracking.uri is an error at once. Later requests keep MLflow's patience
+    (a blip mid-run should not end it), and a user's own MLFLOW_HTTP_REQUEST_* settings win."""
+    chosen = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    added = [key for key in chosen if key not in os.environ]
+    os.environ.update({key: chosen[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            del os.environ[key]
 
 
 class MlflowTracker(Tracker):
@@ -185,21 +199,6 @@ class MlflowTracker(Tracker):
 
     def end(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
-
-
-@contextmanager
-def fail_fast():
-    """MLflow retries an unreachable server for minutes (7 tries, 120 s timeout each): opening the store tries
-    once, within 10 s, so a wrong tracking.uri is an error at once. Later requests keep MLflow's patience
-    (a blip mid-run should not end it), and a user's own MLFLOW_HTTP_REQUEST_* settings win."""
-    chosen = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    added = [key for key in chosen if key not in os.environ]
-    os.environ.update({key: chosen[key] for key in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            del os.environ[key]
 
 
 class WandbTracker(Tracker):
