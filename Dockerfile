@@ -23,6 +23,9 @@ RUN apt-get update \
 WORKDIR /opt/tunesmith
 COPY pyproject.toml constraints.txt README.md ./
 COPY tunesmith ./tunesmith
+# The package carries the shipped recipes and demo data (pyproject.toml maps them in): the build needs them.
+COPY recipes ./recipes
+COPY examples ./examples
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install -c constraints.txt ".[serve]"
 ENV PATH=/opt/venv/bin:$PATH

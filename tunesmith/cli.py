@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "quickstart", "LoRA-tune SmolLM2 on support tickets, before vs after", "tunesmith quickstart",
                 "Trains recipes/quickstart.yaml (SmolLM2-135M-Instruct, 320 tickets in English and Korean), then "
                 "prints held-out accuracy of the base model and of the tuned one.")
-    p.add_argument("--recipe", default="recipes/quickstart.yaml", help="the recipe to train")
+    p.add_argument("--recipe", default="recipes/quickstart.yaml", help="the recipe to train (here, or as shipped with tunesmith)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the recipe, e.g. train.epochs=1")
     p.set_defaults(func=cmd_quickstart)
 

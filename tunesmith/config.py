@@ -352,6 +352,30 @@ class GrpoConfig(_Section):
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward std of the group, the batch, or not at all.")
 
 
+class TrackingConfig(_Section):
+    """`tracking: mlflow` is short for `tracking: {backend: mlflow}`."""
+
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
+        "none", description="Experiment tracker that receives the run's settings, metrics, reports and adapter."
+    )
+    uri: str | None = Field(
+        None,
+        description="Where runs are stored: an MLflow tracking URI, a TensorBoard log folder or a W&B server URL. "
+        "Default: inside the run directory (mlflow/, tensorboard/, wandb/; W&B syncs to its own server unless WANDB_MODE=offline).",
+    )
+    project: str = Field("tunesmith", description="MLflow experiment or W&B project the run is logged under.")
+    run_name: str | None = Field(None, description="The run's name in the tracker. Default: the recipe's name.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):
+            return {"backend": value}
+        if not isinstance(value, (dict, TrackingConfig)):
+            raise ValueError(f"{value!r} is neither a tracker name (none, tensorboard, mlflow, wandb) nor a section with backend, uri, project, run_name")
+        return value
+
+
 METHOD_SECTIONS = {"dpo": DpoConfig, "kto": KtoConfig, "reward": RewardModelConfig, "ppo": PpoConfig, "grpo": GrpoConfig}
 
 # The data formats each method reads; `auto` detects among these.
@@ -381,7 +405,7 @@ class Recipe(_Section):
     ppo: PpoConfig | None = Field(None, description="Settings of method ppo.")
     grpo: GrpoConfig | None = Field(None, description="Settings of method grpo.")
     output_dir: str | None = Field(None, description="Run directory. Default: runs/<name>.")
-    tracking: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Experiment tracker to log to.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:

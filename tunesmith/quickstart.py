@@ -2,20 +2,28 @@
 exact-match accuracy of the base model and of the tuned one, with the same template and prompt.
 
     tunesmith quickstart            # recipes/quickstart.yaml; about 5-10 minutes on 2 CPU cores
+
+Each quickstart is a new run, runs/quickstart-<time>/, and runs/quickstart links to the newest one: running it
+again keeps the earlier results, and the follow-up commands (generate, eval, merge, serve runs/quickstart,
+served as model "quickstart") always reach the latest. The recipe and its data come from the folder it runs
+in, or from what tunesmith ships when they are not there (tunesmith.shipped).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.config import load_recipe
+from tunesmith.config import Recipe, check_paths, load_recipe
 from tunesmith.data.load import load_examples
 from tunesmith.eval.generate import generate, load_for_inference
 from tunesmith.eval.metrics import exact_match, normalize, per_class_accuracy
+from tunesmith.shipped import locate
 
 console = Console()
 
@@ -42,9 +50,36 @@ def score(name: str, target: str, prompts, references, template: str) -> dict:
     }
 
 
+def quickstart_recipe(recipe_path: str, overrides: list[str]) -> tuple[Recipe, Path | None]:
+    """The recipe with its files found (here, or shipped), named <name>-<time>; and the link to point at it
+    (runs/<name>), unless the overrides chose the run directory themselves."""
+    recipe = load_recipe(locate(recipe_path), overrides, check_files=False)
+    recipe.data.train = [locate(file) for file in recipe.data.train]
+    recipe.data.eval = [locate(file) for file in recipe.data.eval]
+    check_paths(recipe)
+    if recipe.output_dir is not None:
+        return recipe, None
+    link = recipe.run_dir
+    recipe.name = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return recipe, link
+
+
+def point_link(link: Path, run: Path) -> str:
+    """Point `link` at `run` (its sibling) in one step; a real folder of that name is left alone."""
+    if link.exists() and not link.is_symlink():
+        return f"{link} is a run folder of its own (tunesmith train), left as it is: this run is {run}"
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    try:
+        tmp.symlink_to(run.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError as err:  # a file system without symbolic links
+        tmp.unlink(missing_ok=True)
+        return f"could not link {link} to {run.name} ({err.strerror}): use {run}"
+    return f"{link} -> {run.name}: the commands in README use {link}"
+
+
 def run_quickstart(recipe_path: str, overrides: list[str]) -> dict:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    recipe = load_recipe(recipe_path, [f"name=quickstart-{stamp}", *overrides])
+    recipe, link = quickstart_recipe(recipe_path, overrides)
     prompts, references = heldout_set(recipe)
 
     console.rule("1/3 base model on held-out tickets")
@@ -55,6 +90,8 @@ def run_quickstart(recipe_path: str, overrides: list[str]) -> dict:
     from tunesmith.methods.sft import train
 
     run = train(recipe)
+    if link is not None:
+        console.print(point_link(link, run.path))
 
     console.rule("3/3 tuned model on held-out tickets")
     tuned = score("tuned", str(run.path), prompts, references, recipe.data.template)
@@ -76,5 +113,7 @@ def run_quickstart(recipe_path: str, overrides: list[str]) -> dict:
         console.print(f"[dim]miss[/dim] expected {expected!r}, got {got.strip()!r}: {ticket[:90]}")
     result = {"heldout": len(references), "base": base, "tuned": tuned}
     (run.path / "quickstart.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    shown = link if link is not None and link.resolve() == run.path.resolve() else run.path
     console.print(f"details: {run.path}/report.md, {run.path}/quickstart.json")
+    console.print(f'next: tunesmith generate {shown} "My parcel never arrived"   (README: Generating, Evaluating, Merge, serve)')
     return result

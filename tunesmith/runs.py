@@ -9,7 +9,8 @@
       checkpoints/         checkpoints, each written whole or not at all (resume with --resume; see tunesmith.checkpoints)
       adapter/ or model/   the final LoRA adapter (PEFT folder) or full model, with the tokenizer: only a finished run has one
       loss.png             training and eval loss
-      tensorboard/         event files, with tracking: tensorboard
+      mlflow/, wandb/ or tensorboard/   the tracker's store, with tracking: (see tunesmith.tracking)
+      tracking.json        which tracker run this is, so --resume continues it
       report.md            a short summary
 """
 
@@ -20,16 +21,21 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tunesmith import checkpoints
 from tunesmith.config import Recipe
 
+if TYPE_CHECKING:
+    from tunesmith.tracking import Tracker
+
 
 @dataclass
 class RunDir:
     path: Path
+    tracker: Tracker | None = None  # while a run trains: receives every metrics.jsonl line too
 
     @property
     def checkpoints(self) -> Path:
@@ -75,6 +81,8 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log_metrics(record)
 
     def write_config(self, recipe: Recipe) -> None:
         text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -34,7 +34,11 @@ def find_runs(folder: str | Path) -> list[Path]:
         return [folder]
     if not folder.is_dir():
         raise TunesmithError(f"{folder}: no such folder")
-    return sorted((p for p in folder.iterdir() if is_run_dir(p)), key=lambda p: (p / "config.yaml").stat().st_mtime)  # oldest run first
+    runs = [p for p in folder.iterdir() if is_run_dir(p)]
+    # runs/quickstart links to the newest quickstart-<time> beside it: that run is listed once, under its own name.
+    real = {p.resolve() for p in runs if not p.is_symlink()}
+    runs = [p for p in runs if not (p.is_symlink() and p.resolve() in real)]
+    return sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime)  # oldest run first
 
 
 def flatten(node, prefix: str = "") -> dict:

