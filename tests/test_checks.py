@@ -48,9 +48,9 @@ def test_a_missing_path_says_no_such_file_and_lists_the_runs_beside_it(tmp_path)
     fake_run(tmp_path / "runs" / "quickstart-0412-1530")
     with pytest.raises(TunesmithError) as info:
         check_model(str(tmp_path / "runs" / "quickstart"))
-    assert str(info.value) == (f"{tmp_path}/runs/quickstart: no such file or folder "
+    assert str(info.value) == (f"{tmp_path}/runs/quickstart: no such run folder or model folder "
                                f"(runs in {tmp_path}/runs/: quickstart-0412-1530)")
-    with pytest.raises(TunesmithError, match=r"^--compare \./nope\.gguf: no such file or folder$"):
+    with pytest.raises(TunesmithError, match=r"^--compare \./nope\.gguf: no such file$"):
         check_model("./nope.gguf", "--compare")
 
 
@@ -113,7 +113,7 @@ def test_fetching_stops_at_an_offline_hub_id_before_any_model_loads(stories_path
 def test_eval_select_checks_every_model_before_evaluating_the_first(stories_path, tickets_file, tmp_path, capsys, no_model_loads):
     models = f"{stories_path},{tmp_path / 'runs' / 'missing'}"
     assert main(["eval", "select", "--models", models, "--data", str(tickets_file), "--out", str(tmp_path / "sel")]) == 2
-    assert capsys.readouterr().err == f"error: --models {tmp_path}/runs/missing: no such file or folder\n"
+    assert capsys.readouterr().err == f"error: --models {tmp_path}/runs/missing: no such run folder or model folder\n"
     assert not (tmp_path / "sel").exists()
 
 
@@ -128,7 +128,7 @@ def test_eval_and_select_check_their_output_folder_before_loading(stories_path, 
 def test_eval_checks_every_compared_model_before_the_target(stories_path, tickets_file, tmp_path, capsys, no_model_loads):
     args = ["eval", str(stories_path), "--data", str(tickets_file), "--compare", str(tmp_path / "other.gguf")]
     assert main(args) == 2
-    assert capsys.readouterr().err == f"error: --compare {tmp_path}/other.gguf: no such file or folder\n"
+    assert capsys.readouterr().err == f"error: --compare {tmp_path}/other.gguf: no such file\n"
     assert main(["eval", str(stories_path), "--data", str(tickets_file), "--compare", "base"]) == 2
     assert "--compare base: " in capsys.readouterr().err
 
@@ -143,7 +143,7 @@ def test_a_missing_model_is_named_as_a_path_not_a_hub_error(command, tmp_path, c
     missing = tmp_path / "runs" / "quickstart"
     assert main([arg.format(missing=missing, tmp=tmp_path) for arg in command]) == 2
     err = capsys.readouterr().err
-    assert f"{missing}: no such file or folder" in err and "hub" not in err
+    assert f"{missing}: no such run folder or model folder" in err and "hub" not in err
 
 
 def test_generate_checks_its_files_before_loading(stories_path, tmp_path, capsys, no_model_loads):

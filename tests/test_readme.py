@@ -214,7 +214,7 @@ def test_a_missing_run_folder_is_named_as_such(tmp_path, monkeypatch, capsys, ta
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     assert main(["generate", target, "hello"]) == 2
-    assert capsys.readouterr().err == f"error: model.path: {target}: no such run folder or model folder\n"
+    assert capsys.readouterr().err == f"error: {target}: no such run folder or model folder\n"
 
 
 def test_without_a_runs_folder_the_error_says_both_readings(tmp_path, monkeypatch, capsys):

@@ -40,7 +40,8 @@ def check_model(spec: str, flag: str = "") -> Recipe | None:
             raise TunesmithError(f"{where}: a file, not {WHAT}")
         return None
     if looks_local(spec):
-        raise TunesmithError(f"{where}: no such file or folder{runs_nearby(path)}")
+        missing = "no such file" if path.suffix == ".gguf" else "no such run folder or model folder"
+        raise TunesmithError(f"{where}: {missing}{runs_nearby(path)}")
     if not HUB_ID.fullmatch(spec):
         raise TunesmithError(f"{where}: no such file or folder, and not a hub id (org/name: letters, digits, '-', '_', '.')")
     return None
