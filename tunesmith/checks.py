@@ -10,16 +10,14 @@ evaluating the first, so that the last one being wrong does not cost the time sp
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
 
-from tunesmith.config import ConfigError, ModelConfig, Recipe, looks_local, validate
+from tunesmith.config import HUB_ID_RULES, ConfigError, ModelConfig, Recipe, is_hub_id, looks_local, validate
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import is_run_dir
 
-HUB_ID = re.compile(r"([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 WHAT = "a run directory, a model folder, a .gguf file or a hub id (org/name)"
 
 
@@ -42,8 +40,8 @@ def check_model(spec: str, flag: str = "") -> Recipe | None:
     if looks_local(spec):
         missing = "no such file" if path.suffix == ".gguf" else "no such run folder or model folder"
         raise TunesmithError(f"{where}: {missing}{runs_nearby(path)}")
-    if not HUB_ID.fullmatch(spec):
-        raise TunesmithError(f"{where}: no such file or folder, and not a hub id (org/name: letters, digits, '-', '_', '.')")
+    if not is_hub_id(spec):
+        raise TunesmithError(f"{where}: no such file or folder, and not a hub id ({HUB_ID_RULES})")
     return None
 
 

@@ -767,16 +767,26 @@ def check_paths(recipe: Recipe) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def _model_path_problems(cfg: ModelConfig) -> list[str]:
+HUB_ID_RULES = "org/name: letters, digits, '-', '_', '.'"
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a valid hub repo id, by huggingface_hub's own rules."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _model_path_problems(cfg: ModelConfig) -> list[str]:
     path = Path(cfg.path).expanduser()
     if not looks_local(cfg.path):
-        try:
-            validate_repo_id(cfg.path)
-        except HFValidationError:
-            return [f"model.path: {cfg.path!r} is neither a local path nor a hub id (org/name: letters, digits, '-', '_', '.')"]
+        if not is_hub_id(cfg.path):
+            return [f"model.path: {cfg.path!r} is neither a local path nor a hub id ({HUB_ID_RULES})"]
         return []
     if not path.exists():
         return [f"model.path: {cfg.path!r} does not exist (a local folder, a .gguf file, or a hub id like org/name)"]
