@@ -105,4 +105,4 @@ def test_errors_shown_to_clients_carry_no_local_paths(story_runs, stories_path):
     adapter = Path(story_runs[1]).resolve() / "adapter" / "adapter_model.safetensors"
     error = {"error": {"message": f"cannot read {adapter} or {stories_path}/config.json in {Path.home()}/x", "type": "server_error", "param": None, "code": None}}
     shown = catalog.public(error)["error"]["message"]
-    assert shown == f"cannot read <second>/adapter/adapter_model.safetensors or <stories260K>/config.json in ~/x"
+    assert shown == "cannot read <second>/adapter/adapter_model.safetensors or <stories260K>/config.json in ~/x"
