@@ -306,6 +306,7 @@ def command(sub, name: str, summary: str, example: str, details: str = "", **kwa
 
 def build_parser() -> argparse.ArgumentParser:
     from tunesmith.eval.metrics import EVAL_METRICS
+    from tunesmith.experiments import commands as experiments
 
     parser = argparse.ArgumentParser(
         prog="tunesmith", description="Fine-tune, check and serve open LLMs.", formatter_class=HelpFormatter,
@@ -500,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system message for answering (default for a run: its data.system_prompt)")
     p.add_argument("--template", default="model", help=TEMPLATE_HELP)
     p.set_defaults(func=cmd_constitution)
+
+    experiments.add_parser(sub)
     return parser
 
 

@@ -6,6 +6,7 @@
       data_report.json/.md counts, drops, truncation, lengths, EOS share, template check, first example
       template.json        the chat template object that training used (drives eval and serving too)
       metrics.jsonl        one line per log/eval event: step, loss, lr, grad_norm, tokens_per_s, eval_loss
+      progress.json        while it trains: the step, of how many, the latest loss (what `queue ls` shows)
       checkpoints/         checkpoints, each written whole or not at all (resume with --resume; see tunesmith.checkpoints)
       adapter/ or model/   the final LoRA adapter (PEFT folder) or full model, with the tokenizer: only a finished run has one
       loss.png             training and eval loss
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -83,6 +85,23 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
         if self.tracker is not None:
             self.tracker.log_metrics(record)
+
+    @property
+    def progress_file(self) -> Path:
+        return self.path / "progress.json"
+
+    def write_progress(self, record: dict) -> None:
+        """progress.json, replaced whole: a reader never sees half of it."""
+        partial = self.progress_file.with_name("progress.json.tmp")
+        partial.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(partial, self.progress_file)
+
+    def progress(self) -> dict | None:
+        """The step it is at, `max_steps`, the latest `loss`, and `start_step`/`started_at` of this session of training."""
+        try:
+            return json.loads(self.progress_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def write_config(self, recipe: Recipe) -> None:
         text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -67,6 +67,8 @@ def test_ppo_updates_adapters_and_value_head_against_the_reward_model(stories_pa
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert "reward (eval, greedy replies): first" in (run.path / "report.md").read_text()
+    progress = run.progress()  # what `tunesmith queue ls` reads
+    assert (progress["step"], progress["max_steps"], progress["start_step"], progress["loss"]) == (4, 4, 0, records[-1]["loss"])
 
 
 class Crash:

@@ -120,6 +120,9 @@ def test_run_directory_is_complete_and_readable(tiny_llama, capitals_file, tmp_p
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= train_record.keys()
     assert any("eval_loss" in r for r in records)
     assert (run.checkpoints / "checkpoint-8").is_dir()
+    progress = run.progress()  # what `tunesmith queue ls` reads
+    assert (progress["step"], progress["max_steps"], progress["start_step"]) == (8, 8, 0)
+    assert progress["loss"] == [r["loss"] for r in records if "loss" in r][-1] and progress["updated_at"] >= progress["started_at"]
     report = json.loads((run.path / "data_report.json").read_text())
     assert report["train"]["kept"] == 12 and report["eval"]["kept"] == 4
     env = json.loads((run.path / "environment.json").read_text())

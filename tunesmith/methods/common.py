@@ -119,6 +119,29 @@ class MetricsLogger(TrainerCallback):
         self.run.append_metrics(record)
 
 
+class WriteProgress(TrainerCallback):
+    """progress.json at every step: the step, of how many, the latest loss, and the step and time this session of
+    training began at, from which `tunesmith queue ls` works out an ETA."""
+
+    def __init__(self, run: RunDir):
+        self.run, self.record = run, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.record = {"step": state.global_step, "max_steps": state.max_steps, "start_step": state.global_step, "started_at": time.time()}
+            self.run.write_progress(self.record)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.record:
+            self.record.update(step=state.global_step, updated_at=time.time())
+            self.run.write_progress(self.record)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.record and "loss" in (logs or {}):  # logged after the step ended
+            self.record["loss"] = logs["loss"]
+            self.run.write_progress(self.record)
+
+
 def restore_metrics(run: RunDir, checkpoint: Path) -> None:
     """On resume, metrics.jsonl as it was when `checkpoint` was saved: what the interrupted run logged after it
     (later steps, its end-of-training summary) is forgotten."""

@@ -98,6 +98,7 @@ class Loop:
             self.load_checkpoint(resume_from)
         bar = tqdm(total=self.total, initial=self.step, desc="ppo", unit="step", dynamic_ncols=True)
         started, tokens, done = time.perf_counter(), 0, self.step
+        progress = {"step": self.step, "max_steps": self.total, "start_step": self.step, "started_at": time.time()}
         try:
             with InterruptRequest() as request:
                 while self.step < self.total and not request.requested:
@@ -116,6 +117,7 @@ class Loop:
                         self.save_checkpoint()
                     done = self.step
                     bar.update(1)
+                    self.run_dir.write_progress(progress | {"step": self.step, "updated_at": time.time(), "loss": stats["loss"]})
                     bar.set_postfix_str(f"reward {stats['reward']:.3f} | kl {stats['kl']:.3f} | {record['tokens_per_s']:,.0f} tok/s", refresh=False)
                     for callback in self.callbacks:
                         callback(self, record)

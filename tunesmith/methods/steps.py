@@ -26,6 +26,7 @@ from tunesmith.methods.common import (
     ProgressBar,
     StopOnInterrupt,
     StopOnNonFinite,
+    WriteProgress,
     check_finite_weights,
     check_optimizer,
     generation_eval_callbacks,
@@ -128,7 +129,8 @@ def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
     from transformers import EarlyStoppingCallback
 
     stopping = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
-    return [MetricsLogger(run), ProgressBar(), StopOnNonFinite(recipe, run), *generation_eval_callbacks(recipe, run), *stopping, *(callbacks or [])]
+    return [MetricsLogger(run), ProgressBar(), WriteProgress(run), StopOnNonFinite(recipe, run), *generation_eval_callbacks(recipe, run),
+            *stopping, *(callbacks or [])]
 
 
 def reference_mode(recipe: Recipe) -> str:
