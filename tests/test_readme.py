@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tunesmith.cli import main
 from tunesmith.quickstart import point_link
@@ -70,6 +71,15 @@ def example_data(target: Path, rows: int = 8) -> None:
         copy.parent.mkdir(parents=True, exist_ok=True)
         lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
         copy.write_text("".join(lines[: 2 * rows if file.stem == "train" else rows]) if file.suffix == ".jsonl" else "".join(lines), encoding="utf-8")
+
+
+def tiny_sweep(path: Path, folder: Path, overrides: list[str]) -> str:
+    """A copy of a shipped sweep with two trials and `overrides` last (they win over the sweep's own)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["overrides"], raw["n_trials"] = [*raw.get("overrides", []), *overrides], 2
+    copy = folder / f"tiny-{path.name}"
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return str(copy)
 
 
 def free_port() -> int:
@@ -134,6 +144,7 @@ def test_readme_commands_work_in_order_after_the_quickstart(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # queued jobs run in processes of their own
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    (tmp_path / "sweeps").symlink_to(ROOT / "sweeps")
     example_data(tmp_path / "examples")
     port = free_port()
     walked, skipped, server = [], [], None
@@ -166,6 +177,8 @@ def test_readme_commands_work_in_order_after_the_quickstart(tmp_path, monkeypatc
                     args = [m for w in args for m in (sorted(glob.glob(w)) if "*" in w else [w])]
                 if args[:2] == ["queue", "add"] and args[2].startswith("recipes/"):  # a shipped recipe, queued: on the tiny model
                     args += tiny
+                if args[0] == "sweep":  # two trials of four steps, on the tiny model
+                    args[1] = tiny_sweep(Path(args[1]), tmp_path, [*tiny, "train.max_steps=4", "train.eval_steps=2", "train.save_steps=2"])
                 grouped = {"eval": ("select", "import-sheet"), "runs": ("list", "compare"), "queue": ("add", "work", "ls", "logs")}
                 verb = " ".join(args[:2]) if args[1:2] and args[1] in grouped.get(args[0], ()) else args[0]
                 if verb == "serve":  # README serves twice (plain, then with a key): one server at a time
@@ -193,7 +206,7 @@ def test_readme_commands_work_in_order_after_the_quickstart(tmp_path, monkeypatc
 
     assert os.readlink("runs/quickstart").startswith("quickstart-")
     expected = {"quickstart", "train", "generate", "eval", "eval import-sheet", "eval select", "runs list", "runs compare",
-                "constitution", "merge", "push", "serve", "curl", "openai client", "chat", "queue add", "queue work", "queue ls", "queue logs"}
+                "constitution", "merge", "push", "serve", "curl", "openai client", "chat", "queue add", "queue work", "queue ls", "queue logs", "sweep"}
     assert expected <= set(walked), f"README lost commands the walk expects: {sorted(expected - set(walked))}"
     reasons = {reason.split(",")[0] for _, reason in skipped}
     assert reasons <= {"the test suite and installer themselves", "not a tunesmith command", "trains a shipped recipe on SmolLM2 (minutes)",

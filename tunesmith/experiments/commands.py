@@ -79,6 +79,22 @@ def add_parser(sub) -> None:
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(func=cmd_work)
 
+    p = command(sub, "sweep", "hyperparameter search with Optuna, trials queued",
+                "tunesmith sweep sweeps/quickstart.yaml\ntunesmith sweep sweeps/quickstart.yaml --devices 0,1,2,3\n"
+                "tunesmith sweep sweeps/quickstart.yaml --report",
+                "SWEEP.yaml names a base recipe, a search space over its keys, an objective (eval_loss, eval_exact_match, ...), "
+                "n_trials, a sampler and a pruner. Trials run as queue jobs, by a worker this command runs (or by "
+                "`tunesmith queue work` with --no-work); run it again after a crash to continue. Writes runs/NAME/trials.csv, "
+                "trials.md, best.yaml and report.html.")
+    p.add_argument("sweep", help="the sweep file (SWEEP.yaml)")
+    p.add_argument("--workers", type=int, help="trials at once (default: one per device, 1 on cpu)")
+    p.add_argument("--devices", help="CUDA device ids, e.g. 0,1,2,3, or cpu (default: the visible GPUs, else cpu)")
+    p.add_argument("--no-work", action="store_true", help="only queue the trials and tell the study their results; queue work runs them")
+    p.add_argument("--report", action="store_true", help="write the results of the trials so far; start none")
+    p.add_argument("--stale-after", type=float, default=120.0, help="seconds without a heartbeat after which a trial's worker counts as dead")
+    p.add_argument("--queue", help=QUEUE_HELP)
+    p.set_defaults(func=cmd_sweep)
+
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The options of `queue add`: before the command, or, for a recipe, after it too."""
@@ -259,6 +275,16 @@ def cmd_work(args) -> None:
     if workers < 1:
         raise TunesmithError(f"queue work --workers: {workers}: at least 1")
     Worker(open_queue(args, create=True), workers, devices, exit_when_empty=args.exit_when_empty, stale_after=args.stale_after).run()
+
+
+def cmd_sweep(args) -> None:
+    from tunesmith.experiments.sweep import run_sweep
+
+    devices = None if args.no_work or args.report else parse_devices(args.devices)
+    workers = args.workers or (len(devices) if devices else 1)
+    if workers < 1:
+        raise TunesmithError(f"sweep --workers: {workers}: at least 1")
+    run_sweep(args.sweep, workers, devices, work=not args.no_work, report_only=args.report, queue_folder=args.queue, stale_after=args.stale_after)
 
 
 def parse_devices(value: str | None) -> list[str] | None:

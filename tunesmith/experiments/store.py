@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat REAL,
     exit_code INTEGER,
     error TEXT,
-    note TEXT                              -- why it was re-queued, cancelled or skipped
+    note TEXT,                             -- why it was re-queued, cancelled or skipped
+    env TEXT NOT NULL DEFAULT '{}',        -- JSON: variables added to the job's environment (a sweep trial's identity)
+    sweep TEXT                             -- the sweep it is a trial of
 );
 """
 
@@ -87,11 +89,13 @@ class Job:
     exit_code: int | None
     error: str | None
     note: str | None
+    env: dict[str, str]
+    sweep: str | None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = dict(row)
-        values["argv"], values["after"] = json.loads(values["argv"]), json.loads(values["after"])
+        values["argv"], values["after"], values["env"] = json.loads(values["argv"]), json.loads(values["after"]), json.loads(values["env"])
         values["resume"], values["cancel_requested"] = bool(values["resume"]), bool(values["cancel_requested"])
         return cls(**values)
 
@@ -122,6 +126,8 @@ class NewJob:
     on_done: str | None = None
     webhook: str | None = None
     resume: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    sweep: str | None = None
 
 
 def this_host() -> str:
@@ -188,7 +194,7 @@ class JobQueue:
                         f"job {clash['id']} ({clash['name']}) already trains into {new.run_dir}: give this one --name NAME (or name=... / output_dir=...)"
                     )
             values = {f.name: getattr(new, f.name) for f in fields(NewJob)}
-            values["argv"], values["after"] = json.dumps(new.argv), json.dumps(new.after)
+            values["argv"], values["after"], values["env"] = json.dumps(new.argv), json.dumps(new.after), json.dumps(new.env)
             values["created"] = time.time()
             columns = ", ".join(values)
             cursor = db.execute(f"INSERT INTO jobs ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
@@ -206,10 +212,11 @@ class JobQueue:
         marks = ", ".join("?" * len(states))
         return [Job.from_row(r) for r in self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)]
 
-    def claim(self, worker: str, devices: list[str] | None) -> Job | None:
+    def claim(self, worker: str, devices: list[str] | None, sweep: str | None = None) -> Job | None:
         """Take the next job this worker can run, atomically: the highest priority, then the oldest, whose --after
         jobs are done and whose device count fits in those of `devices` that no job on this host holds (None: a CPU
-        worker, any job fits). Jobs whose --after job failed or was cancelled are cancelled first, with the reason."""
+        worker, any job fits); with `sweep`, only that sweep's trials. Jobs whose --after job failed or was
+        cancelled are cancelled first, with the reason."""
         with self.transaction() as db:
             skip_orphans(db)
             busy = self.busy_devices(worker.rsplit(":", 1)[0])
@@ -219,7 +226,7 @@ class JobQueue:
                 job = Job.from_row(row)
                 if any(states.get(j) != "done" for j in job.after):
                     continue
-                if free_devices is not None and job.gpus > len(free_devices):
+                if (free_devices is not None and job.gpus > len(free_devices)) or (sweep is not None and job.sweep != sweep):
                     continue
                 devices = "cpu" if free_devices is None else ",".join(free_devices[: job.gpus])
                 now = time.time()
@@ -236,12 +243,13 @@ class JobQueue:
         rows = self.db.execute("SELECT worker, devices FROM jobs WHERE state = 'running' AND devices != 'cpu'").fetchall()
         return {d for worker, devices in rows if worker and worker.rsplit(":", 1)[0] == host for d in (devices or "").split(",") if d}
 
-    def runnable_later(self, devices: list[str] | None) -> list[Job]:
+    def runnable_later(self, devices: list[str] | None, sweep: str | None = None) -> list[Job]:
         """Queued jobs a worker with `devices` (None: CPU) could still run: none of their --after jobs failed or
-        was cancelled, and they ask for no more devices than it has."""
+        was cancelled, they ask for no more devices than it has, and (with `sweep`) they are that sweep's."""
         states = dict(self.db.execute("SELECT id, state FROM jobs").fetchall())
         return [j for j in self.jobs(("queued",))
-                if all(states.get(a) in ("queued", "running", "done") for a in j.after) and (devices is None or j.gpus <= len(devices))]
+                if all(states.get(a) in ("queued", "running", "done") for a in j.after) and (devices is None or j.gpus <= len(devices))
+                and (sweep is None or j.sweep == sweep)]
 
     def set_argv(self, job_id: int, argv: list[str]) -> Job:
         with self.transaction() as db:

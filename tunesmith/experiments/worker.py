@@ -62,8 +62,9 @@ class Running:
 
 class Worker:
     def __init__(self, queue: JobQueue, slots: int, devices: list[str] | None, exit_when_empty: bool = False,
-                 stale_after: float = 120.0, heartbeat: float = 5.0, poll: float = 1.0):
-        self.queue, self.slots, self.devices = queue, slots, devices
+                 stale_after: float = 120.0, heartbeat: float = 5.0, poll: float = 1.0, sweep: str | None = None):
+        """`sweep`: take only that sweep's trials (the worker `tunesmith sweep` runs)."""
+        self.queue, self.slots, self.devices, self.sweep = queue, slots, devices, sweep
         self.exit_when_empty, self.stale_after, self.heartbeat, self.poll = exit_when_empty, stale_after, heartbeat, poll
         self.id = f"{this_host()}:{os.getpid()}"
         self.running: dict[int, Running] = {}
@@ -72,23 +73,17 @@ class Worker:
         self.notifier = Notifier(queue)
         self.last_beat = 0.0
 
-    def run(self) -> None:
+    def run(self, between=None) -> None:
+        """Until stopped (or, with exit_when_empty, until no job is left); `between()` is called at every turn of
+        the loop and returns whether more jobs may come (a sweep adds its next trials there)."""
         where = "cpu" if self.devices is None else f"devices {','.join(self.devices)}"
         say(f"worker {self.id}: {self.slots} job{'s' * (self.slots > 1)} at a time on {where}, queue {self.queue.folder}")
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while True:
-                for job in self.queue.recover(self.stale_after, alive):
-                    say(f"job {job.id} {job.name}: {job.note}" if job.state == "queued" else f"job {job.id} {job.name}: {job.state} ({job.note})")
-                if not self.stops:
-                    self.start_jobs()
-                self.forward_stops()
-                self.pass_on_cancels()
-                self.reap()
-                if time.monotonic() - self.last_beat >= self.heartbeat:
-                    self.queue.beat(self.id)
-                    self.last_beat = time.monotonic()
-                if not self.running and (self.stops or (self.exit_when_empty and self.nothing_left())):
+                self.tick()
+                more = between() if between is not None and not self.stops else False
+                if not self.running and (self.stops or (self.exit_when_empty and not more and self.nothing_left())):
                     break
                 time.sleep(self.poll)
         finally:
@@ -97,6 +92,19 @@ class Worker:
             self.notifier.wait()
         if self.stops:
             say(f"worker {self.id} stopped; jobs it stopped continue from their checkpoint when a worker takes them again")
+
+    def tick(self) -> None:
+        """One turn: recover jobs of dead workers, start jobs, pass on signals and cancels, reap, beat."""
+        for job in self.queue.recover(self.stale_after, alive):
+            say(f"job {job.id} {job.name}: {job.note}" if job.state == "queued" else f"job {job.id} {job.name}: {job.state} ({job.note})")
+        if not self.stops:
+            self.start_jobs()
+        self.forward_stops()
+        self.pass_on_cancels()
+        self.reap()
+        if time.monotonic() - self.last_beat >= self.heartbeat:
+            self.queue.beat(self.id)
+            self.last_beat = time.monotonic()
 
     def stop(self, signum, frame) -> None:
         self.stops += 1
@@ -113,17 +121,18 @@ class Worker:
                 r.signals += 1
 
     def nothing_left(self) -> bool:
-        waiting = self.queue.runnable_later(self.devices)
+        waiting = self.queue.runnable_later(self.devices, self.sweep)
         if waiting:
             return False
-        too_big = [j for j in self.queue.jobs(("queued",)) if self.devices is not None and j.gpus > len(self.devices)]
+        too_big = [j for j in self.queue.jobs(("queued",)) if self.devices is not None and j.gpus > len(self.devices)
+                   and (self.sweep is None or j.sweep == self.sweep)]
         for job in too_big:
             say(f"job {job.id} {job.name}: asks for {job.gpus} devices, this worker has {len(self.devices)}: left queued")
         return True
 
     def start_jobs(self) -> None:
         while len(self.running) < self.slots:
-            job = self.queue.claim(self.id, self.devices)
+            job = self.queue.claim(self.id, self.devices, self.sweep)
             if job is None:
                 return
             self.start(job)
@@ -154,7 +163,7 @@ class Worker:
         say(f"job {job.id} {job.name}: started on {job.devices}{resumed}, attempt {job.attempts}, log {log_file}")
 
     def environment(self, job: Job) -> dict[str, str]:
-        env = os.environ | {
+        env = os.environ | job.env | {
             "CUDA_VISIBLE_DEVICES": "" if job.devices == "cpu" else job.devices,
             "TUNESMITH_JOB_ID": str(job.id),
             "TUNESMITH_QUEUE": str(self.queue.folder.resolve()),

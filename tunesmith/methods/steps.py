@@ -20,6 +20,7 @@ from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
 from tunesmith.errors import ConfigError, Interrupted, RunFinished, TunesmithError
 from tunesmith.eval.experiments import flatten
+from tunesmith.experiments.pruning import trial_callbacks
 from tunesmith.methods.common import (
     InterruptRequest,
     MetricsLogger,
@@ -125,12 +126,13 @@ def describe(run: RunDir, model, recipe: Recipe, source, what: str) -> None:
 
 def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
     """metrics.jsonl, the progress bar, generation metrics and early stopping when asked, then the caller's own.
-    Generation metrics join the eval metrics before early stopping and best-checkpoint selection read them."""
+    Generation metrics join the eval metrics before a sweep trial reports them (tunesmith.experiments.pruning) and
+    before early stopping and best-checkpoint selection read them."""
     from transformers import EarlyStoppingCallback
 
     stopping = [EarlyStoppingCallback(recipe.train.early_stopping_patience)] if recipe.train.early_stopping_patience else []
     return [MetricsLogger(run), ProgressBar(), WriteProgress(run), StopOnNonFinite(recipe, run), *generation_eval_callbacks(recipe, run),
-            *stopping, *(callbacks or [])]
+            *trial_callbacks(run), *stopping, *(callbacks or [])]
 
 
 def reference_mode(recipe: Recipe) -> str:
