@@ -1,5 +1,5 @@
 # make install     create .venv and install tunesmith with the pinned versions (constraints.txt), with every
-#                  extra the tests use: serve, mlflow, wandb, tensorboard, sweep
+#                  extra the tests use: serve, mlflow, wandb, tensorboard, sweep, ray
 # make quickstart  install, then LoRA-tune SmolLM2-135M-Instruct on support tickets (about 8 min on 2 CPU cores)
 # make test        install, then the whole test suite, slow end-to-end tests included (what CI runs)
 # make test-fast   the suite without the slow tests

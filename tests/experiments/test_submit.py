@@ -103,3 +103,35 @@ def test_ls_shows_progress_loss_elapsed_and_eta_from_the_run(project, stories_pa
 def test_queue_commands_without_a_queue_say_so(project, capsys):
     assert main(["queue", "ls"]) == 2
     assert "error: no queue at runs/queue (no queue.db): add a job first with tunesmith queue add" in capsys.readouterr().err
+
+
+def test_ls_watch_redraws_until_ctrl_c(project, stories_path, capsys, monkeypatch):
+    from tunesmith.experiments import commands
+
+    queue_add(str(write_recipe(project, stories_path)), "--name", "a")
+    naps = []
+
+    def nap(seconds):
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+        JobQueue().claim("host:1", None)  # what the table shows changes between two drawings
+
+    monkeypatch.setattr(commands.time, "sleep", nap)
+    capsys.readouterr()
+    assert main(["queue", "ls", "--watch"]) == 0  # Ctrl-C ends a watch: no error, no traceback
+    out = capsys.readouterr().out
+    assert naps == [2.0, 2.0] and "running" in out.splitlines()[-1]
+
+
+def test_rm_finished_keeps_what_a_queued_job_waits_for(project, capsys):
+    for name in ("first", "second"):
+        queue_add("--name", name, "runs", "list", ".")
+    queue_add("--after", "1", "--name", "third", "runs", "list", ".")
+    queue = JobQueue()
+    for _ in range(2):
+        queue.finish(queue.claim("host:1", None).id, "done", exit_code=0)
+    capsys.readouterr()
+    assert main(["queue", "rm", "--finished"]) == 0
+    assert capsys.readouterr().out == "job 1 first kept: job 3 waits for it (--after)\njob 2 second removed\n"
+    assert [j.id for j in queue.jobs()] == [1, 3]

@@ -93,3 +93,12 @@ def test_two_workers_on_one_queue_run_every_job_once(project):
     assert all(j.attempts == 1 and len(attempts_in_log(queue, j.id)) == 1 for j in queue.jobs())
     started = [line for out in outputs for line in out.splitlines() if ": started on cpu" in line]
     assert sorted(line.split()[1] for line in started) == [str(i) for i in range(1, 9)]
+
+
+def test_worker_options_that_do_not_go_together_are_refused(project, capsys):
+    assert main(["queue", "work", "--backend", "ray", "--devices", "0,1"]) == 2
+    assert "--devices with --backend ray: Ray gives each job its GPUs" in capsys.readouterr().err
+    assert main(["queue", "work", "--ray-address", "auto"]) == 2
+    assert "--ray-address goes with --backend ray" in capsys.readouterr().err
+    assert main(["queue", "work", "--devices", "0,x"]) == 2
+    assert "--devices: '0,x': give CUDA device ids (0,1,2,3) or cpu" in capsys.readouterr().err

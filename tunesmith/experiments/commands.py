@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    help="a recipe and its overrides, or a tunesmith command with its arguments")
     p.set_defaults(func=cmd_add)
 
-    p = command(queue, "ls", "jobs with their state, progress, loss, elapsed time and ETA", "tunesmith queue ls")
+    p = command(queue, "ls", "jobs with their state, progress, loss, elapsed time and ETA", "tunesmith queue ls\ntunesmith queue ls --watch")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS", help="redraw every SECONDS (2 when not given) until Ctrl-C")
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(func=cmd_ls)
 
@@ -71,8 +72,7 @@ def add_parser(sub) -> None:
                 "Each job gets its own CUDA_VISIBLE_DEVICES (--gpus N on queue add asks for more than one) and writes its "
                 "output to runs/queue/jobs/ID/log.txt. Ctrl-C or SIGTERM: running train jobs save a checkpoint and stop, and "
                 "continue from it under the next worker. Several workers may share a queue; each job runs once.")
-    p.add_argument("--workers", type=int, help="jobs at once (default: one per device, 1 on cpu)")
-    p.add_argument("--devices", help="CUDA device ids, e.g. 0,1,2,3, or cpu (default: the visible GPUs, else cpu)")
+    add_worker_options(p, "jobs")
     p.add_argument("--exit-when-empty", action="store_true", help="exit once no job is left to run (default: wait for new ones)")
     p.add_argument("--stale-after", type=float, default=120.0,
                    help="seconds without a heartbeat after which a running job's worker counts as dead (a dead worker on this machine is seen at once)")
@@ -87,13 +87,20 @@ def add_parser(sub) -> None:
                 "`tunesmith queue work` with --no-work); run it again after a crash to continue. Writes runs/NAME/trials.csv, "
                 "trials.md, best.yaml and report.html.")
     p.add_argument("sweep", help="the sweep file (SWEEP.yaml)")
-    p.add_argument("--workers", type=int, help="trials at once (default: one per device, 1 on cpu)")
-    p.add_argument("--devices", help="CUDA device ids, e.g. 0,1,2,3, or cpu (default: the visible GPUs, else cpu)")
+    add_worker_options(p, "trials")
     p.add_argument("--no-work", action="store_true", help="only queue the trials and tell the study their results; queue work runs them")
     p.add_argument("--report", action="store_true", help="write the results of the trials so far; start none")
     p.add_argument("--stale-after", type=float, default=120.0, help="seconds without a heartbeat after which a trial's worker counts as dead")
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(func=cmd_sweep)
+
+
+def add_worker_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, help=f"{what} at once (default: one per device, 1 on cpu; on Ray, as many as the cluster holds)")
+    p.add_argument("--devices", help="CUDA device ids, e.g. 0,1,2,3, or cpu (default: the visible GPUs, else cpu; on Ray: its GPUs, or cpu)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help=f"local: {what} are processes here; ray: Ray tasks")
+    p.add_argument("--ray-address", help="with --backend ray: the cluster, e.g. auto or ray://head:10001 (default: start a local Ray)")
+    p.add_argument("--cpus-per-job", type=float, default=1.0, help="with --backend ray: CPUs each job asks Ray for")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -144,22 +151,38 @@ def cmd_add(args) -> None:
 
 def cmd_ls(args) -> None:
     from rich.console import Console
+
+    queue = open_queue(args)
+    if args.watch is None:
+        Console(soft_wrap=False).print(jobs_table(queue))
+        return
+    from rich.live import Live
+
+    with Live(jobs_table(queue), auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(args.watch)
+                live.update(jobs_table(queue), refresh=True)
+        except KeyboardInterrupt:  # how a watch ends
+            return
+
+
+def jobs_table(queue):
     from rich.table import Table
+    from rich.text import Text
 
     from tunesmith.experiments.progress import job_progress
 
-    queue = open_queue(args)
     jobs = queue.jobs()
     if not jobs:
-        print(f"no jobs in {queue.folder}")
-        return
+        return Text(f"no jobs in {queue.folder}")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("id", "name", "state", "progress", "loss", "elapsed", "ETA", "device", "note"):
         table.add_column(column, justify="right" if column in ("id", "loss", "elapsed", "ETA") else "left", overflow="fold")
     now = time.time()
     for job in jobs:
         table.add_row(str(job.id), job.name, job.state, *job_progress(job, now).cells(), job.devices or "", note(job))
-    Console(soft_wrap=False).print(table)
+    return table
 
 
 def note(job) -> str:
@@ -260,8 +283,15 @@ def cmd_rm(args) -> None:
     from tunesmith.experiments.store import FINISHED
 
     queue = open_queue(args)
-    ids = list(args.jobs) + ([j.id for j in queue.jobs(FINISHED)] if args.finished else [])
-    if not ids:
+    ids = list(args.jobs)
+    if args.finished:  # all of them but those a queued or running job still waits for (--after)
+        waited = {a: j.id for j in queue.jobs(("queued", "running")) for a in j.after}
+        for job in queue.jobs(FINISHED):
+            if job.id in waited:
+                print(f"job {job.id} {job.name} kept: job {waited[job.id]} waits for it (--after)")
+            else:
+                ids.append(job.id)
+    if not ids and not args.finished:
         raise TunesmithError("queue rm: give job ids, or --finished for every done, failed and cancelled job")
     for job in queue.remove(list(dict.fromkeys(ids))):
         print(f"job {job.id} {job.name} removed" + (f" (its run stays in {job.run_dir})" if job.run_dir else ""))
@@ -270,21 +300,42 @@ def cmd_rm(args) -> None:
 def cmd_work(args) -> None:
     from tunesmith.experiments.worker import Worker
 
-    devices = parse_devices(args.devices)
-    workers = args.workers or (len(devices) if devices else 1)
-    if workers < 1:
-        raise TunesmithError(f"queue work --workers: {workers}: at least 1")
-    Worker(open_queue(args, create=True), workers, devices, exit_when_empty=args.exit_when_empty, stale_after=args.stale_after).run()
+    workers, devices, backend = worker_setup(args)
+    Worker(open_queue(args, create=True), workers, devices, exit_when_empty=args.exit_when_empty, stale_after=args.stale_after,
+           backend=backend).run()
 
 
 def cmd_sweep(args) -> None:
+    from tunesmith.experiments.space import load_sweep
     from tunesmith.experiments.sweep import run_sweep
 
-    devices = None if args.no_work or args.report else parse_devices(args.devices)
-    workers = args.workers or (len(devices) if devices else 1)
+    sweep = load_sweep(args.sweep)  # a broken sweep file is said before a Ray cluster is reached
+    workers, devices, backend = (args.workers or 1, None, None) if args.no_work or args.report else worker_setup(args)
+    run_sweep(sweep, workers, devices, work=not args.no_work, report_only=args.report, queue_folder=args.queue,
+              stale_after=args.stale_after, backend=backend)
+
+
+def worker_setup(args):
+    """(jobs at once, CUDA device ids or None for cpu, the backend: None for local processes)."""
+    backend = None
+    if args.backend == "ray":
+        from tunesmith.experiments.ray_backend import RayCluster
+
+        if args.devices not in (None, "cpu"):
+            raise TunesmithError("--devices with --backend ray: Ray gives each job its GPUs; leave it out, or give --devices cpu")
+        if args.cpus_per_job <= 0:
+            raise TunesmithError(f"--cpus-per-job: {args.cpus_per_job:g}: give a number of CPUs > 0")
+        backend = RayCluster(args.ray_address, args.cpus_per_job, gpus=args.devices != "cpu")
+        devices = None
+        workers = args.workers or backend.slots()
+    else:
+        if args.ray_address:
+            raise TunesmithError("--ray-address goes with --backend ray")
+        devices = parse_devices(args.devices)
+        workers = args.workers or (len(devices) if devices else 1)
     if workers < 1:
-        raise TunesmithError(f"sweep --workers: {workers}: at least 1")
-    run_sweep(args.sweep, workers, devices, work=not args.no_work, report_only=args.report, queue_folder=args.queue, stale_after=args.stale_after)
+        raise TunesmithError(f"--workers: {workers}: at least 1")
+    return workers, devices, backend
 
 
 def parse_devices(value: str | None) -> list[str] | None:

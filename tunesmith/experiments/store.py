@@ -212,11 +212,11 @@ class JobQueue:
         marks = ", ".join("?" * len(states))
         return [Job.from_row(r) for r in self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)]
 
-    def claim(self, worker: str, devices: list[str] | None, sweep: str | None = None) -> Job | None:
+    def claim(self, worker: str, devices: list[str] | None, sweep: str | None = None, where: str = "cpu") -> Job | None:
         """Take the next job this worker can run, atomically: the highest priority, then the oldest, whose --after
-        jobs are done and whose device count fits in those of `devices` that no job on this host holds (None: a CPU
-        worker, any job fits); with `sweep`, only that sweep's trials. Jobs whose --after job failed or was
-        cancelled are cancelled first, with the reason."""
+        jobs are done and whose device count fits in those of `devices` that no job on this host holds (None: any
+        job fits, and it runs on `where`: cpu, or ray, whose scheduler gives it devices); with `sweep`, only that
+        sweep's trials. Jobs whose --after job failed or was cancelled are cancelled first, with the reason."""
         with self.transaction() as db:
             skip_orphans(db)
             busy = self.busy_devices(worker.rsplit(":", 1)[0])
@@ -228,7 +228,7 @@ class JobQueue:
                     continue
                 if (free_devices is not None and job.gpus > len(free_devices)) or (sweep is not None and job.sweep != sweep):
                     continue
-                devices = "cpu" if free_devices is None else ",".join(free_devices[: job.gpus])
+                devices = where if free_devices is None else ",".join(free_devices[: job.gpus])
                 now = time.time()
                 db.execute(
                     "UPDATE jobs SET state = 'running', worker = ?, pid = NULL, devices = ?, started = ?, ended = NULL, heartbeat = ?, "

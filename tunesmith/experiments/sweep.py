@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.experiments.pruning import PRUNED, TRIAL_ENV, make_pruner
-from tunesmith.experiments.space import SweepConfig, load_sweep, override
+from tunesmith.experiments.space import SweepConfig, override
 from tunesmith.experiments.store import JobQueue, this_host
 from tunesmith.experiments.submit import train_job
 from tunesmith.runs import RunDir
@@ -161,19 +161,18 @@ def objective_value(run: RunDir, objective: str) -> float | None:
     return values[-1]
 
 
-def run_sweep(path: str, workers: int, devices: list[str] | None, work: bool, report_only: bool, queue_folder: str | None,
-              stale_after: float) -> SweepConfig:
+def run_sweep(sweep: SweepConfig, workers: int, devices: list[str] | None, work: bool, report_only: bool, queue_folder: str | None,
+              stale_after: float, backend=None) -> SweepConfig:
     from tunesmith.experiments.results import write_results
     from tunesmith.experiments.worker import Worker
 
-    sweep = load_sweep(path)
     study = open_study(sweep)
     queue = JobQueue(queue_folder)
     driver = Driver(sweep, study, queue, workers)
     if report_only:
         driver.sync()
     elif work:
-        Worker(queue, workers, devices, exit_when_empty=True, stale_after=stale_after, sweep=sweep.name).run(between=driver.step)
+        Worker(queue, workers, devices, exit_when_empty=True, stale_after=stale_after, sweep=sweep.name, backend=backend).run(between=driver.step)
         driver.sync()
     else:
         say(f"queueing {sweep.name}'s trials in {queue.folder}, {workers} at a time: run them with tunesmith queue work")

@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from tunesmith.experiments.notify import Notifier
 from tunesmith.experiments.store import Job, JobQueue, this_host
@@ -50,11 +49,26 @@ def alive(pid: int | None) -> bool:
     return True
 
 
+class Local:
+    """Every job a child process of the worker, on this machine."""
+
+    where = "cpu"  # what a job without CUDA devices runs on
+
+    def start(self, job: Job, argv: list[str], variables: dict[str, str], log_file: Path) -> subprocess.Popen:
+        with log_file.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tunesmith", *argv], cwd=job.cwd, env=os.environ | variables, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+            )
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Running:
     job: Job
-    process: subprocess.Popen
-    log: IO[bytes]
+    process: subprocess.Popen  # or, on Ray, a handle that answers poll() and send_signal() alike
     log_start: int  # where this attempt's output begins in log.txt
     signals: int = 0  # SIGTERMs sent to it
     cancelled: bool = False
@@ -62,9 +76,11 @@ class Running:
 
 class Worker:
     def __init__(self, queue: JobQueue, slots: int, devices: list[str] | None, exit_when_empty: bool = False,
-                 stale_after: float = 120.0, heartbeat: float = 5.0, poll: float = 1.0, sweep: str | None = None):
-        """`sweep`: take only that sweep's trials (the worker `tunesmith sweep` runs)."""
+                 stale_after: float = 120.0, heartbeat: float = 5.0, poll: float = 1.0, sweep: str | None = None, backend=None):
+        """`sweep`: take only that sweep's trials (the worker `tunesmith sweep` runs). `backend`: where the jobs run,
+        Local() (the default) or a tunesmith.experiments.ray_backend.RayCluster."""
         self.queue, self.slots, self.devices, self.sweep = queue, slots, devices, sweep
+        self.backend = backend or Local()
         self.exit_when_empty, self.stale_after, self.heartbeat, self.poll = exit_when_empty, stale_after, heartbeat, poll
         self.id = f"{this_host()}:{os.getpid()}"
         self.running: dict[int, Running] = {}
@@ -76,7 +92,7 @@ class Worker:
     def run(self, between=None) -> None:
         """Until stopped (or, with exit_when_empty, until no job is left); `between()` is called at every turn of
         the loop and returns whether more jobs may come (a sweep adds its next trials there)."""
-        where = "cpu" if self.devices is None else f"devices {','.join(self.devices)}"
+        where = "a Ray cluster" if self.backend.where == "ray" else "cpu" if self.devices is None else f"devices {','.join(self.devices)}"
         say(f"worker {self.id}: {self.slots} job{'s' * (self.slots > 1)} at a time on {where}, queue {self.queue.folder}")
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -90,6 +106,7 @@ class Worker:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.notifier.wait()
+            self.backend.close()
         if self.stops:
             say(f"worker {self.id} stopped; jobs it stopped continue from their checkpoint when a worker takes them again")
 
@@ -132,7 +149,7 @@ class Worker:
 
     def start_jobs(self) -> None:
         while len(self.running) < self.slots:
-            job = self.queue.claim(self.id, self.devices, self.sweep)
+            job = self.queue.claim(self.id, self.devices, self.sweep, self.backend.where)
             if job is None:
                 return
             self.start(job)
@@ -141,37 +158,33 @@ class Worker:
         argv = [*job.argv, *(["--resume"] if resumes(job) else [])]
         log_file = self.queue.log_file(job.id)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = log_file.open("ab")
-        if not ends_line(log_file):  # the last attempt's progress bar, cut off mid-line
-            log.write(b"\n")
-        start = log.tell()
-        log.write(f"--- attempt {job.attempts}, {time.strftime('%Y-%m-%d %H:%M:%S')}, worker {self.id}, devices {job.devices}: "
-                  f"tunesmith {shlex.join(argv)}\n".encode())
-        log.flush()
+        with log_file.open("ab") as log:
+            if not ends_line(log_file):  # the last attempt's progress bar, cut off mid-line
+                log.write(b"\n")
+            start = log.tell()
+            log.write(f"--- attempt {job.attempts}, {time.strftime('%Y-%m-%d %H:%M:%S')}, worker {self.id}, devices {job.devices}: "
+                      f"tunesmith {shlex.join(argv)}\n".encode())
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith", *argv], cwd=job.cwd, env=self.environment(job), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-            )
+            process = self.backend.start(job, argv, self.variables(job), log_file)
         except OSError as err:  # its folder was removed, say
-            log.close()
             self.ended(self.queue.finish(job.id, "failed", error=f"could not start in {job.cwd}: {err.strerror or err}"))
             return
-        self.queue.set_pid(job.id, process.pid)
-        self.running[job.id] = Running(job, process, log, start)
+        if process.pid is not None:
+            self.queue.set_pid(job.id, process.pid)
+        self.running[job.id] = Running(job, process, start)
         resumed = " (continuing from its checkpoint)" if "--resume" in argv[len(job.argv):] else ""
         say(f"job {job.id} {job.name}: started on {job.devices}{resumed}, attempt {job.attempts}, log {log_file}")
 
-    def environment(self, job: Job) -> dict[str, str]:
-        env = os.environ | job.env | {
-            "CUDA_VISIBLE_DEVICES": "" if job.devices == "cpu" else job.devices,
-            "TUNESMITH_JOB_ID": str(job.id),
-            "TUNESMITH_QUEUE": str(self.queue.folder.resolve()),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if job.devices == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # jobs side by side share the cores
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slots))
-        return env
+    def variables(self, job: Job) -> dict[str, str]:
+        """What a job's environment adds to the worker's: its devices, its identity, the sweep trial it is."""
+        values = job.env | {"TUNESMITH_JOB_ID": str(job.id), "TUNESMITH_QUEUE": str(self.queue.folder.resolve()), "PYTHONUNBUFFERED": "1"}
+        if job.devices == "cpu":
+            values["CUDA_VISIBLE_DEVICES"] = ""
+            if "OMP_NUM_THREADS" not in os.environ:  # jobs side by side share the cores
+                values["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slots))
+        elif job.devices != self.backend.where:
+            values["CUDA_VISIBLE_DEVICES"] = job.devices
+        return values
 
     def pass_on_cancels(self) -> None:
         for r in self.running.values():
@@ -186,7 +199,6 @@ class Worker:
             code = r.process.poll()
             if code is None:
                 continue
-            r.log.close()
             del self.running[job_id]
             took = f"after {duration(time.time() - r.job.started)}"
             stopped_by_us = r.signals and code in (130, -signal.SIGTERM)
