@@ -94,6 +94,15 @@ def add_parser(sub) -> None:
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(func=cmd_sweep)
 
+    p = command(sub, "dashboard", "a local web page of the queue's jobs, their runs and the sweeps", "tunesmith dashboard --port 8765",
+                "Jobs with their states, each run's loss curve and latest eval metrics, the sweeps' tables and plots, links to "
+                "reports and logs; it redraws itself every 3 seconds. Serves only reports, plots, tables and logs of this folder.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 shows it to other machines)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on")
+    p.add_argument("--runs", default="runs", help="the folder whose sweeps it shows")
+    p.add_argument("--queue", help=QUEUE_HELP)
+    p.set_defaults(func=cmd_dashboard)
+
 
 def add_worker_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--workers", type=int, help=f"{what} at once (default: one per device, 1 on cpu; on Ray, as many as the cluster holds)")
@@ -313,6 +322,18 @@ def cmd_sweep(args) -> None:
     workers, devices, backend = (args.workers or 1, None, None) if args.no_work or args.report else worker_setup(args)
     run_sweep(sweep, workers, devices, work=not args.no_work, report_only=args.report, queue_folder=args.queue,
               stale_after=args.stale_after, backend=backend)
+
+
+def cmd_dashboard(args) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    if not (importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn")):
+        raise TunesmithError("tunesmith dashboard needs FastAPI and uvicorn: pip install 'tunesmith[serve]'")
+    from tunesmith.experiments.dashboard import serve_dashboard
+    from tunesmith.experiments.store import default_folder
+
+    serve_dashboard(args.host, args.port, Path(args.queue) if args.queue else default_folder(), Path(args.runs))
 
 
 def worker_setup(args):
