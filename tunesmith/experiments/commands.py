@@ -94,7 +94,7 @@ def add_parser(sub) -> None:
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(func=cmd_sweep)
 
-    p = command(sub, "dashboard", "a local web page of the queue's jobs, their runs and the sweeps", "tunesmith dashboard --port 8765",
+    p = command(sub, "dashboard", "a local web page of jobs, their runs and sweeps", "tunesmith dashboard --port 8765",
                 "Jobs with their states, each run's loss curve and latest eval metrics, the sweeps' tables and plots, links to "
                 "reports and logs; it redraws itself every 3 seconds. Serves only reports, plots, tables and logs of this folder.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 shows it to other machines)")
