@@ -135,3 +135,13 @@ def test_rm_finished_keeps_what_a_queued_job_waits_for(project, capsys):
     assert main(["queue", "rm", "--finished"]) == 0
     assert capsys.readouterr().out == "job 1 first kept: job 3 waits for it (--after)\njob 2 second removed\n"
     assert [j.id for j in queue.jobs()] == [1, 3]
+
+
+def test_a_stopped_run_can_be_queued_to_continue_with_changed_settings(project, stories_path, capsys):
+    recipe = write_recipe(project, stories_path)
+    (project / "runs" / "capitals" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    assert queue_add(str(recipe), "train.lr=1e-3", "--allow-changes") == 2
+    assert "--allow-changes goes with --resume" in capsys.readouterr().err
+    assert queue_add(str(recipe), "train.lr=1e-3", "--resume", "--allow-changes") == 0
+    job = JobQueue().get(1)
+    assert job.resume and job.argv[2:] == ["train.lr=1e-3", "name=capitals", "--allow-changes"]

@@ -102,3 +102,44 @@ def test_worker_options_that_do_not_go_together_are_refused(project, capsys):
     assert "--ray-address goes with --backend ray" in capsys.readouterr().err
     assert main(["queue", "work", "--devices", "0,x"]) == 2
     assert "--devices: '0,x': give CUDA device ids (0,1,2,3) or cpu" in capsys.readouterr().err
+
+
+def test_a_retried_train_job_resumes_whenever_its_run_has_checkpoints(project, stories_path):
+    from tunesmith.experiments.worker import resumes
+
+    assert main(["queue", "add", str(write_recipe(project, stories_path))]) == 0
+    queue = JobQueue()
+    queue.claim("host:1", None)
+    job = queue.requeue(1, "stopped")
+    run = project / "runs" / "capitals"
+    assert not resumes(job)  # stopped before its run began: it starts afresh
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: sft\n")
+    assert not resumes(job)
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # spoilt, say: `train --resume` says so, plain train would not
+    assert resumes(job)
+
+
+class Signalled:
+    def __init__(self):
+        self.sent = []
+
+    def send_signal(self, signum):
+        self.sent.append(signum)
+
+
+def test_a_cancel_while_the_worker_stops_a_job_sends_no_second_sigterm(project):
+    from tunesmith.experiments.worker import Running
+
+    assert main(["queue", "add", "runs", "list", "."]) == 0
+    queue = JobQueue()
+    worker = Worker(queue, 1, None)
+    job = queue.claim(worker.id, None)
+    stopping, fresh = Signalled(), Signalled()
+    worker.running = {job.id: Running(job, stopping, 0, signals=1)}
+    queue.cancel(job.id)
+    worker.pass_on_cancels()
+    assert stopping.sent == [] and worker.running[job.id].cancelled  # a second SIGTERM would stop it without saving
+    worker.running = {job.id: Running(job, fresh, 0)}
+    worker.pass_on_cancels()
+    assert fresh.sent == [15]

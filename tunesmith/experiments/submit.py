@@ -63,7 +63,7 @@ def train_job(words: list[str], options: argparse.Namespace) -> NewJob:
     recipe_path, tail = words[0], words[1:]
     overrides = [w for w in tail if "=" in w and not w.startswith("-")]
     flags = [w for w in tail if w not in overrides]
-    unknown = [f for f in flags if f not in ("--resume", "--verbose")]
+    unknown = [f for f in flags if f not in ("--resume", "--allow-changes", "--verbose")]
     if unknown:
         raise TunesmithError(f"queue add: {unknown[0]} is neither an override (key=value) nor an option of queue add (see tunesmith queue add --help)")
     if not recipe_path.endswith((".yaml", ".yml")) and not Path(recipe_path).is_file():
@@ -74,11 +74,13 @@ def train_job(words: list[str], options: argparse.Namespace) -> NewJob:
     recipe = load_recipe(recipe_path, overrides, check_files=not options.after)
     run = RunDir(recipe.run_dir.resolve())
     resume = "--resume" in flags
+    if "--allow-changes" in flags and not resume:
+        raise TunesmithError("queue add: --allow-changes goes with --resume (it lets the resumed run take changed settings)")
     if not resume and (run.finished or checkpoints.named(run.checkpoints)):
         raise TunesmithError(f"{run.path} already holds a run: add with --resume to continue it, or give another --name NAME (or output_dir=...)")
     # The job runs a copy of the recipe under its own file name; the run's name is fixed here, as it was checked.
     argv = ["train", recipe_path, *[o for o in overrides if not o.startswith("name=")], f"name={recipe.name}"]
-    argv += [f for f in flags if f == "--verbose"]
+    argv += [f for f in flags if f in ("--allow-changes", "--verbose")]  # --resume: added by the worker when there is a run to resume
     return new_job(options, recipe.name, argv, run_dir=str(run.path), resume=resume)
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith import checkpoints
 from tunesmith.experiments.notify import Notifier
 from tunesmith.experiments.store import Job, JobQueue, this_host
 from tunesmith.runs import RunDir
@@ -167,7 +168,7 @@ class Worker:
         try:
             process = self.backend.start(job, argv, self.variables(job), log_file)
         except OSError as err:  # its folder was removed, say
-            self.ended(self.queue.finish(job.id, "failed", error=f"could not start in {job.cwd}: {err.strerror or err}"))
+            self.notifier.ended(self.queue.finish(job.id, "failed", error=f"could not start in {job.cwd}: {err.strerror or err}"))
             return
         if process.pid is not None:
             self.queue.set_pid(job.id, process.pid)
@@ -191,8 +192,9 @@ class Worker:
             if not r.cancelled and self.queue.get(r.job.id).cancel_requested:
                 r.cancelled = True
                 say(f"job {r.job.id} {r.job.name}: cancelling (it saves a checkpoint at the end of its step, then stops)")
-                send(r.process, signal.SIGTERM)
-                r.signals += 1
+                if not r.signals:  # already stopping: a second SIGTERM would stop it unsaved
+                    send(r.process, signal.SIGTERM)
+                    r.signals += 1
 
     def reap(self) -> None:
         for job_id, r in list(self.running.items()):
@@ -216,19 +218,16 @@ class Worker:
                 error = error_from_log(self.queue.log_file(job_id), r.log_start) or exit_reason(code)
                 job = self.queue.finish(job_id, "failed", exit_code=code, error=error)
                 say(f"job {job_id} {job.name}: failed {took} ({exit_reason(code)}): {error.splitlines()[0]}")
-            self.ended(job)
-
-    def ended(self, job: Job) -> None:
-        self.notifier.ended(job)
+            self.notifier.ended(job)
 
 
 def resumes(job: Job) -> bool:
-    """A train job that was started before continues its run, when the run has a checkpoint (or is finished:
-    `train --resume` then says so and exits 0)."""
+    """A train job that was started before continues its run when the run has checkpoints (`train --resume` takes
+    the newest complete one, or says why none is), or is finished (`train --resume` says so and exits 0)."""
     if not (job.is_train and job.resume and job.run_dir):
         return False
     run = RunDir(Path(job.run_dir))
-    return (run.path / "config.yaml").is_file() and (run.finished or run.last_checkpoint() is not None)
+    return (run.path / "config.yaml").is_file() and (run.finished or bool(checkpoints.named(run.checkpoints)))
 
 
 def ends_line(path: Path) -> bool:
