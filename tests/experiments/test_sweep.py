@@ -200,3 +200,14 @@ def test_every_shipped_sweep_loads_and_says_how_to_run_it(path, monkeypatch):
     sweep = load_sweep(path.relative_to(ROOT))
     assert path.read_text().startswith(f"# tunesmith sweep sweeps/{path.name}")
     assert sweep.trials == sweep.n_trials and sweep.params
+
+
+def test_values_that_clash_only_together_fail_their_trial_and_the_sweep_goes_on(project, base):
+    space = {"train.eval_steps": {"choice": [2, 4]}, "train.save_steps": {"choice": [4, 6]}}
+    path = write_sweep(project, base, sampler="grid", space=space, overrides=["train.keep_best=true", "train.eval_steps=2", "train.save_steps=4"])
+    sweep, study = sweep_to_the_end(path, ran := [])
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(study.trials) == 4 and len(ran) == 3
+    assert [t.params for t in failed] == [{"train.eval_steps": 4, "train.save_steps": 6}]
+    assert failed[0].user_attrs["error"].startswith("its values make no valid recipe: ")
+    assert "train.save_steps must be a multiple of train.eval_steps" in failed[0].user_attrs["error"]

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.experiments.pruning import PRUNED, TRIAL_ENV, make_pruner
 from tunesmith.experiments.space import SweepConfig, override
 from tunesmith.experiments.store import JobQueue, this_host
@@ -45,12 +45,23 @@ def require_optuna():
     return optuna
 
 
+def _AskTellGrid(optuna):
+    """Optuna's grid sampler without its stop of an optimize loop after the last point (which raises outside
+    study.optimize, before the trial's state is stored): the driver stops itself, a grid's n_trials is its size."""
+
+    class AskTellGrid(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return AskTellGrid
+
+
 def open_study(sweep: SweepConfig):
     optuna = require_optuna()
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=sweep.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=sweep.seed),
-        "grid": lambda: optuna.samplers.GridSampler(sweep.grid, seed=sweep.seed),
+        "grid": lambda: _AskTellGrid(optuna)(sweep.grid, seed=sweep.seed),
     }
     sweep.folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -58,6 +69,9 @@ def open_study(sweep: SweepConfig):
                                    pruner=make_pruner(sweep.pruner, sweep.startup_trials), direction="maximize" if sweep.maximize else "minimize", load_if_exists=True)
     except (ValueError, ImportError) as err:  # a bad URL, a database driver that is not installed, another direction
         raise TunesmithError(f"storage {sweep.storage_url}: {err}") from None
+
+
+LOST_AFTER = 600
 
 
 class Driver:
@@ -82,19 +96,23 @@ class Driver:
 
     def ask(self):
         trial = self.study.ask()
+        trial.set_user_attr("queue", self.here)
         values = {param.key: param.suggest(trial) for param in self.sweep.params}
         name = f"{self.sweep.name}-{trial.number:03d}"
         words = [str(self.recipe), *self.sweep.overrides, *(override(k, v) for k, v in values.items()),
                  f"output_dir={self.sweep.folder / f'trial-{trial.number:03d}'}"]
         options = argparse.Namespace(name=name, after=[], priority=0, gpus=self.sweep.gpus, on_done=None, webhook=None)
-        new = train_job(words, options)
+        try:
+            new = train_job(words, options)
+        except ConfigError as err:  # each value was checked alone; together they may still clash
+            self.fail(trial, trial.number, f"its values make no valid recipe: {' '.join(str(err).split())}")
+            return trial
         new.sweep = self.sweep.name
         new.env = {TRIAL_ENV: json.dumps({"storage": self.sweep.storage_url, "study": self.sweep.name, "trial_id": trial._trial_id,
                                           "objective": self.sweep.objective, "pruner": self.sweep.pruner,
                                           "startup_trials": self.sweep.startup_trials})}
         job = self.queue.add(new)
         trial.set_user_attr("job", job.id)
-        trial.set_user_attr("queue", self.here)
         trial.set_user_attr("run_dir", job.run_dir)
         say(f"trial {trial.number}: job {job.id}, " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
         return trial
@@ -104,9 +122,13 @@ class Driver:
         for frozen in self.study.get_trials(deepcopy=False, states=(state.RUNNING,)):
             attrs = frozen.user_attrs
             trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
-            if "job" not in attrs:  # asked, but the sweep stopped before its job was queued
-                trial.set_user_attr("lost", True)
-                self.study.tell(frozen.number, state=state.FAIL)
+            if "job" not in attrs:
+                # Asked here, but the sweep stopped before its job was queued (or, asked elsewhere and still without a
+                # job after LOST_AFTER seconds, on a machine that stopped): asked again, not counted.
+                age = time.time() - frozen.datetime_start.timestamp()
+                if attrs.get("queue") == self.here or age > LOST_AFTER:
+                    trial.set_user_attr("lost", True)
+                    self.study.tell(frozen.number, state=state.FAIL)
                 continue
             if attrs.get("queue") != self.here:
                 continue  # another machine's trial
