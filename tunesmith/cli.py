@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from tunesmith import __version__
+from tunesmith.curate import cli as data_cli  # `tunesmith data <verb>`: the group owns its parser and commands
 from tunesmith.errors import Interrupted, RunFinished, TunesmithError
 
 
@@ -500,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system message for answering (default for a run: its data.system_prompt)")
     p.add_argument("--template", default="model", help=TEMPLATE_HELP)
     p.set_defaults(func=cmd_constitution)
+
+    data_cli.add_parser(sub)
     return parser
 
 

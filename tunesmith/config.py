@@ -633,8 +633,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool =
     raw = read_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
-    # A section whose keys are all commented out reads as None: treat it as empty.
-    raw = {key: {} if value is None and key in Recipe.model_fields else value for key, value in raw.items()}
+    # A section whose keys are all commented out reads as None: treat it as empty. An optional section (a method's,
+    # `ppo: null` in a run's config.yaml) stays unset.
+    sections = [key for key, info in Recipe.model_fields.items() if info.default is not None and _nested_model(info.annotation)]
+    raw = {key: {} if value is None and key in sections else value for key, value in raw.items()}
     raw = apply_overrides(raw, list(overrides))
     raw.setdefault("name", path.stem)
     recipe = validate(raw, source=str(path))

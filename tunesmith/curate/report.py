@@ -1,0 +1,41 @@
+"""The short Markdown report every data verb writes next to its report.json: what was read, written, changed
+and dropped (by reason), the settings, and the verb's own sections."""
+
+from __future__ import annotations
+
+import json
+
+
+def render_markdown(report: dict, sections: list[str] = ()) -> str:
+    written = "; ".join(f"`{report['outputs'][name]}` {n:,} rows" for name, n in report["written"].items())
+    dropped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(report["dropped"].items())) or "none"
+    counters = ", ".join(f"{key} {n:,}" for key, n in report["counters"].items())
+    speed = f" ({report['rows_per_s']:,} rows/s)" if report["rows_per_s"] else ""
+    lines = [
+        f"# tunesmith data {report['verb']}",
+        "",
+        f"- input: `{report['input']}`, {report['read']:,} rows read",
+        f"- written: {written}" if written else "- written: nothing (report only)",
+        *([f"- {counters}"] if counters else []),
+        f"- dropped: {dropped}",
+        *[f"  - {message}" for message in report["first_errors"]],
+        "- settings: " + ", ".join(f"{key} {shown(value)}" for key, value in report["settings"].items()),
+        f"- time: {report['seconds']:.1f} s{speed}",
+        "",
+        *sections,
+    ]
+    if report["examples"]:
+        lines += ["## Examples", ""]
+        for sample in report["examples"]:
+            lines += ["```json", json.dumps(sample, ensure_ascii=False, indent=1), "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
