@@ -54,8 +54,8 @@ def quickstart_recipe(recipe_path: str, overrides: list[str]) -> tuple[Recipe, P
     """The recipe with its files found (here, or shipped), named <name>-<time>; and the link to point at it
     (runs/<name>), unless the overrides chose the run directory themselves."""
     recipe = load_recipe(locate(recipe_path), overrides, check_files=False)
-    recipe.data.train = [locate(file) for file in recipe.data.train]
-    recipe.data.eval = [locate(file) for file in recipe.data.eval]
+    for split in ("train", "eval"):  # a mixture source keeps its settings, its path found like a plain entry's
+        setattr(recipe.data, split, [locate(e) if isinstance(e, str) else e.model_copy(update={"path": locate(e.path)}) for e in getattr(recipe.data, split)])
     check_paths(recipe)
     if recipe.output_dir is not None:
         return recipe, None

@@ -17,6 +17,18 @@ def cmd_check(args) -> None:
     check(args.recipe, args.overrides, args.out)
 
 
+def cmd_dedup(args) -> None:
+    from tunesmith.curate.dedup import dedup
+
+    requires("dedup", "datasketch")
+    positive("--ngram", args.ngram)
+    positive("--limit", args.limit)
+    if args.report and not args.report.endswith(".json"):
+        raise TunesmithError(f"--report {args.report}: the report is JSON; give a .json file (the Markdown goes next to it)")
+    dedup(args.input, fields_from(args), args.against, args.threshold, args.ngram, args.write, args.report, args.overwrite,
+          args.on_bad_row, args.limit, args.seed)
+
+
 def add_parser(sub) -> None:
     from tunesmith.cli import command
 
@@ -39,6 +51,22 @@ def add_parser(sub) -> None:
     q.add_argument("--out", help="also write the report as JSON here (and as Markdown next to it, .md)")
     q.set_defaults(func=cmd_check)
 
+    q = command(data, "dedup", "exact and near duplicates, and eval rows leaked into the data",
+                "tunesmith data dedup examples/data/support_tickets/train.jsonl --against examples/data/support_tickets/heldout.jsonl\n"
+                "tunesmith data dedup train.jsonl --against heldout.jsonl --write train.dedup.jsonl --threshold 0.8",
+                "Exact duplicates share their normalised text (NFKC, case folded, punctuation and spacing collapsed); near "
+                "duplicates have a Jaccard similarity of character n-grams at or above --threshold (MinHash LSH, then "
+                "checked), in any script, Korean included. The first row of a group is kept. --against lists every eval "
+                "row found in the input with its twin (contamination). Only a report is written unless --write.")
+    add_common(q, output=False)
+    q.add_argument("--against", action="append", default=[], metavar="EVAL", help="an eval file to check the input against (repeatable)")
+    q.add_argument("--write", metavar="OUT", help="write the input without its duplicates and leaked rows here (each counted by reason)")
+    q.add_argument("--overwrite", action="store_true", help="replace --write's file if it exists")
+    q.add_argument("--report", help="where the report goes (JSON, Markdown next to it); default: OUT.report.json with --write, else INPUT.dedup.report.json here")
+    q.add_argument("--threshold", type=float, default=0.7, help="Jaccard similarity of character n-grams from which two rows are near duplicates")
+    q.add_argument("--ngram", type=int, default=3, help="characters per n-gram")
+    q.set_defaults(func=cmd_dedup)
+
 
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
     """Input, text fields, bad rows, limits and seed: the same flags, with the same meaning, for every row verb."""
@@ -60,6 +88,15 @@ def fields_from(args, side: str = "all"):
 
     names = [name.strip() for item in args.field for name in item.split(",") if name.strip()]
     return TextFields(names, parse_columns(args.columns), side)
+
+
+def requires(verb: str, *modules: str) -> None:
+    """The optional libraries a verb needs are installed, or one line saying how to install them."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TunesmithError(f"data {verb} needs {', '.join(missing)}: pip install 'tunesmith[data]'")
 
 
 def positive(flag: str, value: int | None) -> None:

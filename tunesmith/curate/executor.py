@@ -53,6 +53,7 @@ class Job:
     outputs: dict[str, Output]          # name -> file; the first is the main output, next to which the report goes
     settings: dict                      # every argument that decides the output (seed, limit, ...): fingerprinted, reported
     overwrite: bool = False
+    report: Path | None = None          # where the report goes; default: next to the main output, OUT.report.json
     sections: Callable[[dict], list[str]] = lambda extra: []   # the verb's own report sections (Markdown lines)
     started: float = field(default_factory=time.perf_counter)
 
@@ -66,7 +67,7 @@ class Job:
 
     @property
     def report_path(self) -> Path:
-        return self.main.with_name(self.main.name + ".report.json")
+        return self.report or self.main.with_name(self.main.name + ".report.json")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps([self.verb, input_identity(self.input), self.settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -91,7 +92,10 @@ class Job:
             seen[out.path.resolve()] = flag
             if out.path.exists() and not self.overwrite and not self.resuming():
                 raise TunesmithError(f"{flag} {out.path} already exists: choose another file, or pass --overwrite")
-        manifest = self._manifest()
+        if source is not None and self.report_path.resolve() == source.resolve():
+            raise TunesmithError(f"--report {self.report_path}: is the input; write the report to a new file")
+        check_output_file(str(self.report_path), "--report")
+        manifest = self._manifest() if self.outputs else None
         if manifest is not None and manifest["fingerprint"] != self.fingerprint():
             if not self.overwrite:
                 changed = ", ".join(k for k in {**manifest["settings"], **self.settings} if manifest["settings"].get(k) != self.settings.get(k))
@@ -102,7 +106,7 @@ class Job:
             shutil.rmtree(self.parts)
 
     def resuming(self) -> bool:
-        manifest = self._manifest()
+        manifest = self._manifest() if self.outputs else None
         return manifest is not None and manifest["fingerprint"] == self.fingerprint()
 
     def read(self, on_bad_row: str, limit: int | None) -> tuple[list[Row], Counts]:
@@ -162,6 +166,7 @@ class Job:
             "verb": self.verb,
             "input": self.input,
             "outputs": {name: str(out.path) for name, out in self.outputs.items()},
+            "report": str(self.report_path.with_suffix(".md")),
             "settings": self.settings,
             "read": read,
             "written": {name: len(outputs[name]) for name in self.outputs},
