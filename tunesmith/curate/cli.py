@@ -29,6 +29,21 @@ def cmd_dedup(args) -> None:
           args.on_bad_row, args.limit, args.seed)
 
 
+def cmd_augment(args) -> None:
+    from tunesmith.curate.augment import augment, parse_rules
+
+    positive("--per-row", args.per_row)
+    positive("--limit", args.limit)
+    positive("--batch-size", args.batch_size)
+    positive("--chunk-rows", args.chunk_rows)
+    if args.ratio is not None and args.ratio <= 0:
+        raise TunesmithError(f"--ratio: {args.ratio} is not a number > 0")
+    settings = {"rules": parse_rules(args.rules)} if args.method == "obfuscate-ko" else {}
+    augment(args.method, args.input, args.out, args.eval_out, fields_from(args, "input"), args.per_row, args.ratio, args.pairs,
+            args.split_column, args.eval_share, args.id_field, settings, args.overwrite, args.on_bad_row, args.limit, args.seed,
+            args.batch_size, args.chunk_rows)
+
+
 def add_parser(sub) -> None:
     from tunesmith.cli import command
 
@@ -66,6 +81,28 @@ def add_parser(sub) -> None:
     q.add_argument("--threshold", type=float, default=0.7, help="Jaccard similarity of character n-grams from which two rows are near duplicates")
     q.add_argument("--ngram", type=int, default=3, help="characters per n-gram")
     q.set_defaults(func=cmd_dedup)
+
+    q = command(data, "augment", "grow a set with variants of its rows (labels kept)",
+                "tunesmith data augment obfuscate-ko examples/data/korean_reviews/reviews.jsonl --field text --per-row 2 --out grown.jsonl\n"
+                "tunesmith data augment obfuscate-ko reviews.jsonl --field text --pairs --eval-share 0.1 --out pairs.jsonl --eval-out eval.jsonl",
+                "obfuscate-ko rewrites Korean the way reviewers dodge filters (liaison, similar-sounding initials, vowels and "
+                "finals, added finals; each rule with its probability, --rules). Variants keep every other column and carry "
+                "augmented_from and augmentation; with --pairs the output holds (rewritten, original) pairs as prompt and "
+                "completion, for a restoration model. Rows of an eval split, and their variants, go to --eval-out only.")
+    q.add_argument("method", choices=("obfuscate-ko",), help="how variants are made")
+    add_common(q)
+    q.add_argument("--per-row", type=int, help="variants of every row")
+    q.add_argument("--ratio", type=float, help="new rows per row read instead: 0.5 adds one for a seeded half of the rows")
+    q.add_argument("--pairs", action="store_true", help="write (rewritten, original) pairs as {prompt, completion} instead of the grown set")
+    q.add_argument("--rules", help="obfuscate-ko: rule=probability pairs over the defaults, e.g. liaison=0.8,add_final=0 "
+                   "(rules: liaison, similar_initial, similar_medial, similar_final, add_final)")
+    q.add_argument("--eval-out", help="where eval rows and their variants go (required when the input has any)")
+    q.add_argument("--split-column", default="split", help="the column that marks eval rows (eval, validation, test, heldout, dev)")
+    q.add_argument("--eval-share", type=float, help="hold out this share of the rows as eval first (seeded; marked in --split-column)")
+    q.add_argument("--id-field", default="id", help="the column augmented_from names (rows without it are named by file:line)")
+    q.add_argument("--batch-size", type=int, default=64, help="rows per batch")
+    q.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable chunk")
+    q.set_defaults(func=cmd_augment)
 
 
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:

@@ -9,7 +9,7 @@ import json
 def render_markdown(report: dict, sections: list[str] = ()) -> str:
     written = "; ".join(f"`{report['outputs'][name]}` {n:,} rows" for name, n in report["written"].items())
     dropped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(report["dropped"].items())) or "none"
-    counters = ", ".join(f"{key} {n:,}" for key, n in report["counters"].items())
+    counters = ", ".join(f"{key} {n:,}" for key, n in sorted(report["counters"].items()))
     speed = f" ({report['rows_per_s']:,} rows/s)" if report["rows_per_s"] else ""
     lines = [
         f"# tunesmith data {report['verb']}",
