@@ -31,18 +31,94 @@ from tunesmith.errors import TunesmithError
 
 EVAL_SPLITS = ("eval", "evaluation", "validation", "valid", "val", "test", "heldout", "held_out", "dev")
 TRIES = 3   # draws per variant before an unchanged one is given up (counted)
+# A seq2seq model returns this many beams per variant wanted: some come out equal to the text, or to each other.
+BEAMS_PER_VARIANT = 2
 
 
-def obfuscate_ko(texts: list[str], rng: random.Random, settings: dict, counts: Counts) -> list[str]:
-    fired: dict[str, int] = {}
-    out = [obfuscate(text, settings["rules"], rng, fired) for text in texts]
-    for rule, n in fired.items():
-        counts.add(f"rule {rule}", n)
+def obfuscate_ko(batch: list[list[str]], wanted: list[int], rngs: list[random.Random], settings: dict, models: dict, counts: Counts) -> list:
+    out = []
+    for texts, n, rng in zip(batch, wanted, rngs):
+        fired: dict[str, int] = {}
+        made = []
+        for _ in range(n):
+            for _ in range(TRIES):  # a short text may come out unchanged: draw again, a few times
+                variant = [obfuscate(text, settings["rules"], rng, fired) for text in texts]
+                if variant != texts and variant not in made:
+                    break
+            made.append(variant)
+        for rule, k in fired.items():
+            counts.add(f"rule {rule}", k)
+        out.append(made)
     return out
 
 
-# method -> rewrite(texts of one row, rng, settings, counts) -> the texts of one variant
-METHODS = {"obfuscate-ko": obfuscate_ko}
+def back_translation(batch: list[list[str]], wanted: list[int], rngs: list[random.Random], settings: dict, models: dict, counts: Counts) -> list:
+    """Each text to the pivot language and back; the way back returns as many beams (or samples) as variants wanted."""
+    flat = [text for texts in batch for text in texts]
+    pivots = [p[0] for p in models["to"](flat, 1, settings["batch_size"], settings["temperature"], settings["seed"])]
+    n = BEAMS_PER_VARIANT * max(wanted)
+    backs = models["back"](pivots, n, settings["batch_size"], settings["temperature"], settings["seed"] + 1)
+    counts.add("texts translated", len(flat))
+    return regroup(batch, backs, n)
+
+
+def paraphrase(batch: list[list[str]], wanted: list[int], rngs: list[random.Random], settings: dict, models: dict, counts: Counts) -> list:
+    """A seq2seq paraphraser's beams (or samples), or a causal LM's answers to --prompt, one sampled answer per variant."""
+    flat = [text for texts in batch for text in texts]
+    if "seq2seq" in models:
+        n = BEAMS_PER_VARIANT * max(wanted)
+        return regroup(batch, models["seq2seq"](flat, n, settings["batch_size"], settings["temperature"], settings["seed"]), n)
+    n = max(wanted)
+    from tunesmith.eval.engines import Decoding
+
+    engine = models["engine"]
+    conversations = [[{"role": "user", "content": settings["prompt"].replace("{text}", text)}] for text in flat]
+    answers = [[c.text.strip() for c in engine.complete(conversations, Decoding(max_new_tokens=settings["max_new_tokens"],
+                temperature=settings["temperature"], seed=settings["seed"] * 1000 + k), settings["batch_size"], progress=False)] for k in range(n)]
+    return regroup(batch, [[answers[k][i] for k in range(n)] for i in range(len(flat))], n)
+
+
+def regroup(batch: list[list[str]], outputs: list[list[str]], n: int) -> list:
+    """Per-text outputs back into rows: a row's k-th candidate holds the k-th output of each of its texts."""
+    out, at = [], 0
+    for texts in batch:
+        rows = outputs[at : at + len(texts)]
+        out.append([[row[k] for row in rows] for k in range(min(n, *map(len, rows)) if rows else 0)])
+        at += len(texts)
+    return out
+
+
+# method -> candidates(rows' texts, variants wanted per row, each row's random source, settings, loaded models, counts):
+# for each row, a list of candidate variants (each the row's texts rewritten); the first good ones are kept.
+METHODS = {"obfuscate-ko": obfuscate_ko, "back-translation": back_translation, "paraphrase": paraphrase}
+
+
+def load_models(method: str, settings: dict) -> dict:
+    """The models a method runs, loaded once the input and outputs are known to be good."""
+    from tunesmith.curate.seq2seq import Seq2Seq
+
+    if method == "back-translation":
+        return {"to": Seq2Seq.load(settings["to_model"], settings["src"], settings["via"], max_new_tokens=settings["max_new_tokens"]),
+                "back": Seq2Seq.load(settings["back_model"], settings["via"], settings["src"], max_new_tokens=settings["max_new_tokens"])}
+    if method == "paraphrase":
+        from transformers import AutoConfig
+
+        from tunesmith.runs import is_run_dir
+
+        model = settings["model"]
+        if not is_run_dir(model):
+            try:
+                seq2seq = AutoConfig.from_pretrained(model).is_encoder_decoder
+            except (OSError, ValueError):
+                seq2seq = False  # a .gguf file, or a model tunesmith's loader finds where transformers does not
+            if seq2seq:
+                return {"seq2seq": Seq2Seq.load(model, prefix=settings["prefix"], max_new_tokens=settings["max_new_tokens"])}
+        from tunesmith.checks import check_model
+        from tunesmith.eval.engines import open_engine
+
+        check_model(model, "--model")
+        return {"engine": open_engine(model, engine="transformers")}
+    return {}
 
 
 def parse_rules(text: str | None) -> dict[str, float]:
@@ -77,6 +153,7 @@ def variants_wanted(n: int, per_row: int | None, ratio: float | None, seed: int)
 def augment(method: str, input: str, out: str, eval_out: str | None, fields: TextFields, per_row: int | None, ratio: float | None,
             pairs: bool, split_column: str, eval_share: float | None, id_field: str, settings: dict, overwrite: bool,
             on_bad_row: str, limit: int | None, seed: int, batch_size: int, chunk_rows: int) -> dict:
+    """`settings` are the method's own (rules, models, decoding): reported, and part of what a resumed run must match."""
     if (per_row is None) == (ratio is None):
         raise TunesmithError("augment: give --per-row N or --ratio R (new rows per row read)")
     if eval_share is not None and not 0 < eval_share < 1:
@@ -93,42 +170,47 @@ def augment(method: str, input: str, out: str, eval_out: str | None, fields: Tex
         raise TunesmithError(f"{input}: {len(held)} rows are eval rows ({source}): give --eval-out FILE, so that they and their variants stay out of --out")
     wanted = dict(zip((row.index for row in rows), variants_wanted(len(rows), per_row, ratio, seed)))
     rewrite = METHODS[method]
+    models = load_models(method, settings)
 
     def process(batch: list[Row], counts: Counts) -> dict[str, list[dict]]:
         written = {name: [] for name in outputs}
+        rows, slots = [], []
         for row in batch:
-            side = "eval_out" if row.index in held else "out"
             try:
-                slots = fields.slots(row.data, row.where)
+                slots.append(fields.slots(row.data, row.where))
             except DataError as err:
                 bad(err, on_bad_row, counts)
                 continue
+            rows.append(row)
+        originals = [[text for _, text in found] for found in slots]
+        # Each row draws from the seed and its place alone, whatever the batch it is in.
+        candidates = rewrite(originals, [wanted[r.index] for r in rows], [random.Random(f"{seed}:{r.index}") for r in rows], settings, models, counts) if rows else []
+        for row, found, texts, options in zip(rows, slots, originals, candidates):
+            side = "eval_out" if row.index in held else "out"
             if eval_share is not None:
                 row = Row(row.index, row.where, {**row.data, split_column: "eval" if side == "eval_out" else "train"})
-            originals = [text for _, text in slots]
-            rng = random.Random(f"{seed}:{row.index}")  # a row's draws depend on the seed and its place alone
             made = []
-            for _ in range(wanted[row.index]):
-                texts = next((t for t in (rewrite(originals, rng, settings, counts) for _ in range(TRIES)) if t != originals and t not in made), None)
-                if texts is None:
-                    counts.add("variants left out: unchanged or repeated")
-                    continue
-                if not all(t.strip() for t in texts):
+            for variant in options:
+                if len(made) == wanted[row.index]:
+                    break
+                if not all(t.strip() for t in variant):
                     counts.add("variants left out: empty")
-                    continue
-                made.append(texts)
+                elif variant == texts or variant in made:
+                    counts.add("variants left out: unchanged or repeated")
+                else:
+                    made.append(variant)
             if not pairs:
                 written[side].append(row.data)
-            for texts in made:
+            for variant in made:
                 source_id = row_id(row, id_field)
                 if pairs:
                     written[side] += [{"prompt": new, "completion": old, "augmented_from": source_id, "augmentation": method}
-                                      for new, old in zip(texts, originals)]
+                                      for new, old in zip(variant, texts)]
                 else:
-                    written[side].append(replaced(row.data, dict(zip([p for p, _ in slots], texts)))
+                    written[side].append(replaced(row.data, dict(zip([p for p, _ in found], variant)))
                                          | {"augmented_from": source_id, "augmentation": method})
-                counts.example({"original": originals, "variant": texts})
-            counts.add("variants written", len(made) * (len(originals) if pairs else 1))
+                counts.example({"original": texts, "variant": variant})
+            counts.add("variants written", len(made) * (len(texts) if pairs else 1))
             counts.add(f"{'eval' if side == 'eval_out' else 'train'} rows augmented")
         return written
 

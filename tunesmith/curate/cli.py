@@ -38,10 +38,37 @@ def cmd_augment(args) -> None:
     positive("--chunk-rows", args.chunk_rows)
     if args.ratio is not None and args.ratio <= 0:
         raise TunesmithError(f"--ratio: {args.ratio} is not a number > 0")
-    settings = {"rules": parse_rules(args.rules)} if args.method == "obfuscate-ko" else {}
+    settings = method_settings(args, parse_rules)
     augment(args.method, args.input, args.out, args.eval_out, fields_from(args, "input"), args.per_row, args.ratio, args.pairs,
             args.split_column, args.eval_share, args.id_field, settings, args.overwrite, args.on_bad_row, args.limit, args.seed,
             args.batch_size, args.chunk_rows)
+
+
+PARAPHRASE_PROMPT = "Rewrite this text in other words, keeping its meaning. Answer with the rewritten text only.\n\n{text}"
+
+
+def method_settings(args, parse_rules) -> dict:
+    """The chosen augment method's own settings (what else it was given is refused, not ignored)."""
+    from tunesmith.curate.seq2seq import default_translator
+
+    given = {flag for flag, value in (("--rules", args.rules), ("--translator-to", args.translator_to), ("--translator-back", args.translator_back),
+                                      ("--model", args.model), ("--prompt", args.prompt), ("--prefix", args.prefix)) if value is not None}
+    takes = {"obfuscate-ko": {"--rules"}, "back-translation": {"--translator-to", "--translator-back"}, "paraphrase": {"--model", "--prompt", "--prefix"}}[args.method]
+    if given - takes:
+        raise TunesmithError(f"augment {args.method}: {', '.join(sorted(given - takes))} belong to another method")
+    if args.method == "obfuscate-ko":
+        return {"rules": parse_rules(args.rules)}
+    decoding = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
+    if args.temperature < 0:
+        raise TunesmithError(f"--temperature: {args.temperature} must be >= 0 (0: beam search)")
+    if args.method == "back-translation":
+        return {"src": args.src, "via": args.via, "to_model": args.translator_to or default_translator(args.src, args.via),
+                "back_model": args.translator_back or default_translator(args.via, args.src), **decoding}
+    if not args.model:
+        raise TunesmithError("augment paraphrase: give --model, a seq2seq paraphraser or any model tunesmith loads (a run directory too)")
+    if args.prompt is not None and "{text}" not in args.prompt:
+        raise TunesmithError("--prompt: put {text} where the row's text goes")
+    return {"model": args.model, "prompt": args.prompt or PARAPHRASE_PROMPT, "prefix": args.prefix or "", **decoding}
 
 
 def add_parser(sub) -> None:
@@ -84,18 +111,31 @@ def add_parser(sub) -> None:
 
     q = command(data, "augment", "grow a set with variants of its rows (labels kept)",
                 "tunesmith data augment obfuscate-ko examples/data/korean_reviews/reviews.jsonl --field text --per-row 2 --out grown.jsonl\n"
-                "tunesmith data augment obfuscate-ko reviews.jsonl --field text --pairs --eval-share 0.1 --out pairs.jsonl --eval-out eval.jsonl",
+                "tunesmith data augment obfuscate-ko reviews.jsonl --field text --pairs --eval-share 0.1 --out pairs.jsonl --eval-out eval.jsonl\n"
+                "tunesmith data augment back-translation train.jsonl --src ko --via en --per-row 2 --out grown.jsonl\n"
+                "tunesmith data augment paraphrase train.jsonl --model runs/quickstart --temperature 0.8 --per-row 2 --out grown.jsonl",
                 "obfuscate-ko rewrites Korean the way reviewers dodge filters (liaison, similar-sounding initials, vowels and "
-                "finals, added finals; each rule with its probability, --rules). Variants keep every other column and carry "
+                "finals, added finals; each rule with its probability, --rules); back-translation goes through another "
+                "language and back (Marian by default, NLLB by --translator-*); paraphrase asks a seq2seq paraphraser or "
+                "a causal LM. Variants keep every other column and carry "
                 "augmented_from and augmentation; with --pairs the output holds (rewritten, original) pairs as prompt and "
                 "completion, for a restoration model. Rows of an eval split, and their variants, go to --eval-out only.")
-    q.add_argument("method", choices=("obfuscate-ko",), help="how variants are made")
+    q.add_argument("method", choices=("obfuscate-ko", "back-translation", "paraphrase"), help="how variants are made")
     add_common(q)
     q.add_argument("--per-row", type=int, help="variants of every row")
     q.add_argument("--ratio", type=float, help="new rows per row read instead: 0.5 adds one for a seeded half of the rows")
     q.add_argument("--pairs", action="store_true", help="write (rewritten, original) pairs as {prompt, completion} instead of the grown set")
     q.add_argument("--rules", help="obfuscate-ko: rule=probability pairs over the defaults, e.g. liaison=0.8,add_final=0 "
                    "(rules: liaison, similar_initial, similar_medial, similar_final, add_final)")
+    q.add_argument("--src", default="ko", help="back-translation: the language of the text")
+    q.add_argument("--via", default="en", help="back-translation: the language it goes through")
+    q.add_argument("--translator-to", help="back-translation: model from --src to --via (default: Helsinki-NLP's Marian for the pair; NLLB works too)")
+    q.add_argument("--translator-back", help="back-translation: model from --via back to --src (default: Helsinki-NLP's Marian for the pair)")
+    q.add_argument("--model", help="paraphrase: a seq2seq paraphraser, or a causal LM tunesmith loads (run directory, folder, hub id, .gguf)")
+    q.add_argument("--prompt", help="paraphrase with a causal LM: the request, {text} standing for the row's text (default: a rewrite request)")
+    q.add_argument("--prefix", help="paraphrase with a seq2seq model: put before every text (e.g. 'paraphrase: ' for T5 paraphrasers)")
+    q.add_argument("--temperature", type=float, default=0.0, help="model methods: 0 returns beams (deterministic), above 0 samples")
+    q.add_argument("--max-new-tokens", type=int, default=128, help="model methods: longest output, in tokens")
     q.add_argument("--eval-out", help="where eval rows and their variants go (required when the input has any)")
     q.add_argument("--split-column", default="split", help="the column that marks eval rows (eval, validation, test, heldout, dev)")
     q.add_argument("--eval-share", type=float, help="hold out this share of the rows as eval first (seeded; marked in --split-column)")
