@@ -119,3 +119,25 @@ def test_a_missing_extra_is_one_line_with_the_install_command(tmp_path, capsys, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasketch" else real(name, *a))
     assert main(["data", "dedup", str(write(tmp_path / "t.jsonl", CLEAN[:2]))]) == 2
     assert capsys.readouterr().err == "error: data dedup needs datasketch: pip install 'tunesmith[data]'\n"
+
+
+@pytest.mark.parametrize("held_out", ["file", "share"])
+def test_a_recipe_is_checked_against_its_own_eval_data(tmp_path, monkeypatch, held_out):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "train.jsonl", [*CLEAN, "환불은 며칠 걸리나요!"])  # row 13 repeats row 11
+    write(tmp_path / "heldout.jsonl", ["How do I change the email on my account?", "A question nobody asked before today."])
+    data = "  eval: heldout.jsonl\n" if held_out == "file" else "  eval_split: 0.25\n"
+    (tmp_path / "r.yaml").write_text(f"model:\n  path: org/m\ndata:\n  train: train.jsonl\n{data}train:\n  seed: 1\n", encoding="utf-8")
+    assert main(["data", "dedup", "r.yaml", "--report", "rep.json"]) == 0
+    report = report_of(tmp_path / "rep.json")
+    if held_out == "file":
+        assert [leak["eval"] for leak in report["extra"]["contamination"]] == ["heldout.jsonl:1"] and report["counters"]["eval rows"] == 2
+        assert [(d["where"], d["twin"]) for d in report["extra"]["duplicates"]] == [("train.jsonl:13", "train.jsonl:11")]
+    else:  # the rows training would hold out (3 of 13, by the recipe's seed) are the eval rows
+        from tunesmith.data.prepare import split_eval
+
+        kept, held = split_eval(list(range(1, 14)), 0.25, 1)
+        assert report["counters"]["eval rows"] == len(held) == 3 and report["read"] == 10
+        expected = [f"train.jsonl:{11 if 11 in held else 13}"] if (11 in held) != (13 in held) else []
+        assert [leak["eval"] for leak in report["extra"]["contamination"]] == expected
+    assert main(["data", "dedup", "r.yaml", "--field", "prompt"]) == 2

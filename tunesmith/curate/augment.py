@@ -25,7 +25,7 @@ import sys
 
 from tunesmith.curate.executor import Job, Output
 from tunesmith.curate.hangul import DEFAULT_RATES, RULES, hangul_share, obfuscate
-from tunesmith.curate.rows import Counts, Row, TextFields, bad, replaced, row_id
+from tunesmith.curate.rows import Counts, Row, TextFields, bad, is_recipe, replaced, row_id
 from tunesmith.data.formats import DataError
 from tunesmith.errors import TunesmithError
 
@@ -154,6 +154,8 @@ def augment(method: str, input: str, out: str, eval_out: str | None, fields: Tex
             pairs: bool, split_column: str, eval_share: float | None, id_field: str, settings: dict, overwrite: bool,
             on_bad_row: str, limit: int | None, seed: int, batch_size: int, chunk_rows: int) -> dict:
     """`settings` are the method's own (rules, models, decoding): reported, and part of what a resumed run must match."""
+    if is_recipe(input):
+        raise TunesmithError(f"{input}: augment takes a data file; its eval rows go to --eval-out by their split column or --eval-share")
     if (per_row is None) == (ratio is None):
         raise TunesmithError("augment: give --per-row N or --ratio R (new rows per row read)")
     if eval_share is not None and not 0 < eval_share < 1:

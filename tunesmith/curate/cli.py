@@ -180,7 +180,8 @@ def add_parser(sub) -> None:
 
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
     """Input, text fields, bad rows, limits and seed: the same flags, with the same meaning, for every row verb."""
-    p.add_argument("input", help="a data file (JSONL, JSON, CSV/TSV, Parquet), a save_to_disk folder (folder::split) or a hub dataset")
+    p.add_argument("input", help="a data file (JSONL, JSON, CSV/TSV, Parquet), a save_to_disk folder (folder::split), a hub dataset, "
+                   "or (dedup, cluster) a recipe: its training examples as training reads them")
     if output:
         p.add_argument("--out", required=True, help="the file to write (never the input); OUT.report.json and OUT.report.md go next to it")
         p.add_argument("--overwrite", action="store_true", help="replace --out (and its report) if it exists")
@@ -194,9 +195,11 @@ def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
 
 
 def fields_from(args, side: str = "all"):
-    from tunesmith.curate.rows import TextFields, parse_columns
+    from tunesmith.curate.rows import TextFields, is_recipe, parse_columns
 
     names = [name.strip() for item in args.field for name in item.split(",") if name.strip()]
+    if is_recipe(args.input) and (names or args.columns):
+        raise TunesmithError(f"{args.input}: a recipe's examples are read as training reads them (its data.columns); --field and --columns name a data file's columns")
     return TextFields(names, parse_columns(args.columns), side)
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.curate.executor import Job, Output
-from tunesmith.curate.rows import Counts, Row, TextFields, bad, read_input
+from tunesmith.curate.rows import Counts, Row, TextFields, bad, is_recipe, read_input
 from tunesmith.data.formats import DataError
+from tunesmith.errors import TunesmithError
 
 NUM_PERM = 128
 SHOWN_TEXT = 160
@@ -107,8 +108,6 @@ def entries_of(rows: list[Row], fields: TextFields, ngram: int, on_bad_row: str,
 def dedup(input: str, fields: TextFields, against: list[str], threshold: float, ngram: int, write: str | None,
           report: str | None, overwrite: bool, on_bad_row: str, limit: int | None, seed: int) -> dict:
     if not 0 < threshold <= 1:
-        from tunesmith.errors import TunesmithError
-
         raise TunesmithError(f"--threshold: {threshold} is not a Jaccard similarity in (0, 1]")
     settings = {"fields": fields.fields or "the format's", "against": against, "threshold": threshold, "ngram": ngram,
                 "write": write is not None, "limit": limit, "seed": seed}
@@ -116,14 +115,17 @@ def dedup(input: str, fields: TextFields, against: list[str], threshold: float, 
     default_report = Path(f"{Path(input.split('::')[0]).name.split('.')[0]}.dedup.report.json")
     job = Job("dedup", input, outputs, settings, overwrite=overwrite, sections=sections,
               report=Path(report) if report else None if write else default_report)
+    if is_recipe(input) and write:
+        raise TunesmithError(f"{input}: a recipe's train data may be several files; --write works on one data file (dedup each file)")
     rows, counts = job.read(on_bad_row, limit)
     entries = entries_of(rows, fields, ngram, on_bad_row, counts)
 
     held = Index(threshold, seed)
     eval_rows = 0
-    for file in against:
+    # A recipe is checked against its own eval data (its eval files, or the share it holds out), then any --against.
+    for file, split in [(input, "eval")] * is_recipe(input) + [(file, "train") for file in against]:
         eval_counts = Counts()
-        eval_entries = entries_of(read_input(file, on_bad_row, eval_counts), fields, ngram, on_bad_row, eval_counts)
+        eval_entries = entries_of(read_input(file, on_bad_row, eval_counts, split=split), fields, ngram, on_bad_row, eval_counts)
         eval_rows += len(eval_entries)
         for entry, signature in zip(eval_entries, held.signatures(eval_entries)):
             held.add(entry, signature)
@@ -133,7 +135,7 @@ def dedup(input: str, fields: TextFields, against: list[str], threshold: float, 
     seen = Index(threshold, seed)
     kept, duplicates, leaks = [], [], {}
     for entry, signature in zip(entries, seen.signatures(entries)):
-        leak = held.match(entry, signature) if against else None
+        leak = held.match(entry, signature) if held.entries else None
         twin = seen.match(entry, signature)
         if leak:
             kind, source, similarity = leak
@@ -151,7 +153,7 @@ def dedup(input: str, fields: TextFields, against: list[str], threshold: float, 
             kept.append(entry.row.data)
     counts.add("exact duplicates", sum(d["kind"] == "exact" for d in duplicates))
     counts.add("near duplicates", sum(d["kind"] == "near" for d in duplicates))
-    if against:
+    if against or is_recipe(input):
         counts.add("eval rows", eval_rows)
         counts.add("eval rows found in the input", len(leaks))
     if not write:  # a report alone drops nothing: the counts say what --write would drop

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tunesmith.data.formats import FORMATS, SHAREGPT_ROLES, DataError, detect_format, type_name
 from tunesmith.data.load import read_rows
@@ -82,9 +83,16 @@ class Counts:
         return cls(dict(data["counters"]), dict(data["dropped"]), list(data["first_errors"]), list(data["examples"]))
 
 
-def read_input(path: str, on_bad_row: str, counts: Counts, limit: int | None = None) -> list[Row]:
+def is_recipe(path: str) -> bool:
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def read_input(path: str, on_bad_row: str, counts: Counts, limit: int | None = None, split: str = "train") -> list[Row]:
     """The rows of any file the training loader reads; a bad row raises, or is counted in `counts` with drop.
-    `limit` keeps the first N rows read (bad ones included, so --limit 10 reads 10 lines)."""
+    `limit` keeps the first N rows read (bad ones included, so --limit 10 reads 10 lines). A recipe gives the
+    examples of its data section's `split` (see recipe_rows)."""
+    if is_recipe(path):
+        return recipe_rows(path, split, counts)[:limit]
     rows = []
     for index, (where, row) in enumerate(read_rows(path)):
         if limit is not None and index >= limit:
@@ -94,6 +102,43 @@ def read_input(path: str, on_bad_row: str, counts: Counts, limit: int | None = N
             continue
         rows.append(Row(index, where, row))
     return rows
+
+
+def recipe_rows(path: str, split: str, counts: Counts) -> list[Row]:
+    """The train or eval examples of a recipe, exactly as training reads and splits them (each source with its
+    format and columns, data.eval files or the data.eval_split held out with the recipe's seed; before weights),
+    as rows of their format: {messages} or {text}, {prompt, chosen, rejected}, {prompt, completion}. Bad rows
+    follow the recipe's data.on_bad_row and are counted."""
+    from tunesmith.config import METHOD_FORMATS, load_recipe
+    from tunesmith.data.prepare import DataReport, read_split, split_eval
+
+    recipe = load_recipe(path)
+    cfg, formats, report = recipe.data, METHOD_FORMATS[recipe.method], DataReport()
+    if cfg.eval:
+        examples = read_split(cfg.train if split == "train" else cfg.eval, cfg, report, formats)
+    else:
+        train = read_split(cfg.train, cfg, report, formats)
+        train, held = split_eval(train, cfg.eval_split, recipe.train.seed) if cfg.eval_split else (train, [])
+        examples = train if split == "train" else held
+    for loaded in report.files:
+        for reason, n in loaded["dropped"].items():
+            counts.dropped[reason] = counts.dropped.get(reason, 0) + n
+        counts.first_errors += loaded["first_errors"][: Counts.SHOWN - len(counts.first_errors)]
+    return [Row(i, e.where, example_row(e)) for i, e in enumerate(examples)]
+
+
+def example_row(example) -> dict:
+    """A loaded example as a row of its format, for the verbs that read recipes."""
+    from tunesmith.data.formats import Example
+    from tunesmith.data.preference import PairExample, UnpairedExample
+
+    if isinstance(example, Example):
+        return {"messages": example.messages} if example.messages is not None else {"text": example.text}
+    if isinstance(example, PairExample):
+        return {"prompt": example.prompt, "chosen": example.chosen, "rejected": example.rejected}
+    if isinstance(example, UnpairedExample):
+        return {"prompt": example.prompt, "completion": example.completion, "label": example.label}
+    return {"messages": example.prompt}
 
 
 def bad(err: DataError, on_bad_row: str, counts: Counts) -> None:
