@@ -123,6 +123,7 @@ def cmd_eval(args) -> None:
         perplexity_scope=args.perplexity_scope,
         limit=args.limit,
         human_sheet=args.human_sheet,
+        task_column=args.task_column,
     )
 
 
@@ -359,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity-scope", default="response", choices=["response", "text"], help="score the reference answer only, or every token")
     p.add_argument("--limit", type=int, help="only the first N rows (default: all)")
     p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
+    p.add_argument("--task-column", metavar="COLUMN", help="a mixture's eval rows: tag each prompt with the task in this column, "
+                   "as training tagged it (the run's data.task_tag), and report metrics per task")
     add_decoding_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_eval)
 

@@ -14,12 +14,13 @@ import math
 import random
 from dataclasses import replace
 
-from tunesmith.config import DataConfig, DataSource
+from tunesmith.config import DataSource
 from tunesmith.data.formats import Example, with_system
 
 
-def tag_text(cfg: DataConfig, task: str) -> str:
-    return cfg.task_template.replace("{task}", task)
+def tag_text(template: str, task: str) -> str:
+    """data.task_template with the task's name: '[TASK: sentiment]'."""
+    return template.replace("{task}", task)
 
 
 def tagged(example, tag: str, mode: str):

@@ -38,7 +38,7 @@ def read_sources(
         )
         report.files.append(asdict(load_report))
         if source.task:
-            examples = [tagged(e, tag_text(cfg, source.task), cfg.task_tag) for e in examples]
+            examples = [tagged(e, tag_text(cfg.task_template, source.task), cfg.task_tag) for e in examples]
         if cfg.mixture:
             report.sources.append(source_entry(source, report.files[-1]) | {"split": split})
         per_source.append(examples)
