@@ -2,7 +2,6 @@
 transformers path on tiny models built in-process (a seq2seq model with SmolLM2's tokenizer, a tiny Llama)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 import tunesmith.curate.seq2seq as seq2seq
 from tunesmith.cli import main
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TO_EN = {"배송이 늦어요": "The delivery is late", "환불해 주세요": "Please refund me", "좋아요": "Good"}
 BACK = {"The delivery is late": ["배송이 늦네요", "배송이 늦어요", "배달이 늦어요"], "Please refund me": ["환불 부탁드려요", "", "환불해 주세요"],
         "Good": ["좋아요", "좋아요", "좋아요"]}
@@ -65,23 +63,6 @@ def test_settings_of_another_method_are_refused(tmp_path, capsys):
     assert capsys.readouterr().err == "error: augment obfuscate-ko: --model belong to another method\n"
     assert main(["data", "augment", "paraphrase", str(source), "--per-row", "1", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "augment paraphrase: give --model" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def tiny_seq2seq(tmp_path_factory):
-    """A random 1-layer BART with SmolLM2's tokenizer: real loading and generation, meaningless output."""
-    import torch
-    from transformers import BartConfig, BartForConditionalGeneration
-
-    folder = tmp_path_factory.mktemp("tiny_bart")
-    torch.manual_seed(0)
-    config = BartConfig(vocab_size=49152, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=2, bos_token_id=1, eos_token_id=2,
-                        decoder_start_token_id=1, forced_bos_token_id=None, forced_eos_token_id=None)
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    for file in (FIXTURES / "smollm2_tokenizer").iterdir():
-        shutil.copy2(file, folder / file.name)
-    return folder
 
 
 def test_back_translation_and_paraphrase_run_real_seq2seq_models(tiny_seq2seq, tmp_path):

@@ -87,6 +87,17 @@ def cmd_cluster(args) -> None:
             args.overwrite, args.on_bad_row, args.limit, args.seed, args.batch_size)
 
 
+def cmd_translate(args) -> None:
+    from tunesmith.curate.translate import translate
+
+    for flag in ("--limit", "--batch-size", "--chunk-rows", "--num-beams", "--max-new-tokens"):
+        positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    fields = fields_from(args)
+    fields.system = True
+    translate(args.input, args.out, fields, args.src, args.tgt, args.model, args.num_beams, args.max_new_tokens, args.overwrite,
+              args.on_bad_row, args.limit, args.seed, args.batch_size, args.chunk_rows)
+
+
 def add_parser(sub) -> None:
     from tunesmith.cli import command
 
@@ -176,6 +187,21 @@ def add_parser(sub) -> None:
     q.add_argument("--tiny", type=float, default=0.02, help="clusters with fewer rows than this share are flagged tiny")
     q.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
     q.set_defaults(func=cmd_cluster)
+
+    q = command(data, "translate", "translate chosen fields, every other column kept",
+                "tunesmith data translate examples/data/korean_reviews/reviews.jsonl --field text --src ko --tgt en --out reviews.en.jsonl\n"
+                "tunesmith data translate chats.jsonl --src en --tgt ko --model facebook/nllb-200-distilled-600M --out chats.ko.jsonl",
+                "Each string (each turn of a conversation, its system message included) is translated on its own with a "
+                "seq2seq translator: Helsinki-NLP's MarianMT for the pair by default, NLLB or M2M100 by --model.")
+    add_common(q)
+    q.add_argument("--src", required=True, help="language of the text (ISO 639-1: ko, en, ja, ...)")
+    q.add_argument("--tgt", required=True, help="language to translate into")
+    q.add_argument("--model", help="a seq2seq translator (default: Helsinki-NLP/opus-mt-SRC-TGT; ko-en and en-ko have their own)")
+    q.add_argument("--num-beams", type=int, default=4, help="beam search width")
+    q.add_argument("--max-new-tokens", type=int, default=256, help="longest translation, in tokens")
+    q.add_argument("--batch-size", type=int, default=16, help="texts per batch")
+    q.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable chunk")
+    q.set_defaults(func=cmd_translate)
 
 
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:

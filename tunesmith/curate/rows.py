@@ -177,6 +177,7 @@ class TextFields:
     fields: list[str]
     columns: dict[str, str]
     side: str = "all"
+    system: bool = False    # also a message list's system message (translate does; the other verbs read the turns)
 
     def slots(self, row: dict, where: str) -> list[tuple[FieldPath, str]]:
         """(path, text) of every string of the chosen side, in row order; a row without them is a DataError."""
@@ -206,7 +207,7 @@ class TextFields:
         raise DataError(where, _shown(path), problem, "wrong_type")
 
     def _turns(self, messages: list[dict], path: FieldPath, where: str) -> list[tuple[FieldPath, str]]:
-        roles = {"input": INPUT_ROLES, "answer": ANSWER_ROLES}.get(self.side, INPUT_ROLES | ANSWER_ROLES)
+        roles = {"input": INPUT_ROLES, "answer": ANSWER_ROLES}.get(self.side, INPUT_ROLES | ANSWER_ROLES) | ({"system"} if self.system else set())
         found = []
         for i, message in enumerate(messages):
             keys = next((MESSAGE_KEYS[k] for k in MESSAGE_KEYS if k in message), None)

@@ -64,8 +64,10 @@ class Seq2Seq:
             forced_bos = tokenizer.convert_tokens_to_ids(codes[tgt] if codes is NLLB_CODES else f"__{tgt}__")
         return cls(model, tokenizer, name, forced_bos, prefix, max_new_tokens)
 
-    def __call__(self, texts: list[str], num_return: int = 1, batch_size: int = 16, temperature: float = 0.0, seed: int = 0) -> list[list[str]]:
-        """num_return outputs per text: beam search returning that many beams, or sampling at `temperature`."""
+    def __call__(self, texts: list[str], num_return: int = 1, batch_size: int = 16, temperature: float = 0.0, seed: int = 0,
+                 num_beams: int = 1) -> list[list[str]]:
+        """num_return outputs per text: beam search (at least num_beams) returning that many beams, or sampling at
+        `temperature`."""
         import torch
 
         outputs = []
@@ -77,7 +79,7 @@ class Seq2Seq:
                 torch.manual_seed(seed + start)  # each batch from the seed and its place: resumable runs draw alike
                 kwargs |= {"do_sample": True, "temperature": temperature}
             else:
-                kwargs |= {"num_beams": max(num_return, 1)}
+                kwargs |= {"num_beams": max(num_return, num_beams)}
             if self.forced_bos is not None:
                 kwargs["forced_bos_token_id"] = self.forced_bos
             with torch.no_grad():
