@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import Recipe, check_paths, load_recipe
-from tunesmith.data.load import load_examples
+from tunesmith.data.prepare import DataReport, read_split
 from tunesmith.eval.generate import generate, load_for_inference
 from tunesmith.eval.metrics import exact_match, normalize, per_class_accuracy
 from tunesmith.shipped import locate
@@ -30,9 +30,8 @@ console = Console()
 
 def heldout_set(recipe) -> tuple[list[list[dict]], list[str]]:
     """Prompts (conversation without its answer) and reference answers of the recipe's eval file."""
-    examples, _ = load_examples(
-        recipe.data.eval[0], fmt=recipe.data.format, columns=recipe.data.columns, system_prompt=recipe.data.system_prompt
-    )
+    # As training reads it: the entry's format and columns, the system prompt, a mixture source's task tag.
+    examples = read_split(recipe.data.eval[:1], recipe.data, DataReport())
     prompts = [e.messages[:-1] for e in examples]
     references = [e.messages[-1]["content"] for e in examples]
     return prompts, references

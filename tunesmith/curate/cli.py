@@ -92,9 +92,7 @@ def cmd_translate(args) -> None:
 
     for flag in ("--limit", "--batch-size", "--chunk-rows", "--num-beams", "--max-new-tokens"):
         positive(flag, getattr(args, flag[2:].replace("-", "_")))
-    fields = fields_from(args)
-    fields.system = True
-    translate(args.input, args.out, fields, args.src, args.tgt, args.model, args.num_beams, args.max_new_tokens, args.overwrite,
+    translate(args.input, args.out, fields_from(args, system=True), args.src, args.tgt, args.model, args.num_beams, args.max_new_tokens, args.overwrite,
               args.on_bad_row, args.limit, args.seed, args.batch_size, args.chunk_rows)
 
 
@@ -220,13 +218,13 @@ def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (each row draws from the seed and its position)")
 
 
-def fields_from(args, side: str = "all"):
+def fields_from(args, side: str = "all", system: bool = False):
     from tunesmith.curate.rows import TextFields, is_recipe, parse_columns
 
     names = [name.strip() for item in args.field for name in item.split(",") if name.strip()]
     if is_recipe(args.input) and (names or args.columns):
         raise TunesmithError(f"{args.input}: a recipe's examples are read as training reads them (its data.columns); --field and --columns name a data file's columns")
-    return TextFields(names, parse_columns(args.columns), side)
+    return TextFields(names, parse_columns(args.columns), side, system)
 
 
 def requires(verb: str, *modules: str) -> None:
