@@ -131,3 +131,20 @@ def test_text_fields_follow_the_format_or_the_named_columns():
     assert changed["messages"][1]["content"] == "u2" and conversation["messages"][1]["content"] == "U"
     alpaca = {"instruction": "I", "output": "O"}
     assert TextFields([], {}).text(alpaca, "f:1") == "I\nO"
+
+
+def test_an_empty_input_is_an_error_and_ctrl_c_says_how_to_go_on(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"empty.jsonl: no rows"):
+        job(tmp_path, tmp_path / "empty.jsonl").read("error", None)
+    source = write(tmp_path / "in.jsonl", [{"prompt": f"row {i}"} for i in range(8)])
+
+    def stops(batch, counts):
+        if batch[0].index >= 4:
+            raise KeyboardInterrupt
+        return shout(batch, counts)
+
+    j = job(tmp_path, source)
+    with pytest.raises(KeyboardInterrupt):
+        j.run_chunked(*j.read("error", None), stops, batch_size=2, chunk_rows=4)
+    assert f"interrupted: 1 of 2 chunks written in {tmp_path / 'out.jsonl.parts'}; run the same command again to continue" in capsys.readouterr().err

@@ -71,3 +71,11 @@ def test_the_same_language_twice_is_refused(tmp_path, capsys):
     source.write_text('{"text": "a"}\n', encoding="utf-8")
     assert main(["data", "translate", str(source), "--src", "ko", "--tgt", "ko", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert capsys.readouterr().err == "error: --src and --tgt are both 'ko': nothing to translate\n"
+
+
+def test_a_model_not_cached_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = tmp_path / "t.jsonl"
+    source.write_text('{"text": "안녕"}\n', encoding="utf-8")
+    assert main(["data", "translate", str(source), "--src", "ko", "--tgt", "en", "--model", "nobody/no-such-translator", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert capsys.readouterr().err == "error: nobody/no-such-translator: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder\n"

@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,8 @@ class Job:
         counts = Counts()
         rows = read_input(self.input, on_bad_row, counts, limit)
         counts.add("read", len(rows) + sum(counts.dropped.values()))
+        if not counts.counters["read"]:
+            raise TunesmithError(f"{self.input}: no rows")
         return rows, counts
 
     def run_chunked(self, rows: list[Row], read: Counts, process: Process, batch_size: int, chunk_rows: int = CHUNK_ROWS) -> dict:
@@ -131,7 +134,7 @@ class Job:
         skipped = sum(len(chunk) for n, chunk in enumerate(chunks) if str(n) in done)
         if skipped:
             print(f"resuming: {len(done)} of {len(chunks)} chunks already written in {self.parts}", file=sys.stderr)
-        with tqdm(total=len(rows), initial=skipped, desc=f"data {self.verb}", unit="row", dynamic_ncols=True) as bar:
+        with tqdm(total=len(rows), initial=skipped, desc=f"data {self.verb}", unit="row", dynamic_ncols=True) as bar, self._resumable(len(chunks), done):
             for n, chunk in enumerate(chunks):
                 if str(n) in done:
                     continue
@@ -181,6 +184,15 @@ class Job:
         _write_atomically(self.report_path, json.dumps(report, indent=2, ensure_ascii=False, default=str))
         _write_atomically(self.report_path.with_suffix(".md"), render_markdown(report, self.sections(report["extra"])))
         return report
+
+    @contextmanager
+    def _resumable(self, chunks: int, done: dict):
+        """Ctrl-C stops between batches; what was written is said, and how to go on."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {len(done)} of {chunks} chunks written in {self.parts}; run the same command again to continue", file=sys.stderr)
+            raise
 
     def _manifest(self) -> dict | None:
         file = self.parts / "manifest.json"

@@ -13,7 +13,9 @@ language pair and needs neither.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
@@ -51,6 +53,8 @@ class Seq2Seq:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSeq2SeqLM.from_pretrained(name)
         except (OSError, ValueError) as err:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") and not Path(name).exists():
+                raise TunesmithError(f"{name}: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder") from None
             raise TunesmithError(f"{name}: cannot load this model ({' '.join(str(err).split())[:300]})") from None
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         forced_bos = None
