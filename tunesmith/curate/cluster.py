@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.curate.executor import Job, Output
+from tunesmith.curate.report import cell
 from tunesmith.curate.rows import TextFields, bad
 from tunesmith.data.formats import DataError
 from tunesmith.errors import TunesmithError
@@ -183,19 +184,19 @@ def sections(extra: dict) -> list[str]:
              "| cluster | rows | share | mean length | outliers | nearest the centre |", "|---:|---:|---:|---:|---:|---|"]
     for c in extra["clusters"]:
         flag = " (tiny)" if c["tiny"] else ""
-        samples = " / ".join(cell(s["text"]) for s in c["samples"])
+        samples = " / ".join(short(s["text"]) for s in c["samples"])
         lines.append(f"| {c['cluster']}{flag} | {c['size']} | {c['share']:.0%} | {c['mean_length']} | {c['outliers']} | {samples} |")
     if extra["labels"]:
         lines += ["", f"### `{extra['label']}` per cluster", "", "| label | " + " | ".join(str(c["cluster"]) for c in extra["clusters"]) + " |",
                   "|---|" + "---:|" * len(extra["clusters"])]
         lines += [f"| {label} | " + " | ".join(str(per.get(str(c["cluster"]), 0)) for c in extra["clusters"]) + " |" for label, per in sorted(extra["labels"].items())]
     if extra["outliers"]:
-        lines += ["", "### Outliers", ""] + [f"- {o['where']} (cluster {o['cluster']}, {o['distance']}): {cell(o['text'])}" for o in extra["outliers"][:SHOWN_OUTLIERS]]
+        lines += ["", "### Outliers", ""] + [f"- {o['where']} (cluster {o['cluster']}, {o['distance']}): {short(o['text'])}" for o in extra["outliers"][:SHOWN_OUTLIERS]]
     return [*lines, ""]
 
 
-def cell(text: str, width: int = 90) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
+def short(text: str, width: int = 90) -> str:
+    text = cell(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

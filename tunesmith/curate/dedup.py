@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.curate.executor import Job, Output
+from tunesmith.curate.report import cell
 from tunesmith.curate.rows import Counts, Row, TextFields, bad, is_recipe, read_input
 from tunesmith.data.formats import DataError
 from tunesmith.errors import TunesmithError
@@ -195,6 +196,3 @@ def sections(extra: dict) -> list[str]:
 def more(n: int) -> str:
     return f"\n{n - SHOWN_ROWS} more in the report's JSON" if n > SHOWN_ROWS else ""
 
-
-def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ⏎ ")

@@ -25,10 +25,19 @@ def render_markdown(report: dict, sections: list[str] = ()) -> str:
         *sections,
     ]
     if report["examples"]:
-        lines += ["## Examples", ""]
-        for sample in report["examples"]:
-            lines += ["```json", json.dumps(sample, ensure_ascii=False, indent=1), "```", ""]
+        keys = list(dict.fromkeys(k for sample in report["examples"] for k in sample))
+        lines += ["## Examples", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(cell(sample.get(k)) for k in keys) + " |" for sample in report["examples"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def cell(value) -> str:
+    """A table cell: text as it is (a list of texts joined by ' / '), anything else as JSON; '|' and newlines escaped."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = " / ".join(value)
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
 
 def shown(value) -> str:
