@@ -113,7 +113,11 @@ class DataConfig(_Section):
         "source {path, task, weight, format, columns}.",
     )
     eval: list[DataEntry] = Field([], description="Evaluation file(s) or hub datasets, as train (a source's weight stays 1). Without them, see eval_split.")
-    eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation when no eval file is given.")
+    eval_split: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of the training rows held out for evaluation when no eval file is given; a row written by "
+        "`tunesmith data augment` is held out with its variants (augmented_from).",
+    )
     format: DataFormat = Field(
         "auto",
         description="Row format; auto detects it from the first row among the formats the method takes "

@@ -139,3 +139,20 @@ def test_the_shipped_restoration_pairs_are_what_the_documented_command_writes(tm
                  "--eval-share", "0.1", "--out", str(train), "--eval-out", str(held)]) == 0
     assert train.read_bytes() == (REVIEWS / "restore_train.jsonl").read_bytes()
     assert held.read_bytes() == (REVIEWS / "restore_eval.jsonl").read_bytes()
+
+
+def test_training_holds_a_row_out_with_all_its_variants(tmp_path):
+    from tunesmith.config import METHOD_FORMATS, DataConfig
+    from tunesmith.data.prepare import DataReport, read_mixture
+
+    source = write(tmp_path / "plain.jsonl", [{"prompt": t, "completion": str(i % 3)} for i, t in enumerate(TEXTS)])  # no id column
+    grown = tmp_path / "grown.jsonl"
+    assert main(["data", "augment", "obfuscate-ko", str(source), "--per-row", "3", "--out", str(grown)]) == 0
+    rows = read(grown)
+    assert [r["id"] for r in rows if "augmented_from" not in r] == [f"{source}:{i}" for i in range(1, 11)]
+    group = {r["prompt"]: r.get("augmented_from") or r["id"] for r in rows}
+    for seed in range(5):
+        train, evals = read_mixture(DataConfig(train=[str(grown)], eval_split=0.2), DataReport(), seed, METHOD_FORMATS["sft"])
+        held = {group[e.messages[0]["content"]] for e in evals}
+        assert len(evals) == 8 and len(held) == 2  # two rows, each with its 3 variants
+        assert not held & {group[e.messages[0]["content"]] for e in train}

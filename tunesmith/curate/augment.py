@@ -4,8 +4,8 @@
     tunesmith data augment obfuscate-ko reviews.jsonl --field text --pairs --eval-share 0.1 --out pairs.jsonl --eval-out eval.jsonl
 
 A variant is its source row with the chosen text rewritten; every other column (the label, the answer) is
-kept, and it carries `augmented_from` (the source row's id column, else its file:line) and `augmentation`
-(the method). The output holds each source row followed by its variants; with --pairs, only
+kept, and it carries `augmented_from` (the source row's `id`, else its file:line, which then becomes the
+row's `id` in the output) and `augmentation` (the method); data.eval_split holds a row out with its variants. The output holds each source row followed by its variants; with --pairs, only
 (rewritten, original) pairs as {prompt, completion}, ready for `data.format: prompt_completion` (a
 restoration model). A variant equal to its source or to an earlier variant, or an empty one, is counted
 and left out.
@@ -151,7 +151,7 @@ def variants_wanted(n: int, per_row: int | None, ratio: float | None, seed: int)
 
 
 def augment(method: str, input: str, out: str, eval_out: str | None, fields: TextFields, per_row: int | None, ratio: float | None,
-            pairs: bool, split_column: str, eval_share: float | None, id_field: str, settings: dict, overwrite: bool,
+            pairs: bool, split_column: str, eval_share: float | None, settings: dict, overwrite: bool,
             on_bad_row: str, limit: int | None, seed: int, batch_size: int, chunk_rows: int) -> dict:
     """`settings` are the method's own (rules, models, decoding): reported, and part of what a resumed run must match."""
     if is_recipe(input):
@@ -162,7 +162,7 @@ def augment(method: str, input: str, out: str, eval_out: str | None, fields: Tex
         raise TunesmithError(f"--eval-share: {eval_share} is not a share between 0 and 1")
     outputs = {"out": Output(out)} | ({"eval_out": Output(eval_out)} if eval_out else {})
     job_settings = {"method": method, "fields": fields.fields or "the format's input", "columns": fields.columns, "per_row": per_row,
-                    "ratio": ratio, "pairs": pairs, "split_column": split_column, "eval_share": eval_share, "id_field": id_field,
+                    "ratio": ratio, "pairs": pairs, "split_column": split_column, "eval_share": eval_share,
                     **settings, "limit": limit, "seed": seed, "chunk_rows": chunk_rows}
     job = Job("augment", input, outputs, job_settings, overwrite=overwrite)
     rows, read = job.read(on_bad_row, limit)
@@ -201,10 +201,10 @@ def augment(method: str, input: str, out: str, eval_out: str | None, fields: Tex
                     counts.add("variants left out: unchanged or repeated")
                 else:
                     made.append(variant)
-            if not pairs:
-                written[side].append(row.data)
+            source_id = row_id(row)
+            if not pairs:  # the row, named as its variants name it (training holds a row out with its variants)
+                written[side].append(row.data if row.data.get("id") not in (None, "") else {"id": source_id, **row.data})
             for variant in made:
-                source_id = row_id(row, id_field)
                 if pairs:
                     written[side] += [{"prompt": new, "completion": old, "augmented_from": source_id, "augmentation": method}
                                       for new, old in zip(variant, texts)]

@@ -40,7 +40,7 @@ def cmd_augment(args) -> None:
         raise TunesmithError(f"--ratio: {args.ratio} is not a number > 0")
     settings = method_settings(args, parse_rules)
     augment(args.method, args.input, args.out, args.eval_out, fields_from(args, "input"), args.per_row, args.ratio, args.pairs,
-            args.split_column, args.eval_share, args.id_field, settings, args.overwrite, args.on_bad_row, args.limit, args.seed,
+            args.split_column, args.eval_share, settings, args.overwrite, args.on_bad_row, args.limit, args.seed,
             args.batch_size, args.chunk_rows)
 
 
@@ -164,7 +164,6 @@ def add_parser(sub) -> None:
     q.add_argument("--eval-out", help="where eval rows and their variants go (required when the input has any)")
     q.add_argument("--split-column", default="split", help="the column that marks eval rows (eval, validation, test, heldout, dev)")
     q.add_argument("--eval-share", type=float, help="hold out this share of the rows as eval first (seeded; marked in --split-column)")
-    q.add_argument("--id-field", default="id", help="the column augmented_from names (rows without it are named by file:line)")
     q.add_argument("--batch-size", type=int, default=64, help="rows per batch")
     q.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable chunk")
     q.set_defaults(func=cmd_augment)

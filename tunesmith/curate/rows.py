@@ -110,7 +110,7 @@ def recipe_rows(path: str, split: str, counts: Counts) -> list[Row]:
     as rows of their format: {messages} or {text}, {prompt, chosen, rejected}, {prompt, completion}. Bad rows
     follow the recipe's data.on_bad_row and are counted."""
     from tunesmith.config import METHOD_FORMATS, load_recipe
-    from tunesmith.data.prepare import DataReport, read_split, split_eval
+    from tunesmith.data.prepare import DataReport, held_out, read_split
 
     recipe = load_recipe(path)
     cfg, formats, report = recipe.data, METHOD_FORMATS[recipe.method], DataReport()
@@ -118,7 +118,7 @@ def recipe_rows(path: str, split: str, counts: Counts) -> list[Row]:
         examples = read_split(cfg.train if split == "train" else cfg.eval, cfg, report, formats)
     else:
         train = read_split(cfg.train, cfg, report, formats)
-        train, held = split_eval(train, cfg.eval_split, recipe.train.seed) if cfg.eval_split else (train, [])
+        train, held = held_out(train, cfg, recipe.train.seed) if cfg.eval_split else (train, [])
         examples = train if split == "train" else held
     for loaded in report.files:
         for reason, n in loaded["dropped"].items():
@@ -250,10 +250,10 @@ def _shown(path: FieldPath) -> str:
     return text
 
 
-def row_id(row: Row, id_field: str | None) -> str:
-    """What a derived row's `augmented_from` names: the id column's value, else the row's place in the input."""
-    if id_field and row.data.get(id_field) not in (None, ""):
-        return str(row.data[id_field])
+def row_id(row: Row) -> str:
+    """What a derived row's `augmented_from` names: the row's `id`, else its place in the input."""
+    if row.data.get("id") not in (None, ""):
+        return str(row.data["id"])
     return row.where
 
 

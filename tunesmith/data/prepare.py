@@ -11,11 +11,12 @@ check stops the run with how many examples failed each, the first of them, and w
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import asdict
 
 from tunesmith.config import METHOD_FORMATS, DataConfig, as_source
 from tunesmith.data.formats import Example
-from tunesmith.data.load import load_examples
+from tunesmith.data.load import load_examples, read_rows
 from tunesmith.data.checks import check_problems, check_turn_end, stop_token_names, template_notes
 from tunesmith.data.masks import Tokenized, tokenize_conversation, tokenize_text
 from tunesmith.data.mixture import count_tasks, source_entry, tag_text, tagged, weighted
@@ -50,12 +51,43 @@ def read_split(entries: list, cfg: DataConfig, report: DataReport, formats: tupl
     return [e for examples in read_sources(entries, cfg, report, formats) for e in examples]
 
 
-def split_eval(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
+def split_eval(examples: list, share: float, seed: int, groups: list[str] | None = None) -> tuple[list, list]:
+    """(train, eval): a seeded share held out. With `groups` (a key per example), whole groups are held out,
+    so that a row and its augmented variants never fall on both sides."""
     n_eval = max(1, round(len(examples) * share))
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    if groups is None:
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        held = set(order[:n_eval])
+        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    keys, sizes = list(dict.fromkeys(groups)), Counter(groups)
+    random.Random(seed).shuffle(keys)
+    held_keys, n = set(), 0
+    for key in keys:
+        if n >= n_eval:
+            break
+        held_keys.add(key)
+        n += sizes[key]
+    return [e for e, g in zip(examples, groups) if g not in held_keys], [e for e, g in zip(examples, groups) if g in held_keys]
+
+
+def held_out(items: list, cfg: DataConfig, seed: int, example_of=lambda item: item) -> tuple[list, list]:
+    """data.eval_split of the examples read from data.train (items holding them, in order), as training holds it
+    out: by augmented groups when the rows come from `tunesmith data augment` (they carry augmented_from)."""
+    return split_eval(items, cfg.eval_split, seed, augmented_groups(cfg.train, [example_of(item) for item in items]))
+
+
+def augmented_groups(entries: list, examples: list) -> list[str] | None:
+    """Each example's group: the row it was augmented from (augmented_from), else its own id or place; None when
+    no row of the entries carries augmented_from (then every example is its own group, as before)."""
+    rows = {where: row for source in map(as_source, entries) for where, row in read_rows(source.path) if isinstance(row, dict)}
+    if not any("augmented_from" in row for row in rows.values()):
+        return None
+    keys = []
+    for e in examples:
+        row = rows.get(e.where, {})
+        keys.append(str(row.get("augmented_from") or row.get("id") or e.where))
+    return keys
 
 
 def read_mixture(cfg: DataConfig, report: DataReport, seed: int, formats: tuple[str, ...]) -> tuple[list, list]:
@@ -66,7 +98,7 @@ def read_mixture(cfg: DataConfig, report: DataReport, seed: int, formats: tuple[
     if cfg.eval:
         evals = [(i, e) for i, examples in enumerate(read_sources(cfg.eval, cfg, report, formats, "eval")) for e in examples]
     elif cfg.eval_split > 0:
-        train, evals = split_eval(train, cfg.eval_split, seed)
+        train, evals = held_out(train, cfg, seed, example_of=lambda pair: pair[1])
     else:
         evals = []
     per_source = [weighted([e for k, e in train if k == i], source.weight, f"{seed}:{i}") for i, source in enumerate(cfg.sources("train"))]
