@@ -99,7 +99,7 @@ def cmd_translate(args) -> None:
 def add_parser(sub) -> None:
     from tunesmith.cli import command
 
-    p = command(sub, "data", "check, dedup, augment and cluster data before training",
+    p = command(sub, "data", "check, dedup, augment, cluster and translate data",
                 "tunesmith data check recipes/quickstart.yaml",
                 "Each verb reads any file training reads (JSONL, JSON, CSV/TSV, Parquet, a save_to_disk folder, a hub "
                 "dataset), writes a new file and, next to it, OUT.report.json and OUT.report.md: rows read, written, "
