@@ -671,3 +671,10 @@ def test_data_files_that_look_like_paths_are_still_missing_files(recipe_file, en
 def test_malformed_hf_entry(recipe_file):
     message = config_error(recipe_file({"data": {"train": "hf://just-a-name"}}))
     assert message == "data.train[0]: hf://just-a-name: not a hub dataset; the forms are org/name, hf://org/name, org/name::split or org/name@subset::split"
+
+
+def test_a_runs_config_yaml_loads_as_a_recipe_with_its_unused_method_sections_null(tmp_path):
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text("model:\n  path: org/name\ndata:\n  train: x.jsonl\npeft:\nppo: null\ngrpo: null\ndpo: null\n", encoding="utf-8")
+    loaded = load_recipe(recipe, check_files=False)
+    assert loaded.ppo is None and loaded.grpo is None and loaded.peft.method == "lora"

@@ -210,7 +210,7 @@ def test_readme_commands_work_in_order_after_the_quickstart(tmp_path, monkeypatc
     assert expected <= set(walked), f"README lost commands the walk expects: {sorted(expected - set(walked))}"
     reasons = {reason.split(",")[0] for _, reason in skipped}
     assert reasons <= {"the test suite and installer themselves", "not a tunesmith command", "trains a shipped recipe on SmolLM2 (minutes)",
-                       "needs runs/sft-qlora"}, skipped
+                       "needs runs/sft-qlora", "needs runs/restore-ko"}, skipped
 
 
 def test_the_link_follows_the_newest_quickstart_and_leaves_a_run_folder_alone(tmp_path):

@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from tunesmith import __version__
+from tunesmith.curate import cli as data_cli  # `tunesmith data <verb>`: the group owns its parser and commands
 from tunesmith.errors import Interrupted, RunFinished, TunesmithError
 
 
@@ -122,6 +123,7 @@ def cmd_eval(args) -> None:
         perplexity_scope=args.perplexity_scope,
         limit=args.limit,
         human_sheet=args.human_sheet,
+        task_column=args.task_column,
     )
 
 
@@ -359,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity-scope", default="response", choices=["response", "text"], help="score the reference answer only, or every token")
     p.add_argument("--limit", type=int, help="only the first N rows (default: all)")
     p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
+    p.add_argument("--task-column", metavar="COLUMN", help="a mixture's eval rows: tag each prompt with the task in this column, "
+                   "as training tagged it (the run's data.task_tag), and report metrics per task")
     add_decoding_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_eval)
 
@@ -503,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_constitution)
 
     experiments.add_parser(sub)
+    data_cli.add_parser(sub)
     return parser
 
 

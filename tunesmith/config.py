@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from tunesmith.data.formats import FIELDS
@@ -65,22 +65,71 @@ class ModelConfig(_Section):
         return self
 
 
+DataFormat = Literal[
+    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text", "preference", "unpaired", "prompt"
+]
+
+
+def _known_columns(columns: dict[str, str] | None) -> dict[str, str] | None:
+    unknown = [name for name in columns or {} if name not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; fields are: {', '.join(FIELDS)} (map a field to your column: {{prompt: ticket}})")
+    return columns
+
+
+class DataSource(_Section):
+    """One source of a mixture: an entry of data.train or data.eval written as a mapping instead of a path."""
+
+    path: Name = Field(description="The file, folder or hub dataset, as a plain data.train entry.")
+    task: Name | None = Field(None, description="Task name: tags every example of this source (see data.task_tag) and groups the preflight counts.")
+    weight: float = Field(
+        1.0, gt=0, description="Train examples of this source per example read: 2 repeats each twice, 0.5 keeps a seeded half, 1.5 adds a seeded half."
+    )
+    format: DataFormat | None = Field(None, description="This source's format. Default: data.format.")
+    columns: dict[str, str] | None = Field(None, description="This source's column map. Default: data.columns.")
+
+    _columns_name_fields = field_validator("columns")(_known_columns)
+
+
+def as_source(entry: str | DataSource) -> DataSource:
+    """A data entry as a source: a plain path takes the data section's format and columns."""
+    return entry if isinstance(entry, DataSource) else DataSource(path=entry)
+
+
+def _entry_kind(value) -> str:
+    return "[source]" if isinstance(value, (dict, DataSource)) else "[path]"
+
+
+# A data entry is a path or a source mapping, told apart by its type so that a bad mapping is reported as a source
+# (not also as 'not a string'); the tags hold '[' so that error messages leave them out of the key path.
+DataEntry = Annotated[Union[Annotated[Name, Tag("[path]")], Annotated[DataSource, Tag("[source]")]], Discriminator(_entry_kind)]
+
+
 class DataConfig(_Section):
-    train: list[Name] = Field(
+    train: list[DataEntry] = Field(
         min_length=1,
         description="Training file(s): JSONL, JSON, CSV/TSV, Parquet, a datasets save_to_disk folder (folder::split), "
-        "or a hub dataset (org/name, hf://org/name, org/name::split, org/name@subset::split).",
+        "or a hub dataset (org/name, hf://org/name, org/name::split, org/name@subset::split); an entry may be a mixture "
+        "source {path, task, weight, format, columns}.",
     )
-    eval: list[Name] = Field([], description="Evaluation file(s) or hub datasets, as train. Without them, see eval_split.")
-    eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation when no eval file is given.")
-    format: Literal[
-        "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "question_answer", "text", "preference", "unpaired", "prompt"
-    ] = Field(
+    eval: list[DataEntry] = Field([], description="Evaluation file(s) or hub datasets, as train (a source's weight stays 1). Without them, see eval_split.")
+    eval_split: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of the training rows held out for evaluation when no eval file is given; a row written by "
+        "`tunesmith data augment` is held out with its variants (augmented_from).",
+    )
+    format: DataFormat = Field(
         "auto",
         description="Row format; auto detects it from the first row among the formats the method takes "
         "(sft: conversations or text; dpo, reward: preference; kto: unpaired or preference; ppo, grpo: prompt).",
     )
     columns: dict[str, str] = Field({}, description="Map from a format's field name to your column name, e.g. {prompt: ticket}.")
+    task_tag: Literal["prefix", "system"] = Field(
+        "prefix",
+        description="How a mixture source's task tags its examples: prefix: data.task_template and a space before the "
+        "first user message (or the text); system: data.task_template as a line of the system message.",
+    )
+    task_template: str = Field("[TASK: {task}]", description="The tag of a task; {task} is the source's task name.")
     template: str = Field(
         "model",
         description="Chat template: 'model' (the tokenizer's own), 'chatml', 'alpaca', or a path to a .jinja file.",
@@ -112,23 +161,33 @@ class DataConfig(_Section):
     def _one_file_is_a_list(cls, values: Any) -> Any:
         if isinstance(values, dict):
             for key in ("train", "eval"):
-                if isinstance(values.get(key), str):
+                if isinstance(values.get(key), (str, dict)):
                     values = {**values, key: [values[key]]}
         return values
 
-    @field_validator("columns")
+    _columns_name_fields = field_validator("columns")(_known_columns)
+
+    @field_validator("task_template")
     @classmethod
-    def _columns_name_fields(cls, columns: dict[str, str]) -> dict[str, str]:
-        unknown = [name for name in columns if name not in FIELDS]
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(unknown)}; fields are: {', '.join(FIELDS)} (map a field to your column: {{prompt: ticket}})")
-        return columns
+    def _template_names_the_task(cls, template: str) -> str:
+        if "{task}" not in template:
+            raise ValueError(f"{template!r} does not contain {{task}}, where the task name goes")
+        return template
 
     @model_validator(mode="after")
     def _one_source_of_eval_data(self) -> DataConfig:
         if self.eval and self.eval_split > 0:
             raise ValueError("eval_split: holds out training rows when there are no eval files, but data.eval is set; remove one of them")
         return self
+
+    def sources(self, split: str) -> list[DataSource]:
+        """The entries of data.train or data.eval as sources."""
+        return [as_source(entry) for entry in getattr(self, split)]
+
+    @property
+    def mixture(self) -> bool:
+        """Whether any entry is written as a source (its counts then get their own preflight section)."""
+        return any(isinstance(entry, DataSource) for entry in self.train + self.eval)
 
 
 class PeftConfig(_Section):
@@ -474,6 +533,12 @@ class Recipe(_Section):
         formats = METHOD_FORMATS[self.method]
         if self.data.format not in ("auto", *formats):
             raise ValueError(f"data.format: {self.data.format!r} is not one of auto, {', '.join(formats)} (the formats method {self.method} reads)")
+        for split in ("train", "eval"):
+            for i, source in enumerate(self.data.sources(split)):
+                if source.format not in (None, "auto", *formats):
+                    raise ValueError(f"data.{split}[{i}].format: {source.format!r} is not one of auto, {', '.join(formats)} (the formats method {self.method} reads)")
+                if split == "eval" and source.weight != 1:
+                    raise ValueError(f"data.eval[{i}].weight: eval data is not resampled; remove the weight (it is {source.weight:g})")
         section = getattr(self, self.method) if self.method in METHOD_SECTIONS else None
         reference = getattr(section, "reference", None)
         if reference == "adapters_off" and self.peft.method == "none":
@@ -570,11 +635,20 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
 
 
 def _nested_model(annotation) -> type[BaseModel] | None:
-    """The section model a field holds: directly, as an optional section, or as list items."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+    """The section model a field holds: directly, as an optional section, or as list items (a mixture source
+    among paths too)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_nested_model, get_args(annotation))), None)
+
+
+def _takes_plain_items(annotation) -> bool:
+    """Whether a list field's items may also be plain values: data.train takes paths as well as sources."""
+    if get_origin(annotation) is not list:
+        return False
+    item = get_args(annotation)[0]
+    item = get_args(item)[0] if get_origin(item) is Annotated else item
+    return any(_nested_model(option) is None for option in get_args(item))
 
 
 def _field_at(path: list) -> FieldInfo | None:
@@ -633,8 +707,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool =
     raw = read_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
-    # A section whose keys are all commented out reads as None: treat it as empty.
-    raw = {key: {} if value is None and key in Recipe.model_fields else value for key, value in raw.items()}
+    # A section whose keys are all commented out reads as None: treat it as empty. An optional section (a method's,
+    # `ppo: null` in a run's config.yaml) stays unset.
+    sections = [key for key, info in Recipe.model_fields.items() if info.default is not None and _nested_model(info.annotation)]
+    raw = {key: {} if value is None and key in sections else value for key, value in raw.items()}
     raw = apply_overrides(raw, list(overrides))
     raw.setdefault("name", path.stem)
     recipe = validate(raw, source=str(path))
@@ -739,7 +815,7 @@ def check_paths(recipe: Recipe) -> None:
 
     problems = _model_path_problems(recipe.model)
     for key in ("train", "eval"):
-        for i, file in enumerate(getattr(recipe.data, key)):
+        for i, file in enumerate(source.path for source in recipe.data.sources(key)):
             try:
                 local = hub_dataset(file) is None
             except DataFileError as err:
@@ -805,6 +881,8 @@ def field_help(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[
         nested = _nested_model(info.annotation)
         if nested is not None:
             items = "[]" if get_origin(info.annotation) is list else ""
+            if _takes_plain_items(info.annotation):
+                rows.append((f"{prefix}{name}", "(required)" if info.is_required() else repr(info.default), info.description or ""))
             rows += field_help(nested, f"{prefix}{name}{items}.")
         else:
             default = "(required)" if info.is_required() else repr(info.default)

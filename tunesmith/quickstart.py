@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import Recipe, check_paths, load_recipe
-from tunesmith.data.load import load_examples
+from tunesmith.data.prepare import DataReport, read_split
 from tunesmith.eval.generate import generate, load_for_inference
 from tunesmith.eval.metrics import exact_match, normalize, per_class_accuracy
 from tunesmith.shipped import locate
@@ -30,9 +30,8 @@ console = Console()
 
 def heldout_set(recipe) -> tuple[list[list[dict]], list[str]]:
     """Prompts (conversation without its answer) and reference answers of the recipe's eval file."""
-    examples, _ = load_examples(
-        recipe.data.eval[0], fmt=recipe.data.format, columns=recipe.data.columns, system_prompt=recipe.data.system_prompt
-    )
+    # As training reads it: the entry's format and columns, the system prompt, a mixture source's task tag.
+    examples = read_split(recipe.data.eval[:1], recipe.data, DataReport())
     prompts = [e.messages[:-1] for e in examples]
     references = [e.messages[-1]["content"] for e in examples]
     return prompts, references
@@ -54,8 +53,8 @@ def quickstart_recipe(recipe_path: str, overrides: list[str]) -> tuple[Recipe, P
     """The recipe with its files found (here, or shipped), named <name>-<time>; and the link to point at it
     (runs/<name>), unless the overrides chose the run directory themselves."""
     recipe = load_recipe(locate(recipe_path), overrides, check_files=False)
-    recipe.data.train = [locate(file) for file in recipe.data.train]
-    recipe.data.eval = [locate(file) for file in recipe.data.eval]
+    for split in ("train", "eval"):  # a mixture source keeps its settings, its path found like a plain entry's
+        setattr(recipe.data, split, [locate(e) if isinstance(e, str) else e.model_copy(update={"path": locate(e.path)}) for e in getattr(recipe.data, split)])
     check_paths(recipe)
     if recipe.output_dir is not None:
         return recipe, None

@@ -56,6 +56,12 @@ def render_markdown(report: DataReport) -> str:
         lines += [f"  - {msg}" for msg in f.get("first_errors", [])]
     lines += ["", "## Splits", ""]
     lines += _split_lines("train", report.train, report.kind) + _split_lines("eval", report.eval, report.kind)
+    if report.sources:
+        lines += ["", "## Mixture", "", "Examples per source and task as they go to tokenization (weights resample train only).", "",
+                  "| source | task | weight | read | kept | train | eval |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| `{s['path']}` ({s['split']}) | {s['task'] or '-'} | {s['weight']:g} | {s['read']} | {s['kept']} | {s['train']} | {s['eval']} |"
+                  for s in report.sources]
+        lines += ["", "- per task: " + "; ".join(f"{task}: train {n['train']}, eval {n['eval']}" for task, n in report.tasks.items())]
     stops = ", ".join(report.stop_tokens) or "none"
     lines += [
         "",

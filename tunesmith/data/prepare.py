@@ -11,36 +11,106 @@ check stops the run with how many examples failed each, the first of them, and w
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import asdict
 
-from tunesmith.config import METHOD_FORMATS, DataConfig
+from tunesmith.config import METHOD_FORMATS, DataConfig, as_source
 from tunesmith.data.formats import Example
-from tunesmith.data.load import load_examples
+from tunesmith.data.load import load_examples, read_rows
 from tunesmith.data.checks import check_problems, check_turn_end, stop_token_names, template_notes
 from tunesmith.data.masks import Tokenized, tokenize_conversation, tokenize_text
+from tunesmith.data.mixture import count_tasks, source_entry, tag_text, tagged, weighted
 from tunesmith.data.prepare_align import mark_aligned, tokenize_aligned
 from tunesmith.data.report import DataReport, SplitReport, count, length_stats, note_problem
 from tunesmith.data.templates import ChatTemplate, TemplateError
 from tunesmith.errors import TunesmithError
 
 
-def read_split(files: list[str], cfg: DataConfig, report: DataReport, formats: tuple[str, ...] = METHOD_FORMATS["sft"]) -> list:
-    examples = []
-    for file in files:
-        rows, load_report = load_examples(
-            file, fmt=cfg.format, columns=cfg.columns, system_prompt=cfg.system_prompt, on_bad_row=cfg.on_bad_row, formats=formats
+def read_sources(
+    entries: list, cfg: DataConfig, report: DataReport, formats: tuple[str, ...] = METHOD_FORMATS["sft"], split: str = "train"
+) -> list[list]:
+    """The examples of each entry (of data.train or data.eval), read with the entry's format and columns and tagged
+    with its task (tunesmith.data.mixture); a mixture's sources are listed in report.sources."""
+    per_source = []
+    for source in map(as_source, entries):
+        examples, load_report = load_examples(
+            source.path, fmt=source.format or cfg.format, columns=cfg.columns if source.columns is None else source.columns,
+            system_prompt=cfg.system_prompt, on_bad_row=cfg.on_bad_row, formats=formats,
         )
         report.files.append(asdict(load_report))
-        examples += rows
-    return examples
+        if source.task:
+            examples = [tagged(e, tag_text(cfg.task_template, source.task), cfg.task_tag) for e in examples]
+        if cfg.mixture:
+            report.sources.append(source_entry(source, report.files[-1]) | {"split": split})
+        per_source.append(examples)
+    return per_source
 
 
-def split_eval(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
+def read_split(entries: list, cfg: DataConfig, report: DataReport, formats: tuple[str, ...] = METHOD_FORMATS["sft"]) -> list:
+    """Every example of the entries, tagged with their tasks, as read (weights are applied by read_mixture)."""
+    return [e for examples in read_sources(entries, cfg, report, formats) for e in examples]
+
+
+def split_eval(examples: list, share: float, seed: int, groups: list[str] | None = None) -> tuple[list, list]:
+    """(train, eval): a seeded share held out. With `groups` (a key per example), whole groups are held out,
+    so that a row and its augmented variants never fall on both sides."""
     n_eval = max(1, round(len(examples) * share))
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    if groups is None:
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        held = set(order[:n_eval])
+        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    keys, sizes = list(dict.fromkeys(groups)), Counter(groups)
+    random.Random(seed).shuffle(keys)
+    held_keys, n = set(), 0
+    for key in keys:
+        if n >= n_eval:
+            break
+        held_keys.add(key)
+        n += sizes[key]
+    return [e for e, g in zip(examples, groups) if g not in held_keys], [e for e, g in zip(examples, groups) if g in held_keys]
+
+
+def held_out(items: list, cfg: DataConfig, seed: int, example_of=lambda item: item) -> tuple[list, list]:
+    """data.eval_split of the examples read from data.train (items holding them, in order), as training holds it
+    out: by augmented groups when the rows come from `tunesmith data augment` (they carry augmented_from)."""
+    return split_eval(items, cfg.eval_split, seed, augmented_groups(cfg.train, [example_of(item) for item in items]))
+
+
+def augmented_groups(entries: list, examples: list) -> list[str] | None:
+    """Each example's group: the row it was augmented from (augmented_from), else its own id or place; None when
+    no row of the entries carries augmented_from (then every example is its own group, as before)."""
+    rows = {where: row for source in map(as_source, entries) for where, row in read_rows(source.path) if isinstance(row, dict)}
+    if not any("augmented_from" in row for row in rows.values()):
+        return None
+    keys = []
+    for e in examples:
+        row = rows.get(e.where, {})
+        keys.append(str(row.get("augmented_from") or row.get("id") or e.where))
+    return keys
+
+
+def read_mixture(cfg: DataConfig, report: DataReport, seed: int, formats: tuple[str, ...]) -> tuple[list, list]:
+    """Train and eval examples: the eval files, or data.eval_split held out of the training rows; then each
+    training source resampled by its weight, so that no copy of a held-out example is trained on."""
+    # (source index, example): the split keeps each example's source, for its weight and the counts.
+    train = [(i, e) for i, examples in enumerate(read_sources(cfg.train, cfg, report, formats)) for e in examples]
+    if cfg.eval:
+        evals = [(i, e) for i, examples in enumerate(read_sources(cfg.eval, cfg, report, formats, "eval")) for e in examples]
+    elif cfg.eval_split > 0:
+        train, evals = held_out(train, cfg, seed, example_of=lambda pair: pair[1])
+    else:
+        evals = []
+    per_source = [weighted([e for k, e in train if k == i], source.weight, f"{seed}:{i}") for i, source in enumerate(cfg.sources("train"))]
+    if cfg.mixture:
+        for split in ("train", "eval"):
+            for i, entry in enumerate(s for s in report.sources if s["split"] == split):
+                if split == "train":
+                    entry["train"] = len(per_source[i])
+                if split == "eval" or not cfg.eval:  # the held-out share of a training source, or an eval source
+                    entry["eval"] = sum(k == i for k, _ in evals)
+        report.tasks = count_tasks(report.sources)
+    return [e for examples in per_source for e in examples], [e for _, e in evals]
 
 
 def split_turns(examples: list[Example]) -> list[Example]:
@@ -153,13 +223,7 @@ def prepare_data(
         max_length=cfg.max_length,
         truncation=cfg.truncation,
     )
-    train_examples = read_split(cfg.train, cfg, report, METHOD_FORMATS[method])
-    if cfg.eval:
-        eval_examples = read_split(cfg.eval, cfg, report, METHOD_FORMATS[method])
-    elif cfg.eval_split > 0:
-        train_examples, eval_examples = split_eval(train_examples, cfg.eval_split, seed)
-    else:
-        eval_examples = []
+    train_examples, eval_examples = read_mixture(cfg, report, seed, METHOD_FORMATS[method])
     if kind in ("preference", "unpaired") or (kind == "conversation" and any(e.messages for e in train_examples + eval_examples)):
         check_turn_end(template, tokenizer)
     if kind == "conversation":

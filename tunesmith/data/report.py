@@ -38,6 +38,8 @@ class DataReport:
     max_length: int = 0
     truncation: str = ""
     first_example: str = ""           # rendered, trained tokens (responses) between ⟦ and ⟧
+    sources: list[dict] = field(default_factory=list)  # a mixture's sources: path, task, weight, read, kept, train, eval
+    tasks: dict[str, dict[str, int]] = field(default_factory=dict)  # a mixture's task -> {train, eval} examples
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class EvalData:
     file: str
     examples: list[Example]
     ids: list[str]
+    tasks: list[str] = field(default_factory=list)   # each row's task, with --task-column
+    tag: Callable | None = None                       # (messages, task) -> the messages tagged as training tagged them
 
     @property
     def is_text(self) -> bool:
@@ -53,18 +56,31 @@ class EvalData:
         return [] if self.is_text else [e.messages[-1]["content"] for e in self.examples]
 
     def prompts(self, system: str | None) -> list[list[dict]]:
-        """Each conversation without its answer; `system` is added where a row has no system message."""
-        return [with_system(e.messages[:-1], system) for e in self.examples]
+        """Each conversation without its answer; `system` is added where a row has no system message, then the
+        row's task tag (as training added data.system_prompt, then the tag)."""
+        return [self.tagged(with_system(e.messages[:-1], system), i) for i, e in enumerate(self.examples)]
+
+    def tagged(self, messages: list[dict], i: int) -> list[dict]:
+        return self.tag(messages, self.tasks[i]) if self.tasks else messages
 
 
-def load_eval_data(path: str, fmt: str = "auto", columns: dict | None = None, limit: int | None = None) -> EvalData:
+def load_eval_data(path: str, fmt: str = "auto", columns: dict | None = None, limit: int | None = None, task_column: str | None = None,
+                   tag: Callable | None = None) -> EvalData:
+    """With task_column, each row's task (that column) tags its prompt as a mixture source's task tagged it in
+    training (`tag(messages, task)`), and metrics are also given per task."""
     examples, _ = load_examples(path, fmt=fmt, columns=columns)
+    rows = {where: row for where, row in read_rows(path) if isinstance(row, dict)}
     # Row ids: the file's own "id" field where it has one, else the row's place in the file.
-    ids_by_place = {where: row.get("id") for where, row in read_rows(path) if isinstance(row, dict)}
-    ids = [str(ids_by_place[e.where]) if ids_by_place.get(e.where) is not None else place(e.where) for e in examples]
+    ids = [str(rows[e.where]["id"]) if rows.get(e.where, {}).get("id") is not None else place(e.where) for e in examples]
+    tasks = []
+    if task_column:
+        missing = next((e.where for e in examples if not isinstance(rows[e.where].get(task_column), str) or not rows[e.where][task_column]), None)
+        if missing:
+            raise TunesmithError(f"{missing}: --task-column {task_column}: the row has no task name there")
+        tasks = [rows[e.where][task_column] for e in examples]
     if limit:
-        examples, ids = examples[:limit], ids[:limit]
-    return EvalData(path, examples, ids)
+        examples, ids, tasks = examples[:limit], ids[:limit], tasks[:limit]
+    return EvalData(path, examples, ids, tasks, tag)
 
 
 def place(where: str) -> str:
@@ -152,7 +168,7 @@ def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding,
             from tunesmith.eval.perplexity import nll_sums
 
             examples = data.examples if data.is_text else [
-                Example(with_system(e.messages, system), None, e.where) for e in data.examples
+                Example(data.tagged(with_system(e.messages, system), i), None, e.where) for i, e in enumerate(data.examples)
             ]
             sums, counts = nll_sums(engine.loaded, examples, scope=scoring.perplexity_scope, batch_size=batch_size,
                                     progress=f"perplexity {engine.name}")
@@ -208,6 +224,7 @@ def run_eval(
     perplexity_scope: str = "response",
     limit: int | None = None,
     human_sheet: str | None = None,
+    task_column: str | None = None,
 ) -> dict:
     """Evaluate `target` (and each of `compare`) on `data_file`; returns what metrics.json holds."""
     from tunesmith.eval.preference import is_preference_file, run_preference_eval
@@ -222,7 +239,7 @@ def run_eval(
     from tunesmith.checks import check_output_file, check_output_folder
 
     decoding = decoding or Decoding()
-    data = load_eval_data(data_file, limit=limit)
+    data = load_eval_data(data_file, limit=limit, task_column=task_column, tag=task_tagger(target) if task_column else None)
     scoring = plan_scoring(data, metrics, labels, label_from, label_regex, match, perplexity_scope, human_sheet)
     name = name or Path(data_file.split("::")[0]).stem
     folder = output_dir(target, name, out)
@@ -247,6 +264,10 @@ def run_eval(
         gc.collect()
     differ = differing_rows(data, results, scoring) if len(results) > 1 else []
     summary = build_summary(name, data, results, scoring, decoding, differ)
+    if data.tasks:
+        summary["by_task"] = {task: {r.name: score_outputs([o for o, t in zip(r.outputs, data.tasks) if t == task],
+                                                           [ref for ref, t in zip(data.references, data.tasks) if t == task], scoring)[0]
+                                     for r in results} | {"n": data.tasks.count(task)} for task in dict.fromkeys(data.tasks)}
     folder.mkdir(parents=True, exist_ok=True)
     write_predictions(folder / "predictions.jsonl", data, results, primary_system)
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -257,7 +278,23 @@ def run_eval(
         write_sheet(human_sheet, data.ids, [prompt_text(p) for p in data.prompts(None)] if not data.is_text else [],
                     data.references, {r.name: r.outputs for r in results})
     print_summary(summary, data, results, differ, folder, human_sheet)
+    for task, per in summary.get("by_task", {}).items():
+        numbers = "; ".join(f"{model}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) for model, metrics in per.items() if model != "n")
+        print(f"task {task} ({per['n']} rows): {numbers}")
     return summary
+
+
+def task_tagger(target: str) -> Callable:
+    """How the run's training tagged a task (its data.task_tag and data.task_template); for a plain model, the defaults."""
+    from tunesmith.config import DataConfig
+    from tunesmith.data.mixture import tag_messages, tag_text
+
+    if is_run_dir(target):
+        cfg = RunDir(Path(target)).recipe().data
+        template, mode = cfg.task_template, cfg.task_tag
+    else:
+        template, mode = DataConfig.model_fields["task_template"].default, DataConfig.model_fields["task_tag"].default
+    return lambda messages, task: tag_messages(messages, tag_text(template, task), mode)
 
 
 def unique_name(name: str, taken: list[str]) -> str:
@@ -319,6 +356,6 @@ def write_predictions(path: Path, data: EvalData, results: list[ModelResult], sy
             if data.is_text:
                 row["text"] = example.text
             else:
-                row.update(prompt=with_system(example.messages[:-1], system), reference=data.references[i])
+                row.update(prompt=data.tagged(with_system(example.messages[:-1], system), i), reference=data.references[i])
                 row["outputs"] = {r.name: r.outputs[i] for r in results}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

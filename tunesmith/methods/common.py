@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from tunesmith import checkpoints
-from tunesmith.config import Recipe
+from tunesmith.config import METHOD_FORMATS, Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
 
@@ -375,16 +375,10 @@ def generation_eval_callbacks(recipe: Recipe, run: RunDir) -> list[TrainerCallba
     gen = recipe.generation_eval
     if gen.metric is None:
         return []
-    from tunesmith.data.load import load_examples
-    from tunesmith.data.prepare import split_eval
+    from tunesmith.data.prepare import DataReport, read_mixture
     from tunesmith.data.templates import ChatTemplate
 
-    cfg = recipe.data
-
-    def read(files):
-        return [e for f in files for e in load_examples(f, cfg.format, cfg.columns, cfg.system_prompt, cfg.on_bad_row)[0]]
-
-    examples = read(cfg.eval) if cfg.eval else split_eval(read(cfg.train), cfg.eval_split, recipe.train.seed)[1]
+    examples = read_mixture(recipe.data, DataReport(), recipe.train.seed, METHOD_FORMATS["sft"])[1]
     if examples[0].messages is None:
         raise TunesmithError("generation_eval.metric: the eval data is plain text, with no answers to generate; unset it")
     examples = examples[: gen.samples]

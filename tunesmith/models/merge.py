@@ -214,7 +214,7 @@ def gate_sequences(recipe: Recipe, tokenizer, template: ChatTemplate, prompts: s
     from tunesmith.config import METHOD_FORMATS
     from tunesmith.data.formats import Example
     from tunesmith.data.preference import conversation_of
-    from tunesmith.data.prepare import DataReport, read_split, split_eval, tokenize_example
+    from tunesmith.data.prepare import DataReport, held_out, read_split, tokenize_example
 
     data = recipe.data
     formats = METHOD_FORMATS[recipe.method]  # a DPO run's data are pairs, a GRPO run's prompts
@@ -225,7 +225,7 @@ def gate_sequences(recipe: Recipe, tokenizer, template: ChatTemplate, prompts: s
             examples, where = read_split(data.eval, data, DataReport(), formats), "the run's eval data"
         elif data.eval_split > 0:
             train = read_split(data.train, data, DataReport(), formats)
-            examples, where = split_eval(train, data.eval_split, recipe.train.seed)[1], "the run's held-out eval split"
+            examples, where = held_out(train, data, recipe.train.seed)[1], "the run's held-out eval split"
         else:
             examples, where = read_split(data.train, data, DataReport(), formats), "the run's training data (it has no eval data)"
     except FileNotFoundError as err:
