@@ -38,6 +38,7 @@ class DataReport:
     max_length: int = 0
     truncation: str = ""
     first_example: str = ""           # rendered, trained tokens (responses) between ⟦ and ⟧
+    batching: dict = field(default_factory=dict)  # sft: how the training rows are batched (tunesmith.data.batching)
 
     def to_dict(self) -> dict:
         return asdict(self)
