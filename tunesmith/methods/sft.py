@@ -27,7 +27,7 @@ from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_b
 from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, start, write_data_report
-from tunesmith.models import lm_loss
+from tunesmith.models import attention, lm_loss
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.runs import RunDir
@@ -69,11 +69,16 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
 
     plan = s.plan
     chunked_refused = lm_loss.add_chunked_loss(model)
-    varlen = "flash" in model.config._attn_implementation  # FlashAttention's varlen kernels read cu_seq_lens
+    # sdpa one example at a time, not over the whole packed row (tunesmith.models.attention)
+    switched = plan.mode == "packed" and attention.use_packed_sdpa(lm_loss.base_of(model))
+    # FlashAttention's varlen kernels and packed_sdpa read the examples' bounds from cu_seq_lens.
+    varlen = model.config._attn_implementation in (attention.NAME, "flash_attention_2", "flash_attention_3")
     pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else s.tokenizer.eos_token_id
     found = lm_loss.check(model, Collator(pad_id, packed=True, varlen=varlen), s.train_rows[0]["input_ids"],
                           chunked=chunked_refused is None)
     if plan.mode == "packed" and found.packing:
+        if switched:
+            lm_loss.base_of(model).set_attn_implementation("sdpa")
         refuse_packing(recipe, s, found.packing)
         plan = s.plan
     if found.chunked or chunked_refused:
