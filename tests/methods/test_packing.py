@@ -97,17 +97,18 @@ def trained(run):
 MESSAGES = str(FIXTURES / "data" / "messages.jsonl")
 
 
-@pytest.mark.parametrize("mode, data", [("packed", {}), ("grouped", {}), ("packed", {"train_on_prompt": True}),
-                                        ("packed", {"train": MESSAGES, "eval": MESSAGES})],
-                         ids=["packed", "grouped", "packed-train_on_prompt", "packed-multi_turn"])
-def test_packed_and_grouped_steps_equal_one_padded_batch_with_gradient_accumulation(stories_path, capitals_file, tmp_path, mode, data):
+@pytest.mark.parametrize("mode, data, train", [("packed", {}, {}), ("grouped", {}, {}), ("packed", {"train_on_prompt": True}, {}),
+                                               ("packed", {"train": MESSAGES, "eval": MESSAGES}, {}),
+                                               ("packed", {}, {"gradient_checkpointing": True})],
+                         ids=["packed", "grouped", "packed-train_on_prompt", "packed-multi_turn", "packed-checkpointing"])
+def test_packed_and_grouped_steps_equal_one_padded_batch_with_gradient_accumulation(stories_path, capitals_file, tmp_path, mode, data, train):
     """Each optimiser step accumulates every example: in one padded batch, or over several packed rows (or
     length-grouped batches), each of them one micro-batch. Normalised over the step's trained tokens, the losses,
     gradients, weights and eval losses are the same."""
     sgd = {"optimizer": "sgd", "lr": 0.1}  # updates linear in the gradients: Adam's first steps would divide float noise by tiny moments
     reference = sft.train(recipe(stories_path, capitals_file, tmp_path / "padded", {**sgd, "packing": False, "group_by_length": False, "batch_size": 16}, data=data))
     assert json.loads((reference.path / "data_report.json").read_text())["train"]["kept"] <= 16  # one batch
-    settings = {**sgd, "packing": mode == "packed", "max_tokens_per_batch": 200}
+    settings = {**sgd, **train, "packing": mode == "packed", "max_tokens_per_batch": 200}  # recomputed activations see the same bounds
     probe = sft.train(recipe(stories_path, capitals_file, tmp_path / "probe", {**settings, "max_steps": 1}, data=data))
     micro_batches = json.loads((probe.path / "data_report.json").read_text())["batching"]["batches"]
     assert micro_batches > 2
