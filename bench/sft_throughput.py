@@ -1,7 +1,8 @@
-"""SFT training throughput on the demo model: LoRA (the baseline), LoRA without length grouping,
-QLoRA and full fine-tuning, each in its own process so peak memory is its own.
+"""SFT training throughput on the demo model: LoRA on packed rows (the baseline), LoRA on length-grouped
+and on random padded batches, QLoRA and full fine-tuning, each in its own process so peak memory is its own.
+bench/sft_vs_trl.py compares with TRL's SFTTrainer.
 
-    .venv/bin/python bench/sft_throughput.py [--steps 8] [--configs lora,lora_random,qlora,full]
+    .venv/bin/python bench/sft_throughput.py [--steps 8] [--configs lora,lora_grouped,lora_random,qlora,full]
 
 Prints real (non-padding) training tokens/s over the steps after the first, peak resident memory,
 and the ratio to the LoRA baseline. Uses recipes/quickstart.yaml's data and model (offline: the GGUF
@@ -14,7 +15,8 @@ from _children import benchmark
 
 CONFIGS = {
     "lora": [],
-    "lora_random": ["train.group_by_length=false"],
+    "lora_grouped": ["train.packing=false"],
+    "lora_random": ["train.packing=false", "train.group_by_length=false"],
     "qlora": ["peft.method=qlora"],
     "full": ["peft={method: none}", "train.lr=3e-5"],
 }

@@ -1,4 +1,4 @@
-"""PPO's pure parts against values computed by hand."""
+"""The losses' pure parts: PPO's against values computed by hand, the chunked cross-entropy against the plain one."""
 
 import pytest
 import torch
@@ -58,3 +58,37 @@ def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
     loss = losses.value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.ones(1, 1), clip=0.5)
     # unclipped (2 - 1)^2 = 1; clipped 0.5 -> (0.5 - 1)^2 = 0.25; max = 1; times 0.5
     assert loss.item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bias, softcap", [(False, None), (True, None), (False, 30.0)])
+def test_linear_cross_entropy_equals_the_plain_loss_and_gradients_in_chunks(monkeypatch, bias, softcap):
+    monkeypatch.setattr(losses, "CHUNK_LOGITS", 7 * 300)  # chunks of 7 tokens: 43 of them, the last one short
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)
+    weight = (0.5 * torch.randn(300, 16)).requires_grad_()
+    b = torch.randn(300, requires_grad=True) if bias else None
+    targets = torch.randint(300, (300,))
+
+    def plain():
+        z = hidden @ weight.T + (b if bias else 0)
+        z = softcap * torch.tanh(z / softcap) if softcap else z
+        return torch.nn.functional.cross_entropy(z, targets, reduction="sum")
+
+    params = [p for p in (hidden, weight, b) if p is not None]
+    expected, expected_grads = plain(), torch.autograd.grad(0.3 * plain(), params)
+    got = losses.linear_cross_entropy(hidden, weight, b, targets, softcap)
+    grads = torch.autograd.grad(0.3 * got, params)  # the incoming gradient scales them: a loss divided by a token count
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_cross_entropy_computes_no_gradient_it_is_not_asked_for():
+    hidden, weight, targets = torch.randn(5, 4, requires_grad=True), torch.randn(9, 4), torch.randint(9, (5,))
+    with torch.no_grad():
+        loss = losses.linear_cross_entropy(hidden, weight, None, targets)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum").item(), abs=1e-5)
+    empty = losses.linear_cross_entropy(hidden[:0], weight.requires_grad_(), None, targets[:0])
+    empty.backward()  # a micro-batch with no trained token: a zero loss that still backpropagates
+    assert empty.item() == 0.0 and weight.grad.abs().sum().item() == 0.0

@@ -245,8 +245,22 @@ class TrainConfig(_Section):
     batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
     eval_batch_size: int | None = Field(None, gt=0, description="Eval batch size. Default: batch_size.")
     grad_accum: int = Field(1, gt=0, description="Forward passes per optimiser step.")
+    packing: bool = Field(
+        True,
+        description="sft: concatenate examples into rows of up to max_tokens_per_batch tokens, no padding, each example "
+        "attending only to itself (position ids restart per example; same loss as unpacked). Checked on the model before "
+        "step 1: a model that cannot keep packed examples apart trains on padded batches instead, and says so.",
+    )
+    max_tokens_per_batch: int | None = Field(
+        None,
+        gt=0,
+        description="sft: tokens per forward pass, padding included, for packed rows and length-grouped batches. "
+        "Default: batch_size times the mean example length (at least the longest example), so a step sees about batch_size examples.",
+    )
     group_by_length: bool = Field(
-        True, description="sft: batch examples of similar length together (less padding, same examples per epoch). Other methods batch at random."
+        True,
+        description="sft without packing: batches of similar length under max_tokens_per_batch (less padding, same "
+        "examples per epoch); false: batch_size examples at random. Other methods batch at random.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")

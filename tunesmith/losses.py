@@ -1,7 +1,9 @@
-"""Pure tensor functions of the RL methods (PPO): advantages, whitening, the clipped losses.
+"""Pure tensor functions of the losses: the language-model loss without its logits (SFT), and the RL methods'
+(PPO) advantages, whitening and clipped losses.
 
-No model, no I/O; every function is unit-tested against hand-computed values. Shapes: B rollouts,
-T response tokens; `mask` is 1 on real response tokens and 0 on padding after a reply ended.
+No model, no I/O; every function is unit-tested against hand-computed values or the plain computation. Shapes:
+N tokens, H hidden size, V vocabulary; B rollouts, T response tokens; `mask` is 1 on real response tokens and 0 on
+padding after a reply ended.
 """
 
 from __future__ import annotations
@@ -64,3 +66,73 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """Clipped value loss: 0.5 * mean of max((V - R)^2, (V_clipped - R)^2), V_clipped within clip of the rollout's V."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+# Logits per chunk of linear_cross_entropy: 2**24 float32 values (64 MiB), whatever the vocabulary.
+CHUNK_LOGITS = 2**24
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                         softcap: float | None = None) -> torch.Tensor:
+    """Sum over N tokens of -log softmax(softcap(hidden @ weight.T + bias))[target], the cross-entropy of an output
+    layer, without ever holding the (N, V) logits: a chunk of tokens at a time, whose logits become their gradient
+    at once. Same loss and gradients as the plain computation (float32 logits), up to summation order.
+    hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) with no ignored entries; softcap: Gemma 2's
+    final_logit_softcapping, cap * tanh(logits / cap). On CUDA with Liger Kernel installed, its fused kernel does
+    the same (arXiv:2410.10989)."""
+    if hidden.is_cuda:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            pass
+        else:
+            return LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=softcap)(weight, hidden, targets, bias)
+    grads = torch.is_grad_enabled()
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap,
+                                     (grads and hidden.requires_grad, grads and weight.requires_grad, grads and bias is not None and bias.requires_grad))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Computes the gradients during the forward pass, chunk by chunk (the loss is a sum, so they only need scaling
+    by the incoming gradient later): the logits of one chunk are all that is held at a time."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, needs):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype  # as lm_head computes
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if needs[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        chunk = max(1, CHUNK_LOGITS // weight.shape[0])
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].to(dtype)                                     # (C, H)
+            y = targets[start : start + chunk]                                              # (C,)
+            z = (h @ w.T if b is None else torch.addmm(b, h, w.T)).float()                  # (C, V)
+            if softcap is not None:
+                capped = torch.tanh(z / softcap)
+                z = capped * softcap
+            lse = torch.logsumexp(z, dim=-1)                                                # (C,)
+            total += (lse - z.gather(1, y[:, None])[:, 0]).sum()
+            if not any(needs):
+                continue
+            g = z.sub_(lse[:, None]).exp_()                      # softmax, in place of the logits
+            g[torch.arange(len(y), device=g.device), y] -= 1     # d(lse - z_y)/dz = softmax - onehot(y)
+            if softcap is not None:
+                g.mul_(1 - capped * capped)                      # d(cap * tanh(x / cap))/dx
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk] = (g.to(dtype) @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(g.T, h.float())
+            if grad_bias is not None:
+                grad_bias += g.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        scaled = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return scaled[0], scaled[1], scaled[2], None, None, None

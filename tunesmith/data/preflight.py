@@ -35,6 +35,20 @@ def _split_lines(name: str, s: SplitReport, kind: str) -> list[str]:
     return lines
 
 
+def batching_lines(b: dict) -> list[str]:
+    """How the training rows are batched, per epoch, and why packing is off when the model refused it."""
+    if not b:
+        return []
+    if b["mode"] == "random":
+        line = f"  - batches: {b['batches']:,} per epoch of {b['batch_size']} examples in random order, padded to their longest"
+    else:
+        what = "packed rows" if b["mode"] == "packed" else "length-grouped batches"
+        line = (f"  - batches: {b['batches']:,} {what} per epoch of up to {b['budget']:,} tokens "
+                f"(about {b['examples_per_batch']:g} examples each{', none split' if b['mode'] == 'packed' else ''}): "
+                f"fill {100 * b['fill']:.1f}%, padding {100 * b['padding_share']:.1f}%")
+    return [line] + ([f"  - note: {b['note']}"] if b.get("note") else [])
+
+
 def lengths(stats: dict) -> str:
     """'min 45, mean 60.2, p50 58, p95 90, max 120', or '-' when nothing was kept."""
     return ", ".join(f"{key} {value:,}" for key, value in stats.items()) or "-"
@@ -55,7 +69,8 @@ def render_markdown(report: DataReport) -> str:
         lines.append(f"- `{f['file']}` ({f['format']}): read {f['read']}, kept {f['kept']}, dropped: {dropped}")
         lines += [f"  - {msg}" for msg in f.get("first_errors", [])]
     lines += ["", "## Splits", ""]
-    lines += _split_lines("train", report.train, report.kind) + _split_lines("eval", report.eval, report.kind)
+    lines += _split_lines("train", report.train, report.kind) + batching_lines(report.batching)
+    lines += _split_lines("eval", report.eval, report.kind)
     if report.sources:
         lines += ["", "## Mixture", "", "Examples per source and task as they go to tokenization (weights resample train only).", "",
                   "| source | task | weight | read | kept | train | eval |", "|---|---|---:|---:|---:|---:|---:|"]

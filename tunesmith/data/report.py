@@ -40,6 +40,7 @@ class DataReport:
     first_example: str = ""           # rendered, trained tokens (responses) between ⟦ and ⟧
     sources: list[dict] = field(default_factory=list)  # a mixture's sources: path, task, weight, read, kept, train, eval
     tasks: dict[str, dict[str, int]] = field(default_factory=dict)  # a mixture's task -> {train, eval} examples
+    batching: dict = field(default_factory=dict)  # sft: how the training rows are batched (tunesmith.data.batching)
 
     def to_dict(self) -> dict:
         return asdict(self)

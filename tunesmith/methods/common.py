@@ -62,8 +62,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5.23 renamed gradient_checkpointing
-        # Length grouping reads an input_ids column, which only SFT rows have.
-        train_sampling_strategy="group_by_length" if t.group_by_length and recipe.method == "sft" else "random",
+        train_sampling_strategy="random",  # sft orders its own planned batches (tunesmith.methods.sft)
         max_grad_norm=t.max_grad_norm,
         optim=OPTIMIZERS[t.optimizer],
         seed=t.seed,

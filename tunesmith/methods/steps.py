@@ -62,11 +62,13 @@ class Started:
     train_rows: list[dict]
     eval_rows: list[dict]
     data_report: object
+    plan: object = None  # sft's batches (tunesmith.data.batching.BatchPlan); None for the other methods
 
 
-def start(recipe: Recipe, resume: bool, allow_changes: bool = False) -> Started:
+def start(recipe: Recipe, resume: bool, allow_changes: bool = False, batching=None) -> Started:
     """Checks, run directory, tracker, tokenizer and template, adapter targets, data: a problem with any of them
-    should not wait for the model to load."""
+    should not wait for the model to load. `batching(recipe, train_rows)` plans the batches (sft), whose figures
+    join the data report."""
     check_installed(recipe.tracking)
     check_optimizer(recipe)
     run, checkpoint = open_run(recipe, resume, allow_changes)
@@ -74,10 +76,10 @@ def start(recipe: Recipe, resume: bool, allow_changes: bool = False) -> Started:
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
-    train_rows, eval_rows, data_report = preflight(recipe, run, tokenizer, template)
+    train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     if run.tracker is not None and not resume:
         run.tracker.log_params(data_params(data_report))
-    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report)
+    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan)
 
 
 def fit(trainer, s: Started):
@@ -257,14 +259,21 @@ def load_tokenizer_and_template(recipe: Recipe):
     return source, tokenizer, template
 
 
-def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate):
-    """Load, check and tokenize the data; save and print the report before any model is loaded."""
+def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, batching=None):
+    """Load, check and tokenize the data, plan the batches; save and print the report before any model is loaded."""
     train_rows, eval_rows, data_report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
-    run.write_json("data_report.json", data_report.to_dict())
-    (run.path / "data_report.md").write_text(render_markdown(data_report), encoding="utf-8")
+    plan = batching(recipe, train_rows) if batching else None
+    if plan is not None:
+        data_report.batching = plan.summary([len(r["input_ids"]) for r in train_rows], recipe.train.batch_size)
+    write_data_report(run, data_report)
     template.save(run.path / "template.json")
     console.print(render_markdown(data_report), markup=False, highlight=False, soft_wrap=True)
-    return train_rows, eval_rows, data_report
+    return train_rows, eval_rows, data_report, plan
+
+
+def write_data_report(run: RunDir, data_report) -> None:
+    run.write_json("data_report.json", data_report.to_dict())
+    (run.path / "data_report.md").write_text(render_markdown(data_report), encoding="utf-8")
 
 
 def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemplate, source):
