@@ -20,7 +20,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     from tunesmith.data.preflight import render_markdown
     from tunesmith.data.prepare import prepare_data
     from tunesmith.methods.common import check_optimizer
-    from tunesmith.methods.steps import load_tokenizer_and_template
+    from tunesmith.methods.steps import load_tokenizer_and_template, plan_batches_into
     from tunesmith.models.peft import check_adapter_targets
 
     recipe = load_recipe(recipe_path, overrides)
@@ -34,7 +34,11 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
-    _, _, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
+    train_rows, _, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
+    if recipe.method == "sft":
+        from tunesmith.methods.sft import plan
+
+        plan_batches_into(report, recipe, train_rows, plan)
     text = render_markdown(report)
     print(text)
     if out is not None:

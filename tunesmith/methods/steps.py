@@ -262,13 +262,19 @@ def load_tokenizer_and_template(recipe: Recipe):
 def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, batching=None):
     """Load, check and tokenize the data, plan the batches; save and print the report before any model is loaded."""
     train_rows, eval_rows, data_report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
-    plan = batching(recipe, train_rows) if batching else None
-    if plan is not None:
-        data_report.batching = plan.summary([len(r["input_ids"]) for r in train_rows], recipe.train.batch_size)
+    plan = plan_batches_into(data_report, recipe, train_rows, batching)
     write_data_report(run, data_report)
     template.save(run.path / "template.json")
     console.print(render_markdown(data_report), markup=False, highlight=False, soft_wrap=True)
     return train_rows, eval_rows, data_report, plan
+
+
+def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batching=None):
+    """The batch plan, if the method plans its batches (sft), with its figures put in the data report."""
+    plan = batching(recipe, train_rows) if batching else None
+    if plan is not None:
+        data_report.batching = plan.summary([len(r["input_ids"]) for r in train_rows], recipe.train.batch_size)
+    return plan
 
 
 def write_data_report(run: RunDir, data_report) -> None:
