@@ -115,7 +115,7 @@ def test_a_resumed_sweep_repeats_no_finished_trial(project, base):
     driver.step()
     fake_work(driver.queue, ran)
     driver.step()  # trial 0 told, trial 1 queued: then the sweep is killed before its job runs ...
-    driver.study.ask()  # ... and a trial 2 asked at the moment of the kill, never queued
+    driver.study.ask().set_user_attr("queue", driver.here)  # ... and a trial 2 asked at the moment of the kill, never queued
     assert ran == ["trial-000"]
 
     sweep, study = sweep_to_the_end(path, ran)
