@@ -4,7 +4,6 @@ transformers path on tiny models built in-process (a seq2seq model with SmolLM2'
 import json
 from pathlib import Path
 
-import pytest
 
 import tunesmith.curate.seq2seq as seq2seq
 from tunesmith.cli import main

@@ -11,7 +11,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests.conftest import FIXTURES
 from tunesmith.config import validate
-from tunesmith.data.batching import Collator, batches_dataset
+from tunesmith.data.batching import Collator
 from tunesmith.errors import ConfigError
 from tunesmith.losses import linear_cross_entropy
 from tunesmith.methods import sft
