@@ -42,6 +42,7 @@ Process = Callable[[list[Row], Counts], dict[str, list[dict]]]
 class Output:
     path: Path
     kind: str = "jsonl"     # jsonl, or csv (UTF-8 with a byte-order mark, so Excel reads Korean right)
+    columns: list[str] | None = None    # csv: the header, written even when no row comes (default: the rows' keys)
 
     def __post_init__(self):
         self.path = Path(self.path).expanduser()
@@ -120,8 +121,10 @@ class Job:
             raise TunesmithError(f"{self.input}: no rows")
         return rows, counts
 
-    def run_chunked(self, rows: list[Row], read: Counts, process: Process, batch_size: int, chunk_rows: int = CHUNK_ROWS) -> dict:
-        """Process rows chunk by chunk (batches of batch_size within a chunk), each chunk saved before the next starts."""
+    def run_chunked(self, rows: list[Row], read: Counts, process: Process, batch_size: int, chunk_rows: int = CHUNK_ROWS,
+                    summary: Callable[[Counts], dict] | None = None) -> dict:
+        """Process rows chunk by chunk (batches of batch_size within a chunk), each chunk saved before the next starts.
+        `summary` makes the report's `extra` from the counts of every chunk (rates, tables)."""
         from tqdm.auto import tqdm
 
         manifest = self._manifest() if self.resuming() else None
@@ -155,7 +158,7 @@ class Job:
         for n in range(len(chunks)):
             for name in self.outputs:
                 outputs[name] += read_jsonl(self.parts / f"part-{n:05d}.{name}.jsonl")
-        report = self.finish(outputs, total)
+        report = self.finish(outputs, total, summary(total) if summary else None)
         shutil.rmtree(self.parts)
         return report
 
@@ -220,7 +223,7 @@ def write_rows(out: Output, rows: list[dict]) -> None:
     if out.kind == "jsonl":
         _write_atomically(out.path, "".join(json_line(r) for r in rows))
         return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = out.columns or list(dict.fromkeys(key for row in rows for key in row))
     tmp = out.path.with_name(f".{out.path.name}.tmp")
     with tmp.open("w", encoding="utf-8-sig", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
