@@ -86,7 +86,7 @@ def test_via_translation_projects_entities_onto_the_korean_text(tmp_path, monkey
     assert row["translated_text"] == " ".join(to.values())
     assert [(e["text"], e["label"]) for e in row["entities"]] == [("김민수", "person"), ("삼성전자", "organization"), ("갤럭시S24", "product"),
                                                                   ("3월 18일", "date")]
-    assert all(text[e["start"] : e["end"]] == e["text"] for e in row["entities"])
+    assert all(text[e["start"] : e["end"]] == e["text"] and set(e) == {"start", "end", "text", "label", "score"} for e in row["entities"])
     # "bought" has no counterpart in the Korean: kept aside, with its offsets into the translation
     assert [(e["text"], e["label"]) for e in row["entities_unprojected"]] == [("bought", "product"), ("bought", "product")]
     assert all(row["translated_text"][e["start"] : e["end"]] == "bought" for e in row["entities_unprojected"])

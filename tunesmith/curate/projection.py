@@ -89,6 +89,5 @@ def project(found: list[dict], back: dict[str, str], source: str, segment: tuple
         elif any(match.start < p["end"] and p["start"] < match.end for p in projected):
             missed.append({**e, "back_translation": back.get(e["text"], ""), "reason": f"lands on {source[match.start:match.end]!r}, taken by another entity"})
         else:
-            projected.append({"start": match.start, "end": match.end, "text": source[match.start:match.end], "label": e["label"], "score": e["score"],
-                              "match": round(match.score, 1)})
+            projected.append({"start": match.start, "end": match.end, "text": source[match.start:match.end], "label": e["label"], "score": e["score"]})
     return sorted(projected, key=lambda e: e["start"]), sorted(missed, key=lambda e: e["start"])
