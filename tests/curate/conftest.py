@@ -44,7 +44,6 @@ def load_tiny_gliner_builder():
 def tiny_gliner(tmp_path_factory):
     """A random GLiNER (1-layer BERT, character vocabulary) that reads 8 words at a time and spans up to 3: real
     loading and inference through gliner, arbitrary entities; a text of more than 8 words takes several windows."""
-    pytest.importorskip("gliner", reason="pip install 'tunesmith[label]'")
     return load_tiny_gliner_builder()(tmp_path_factory.mktemp("tiny_gliner"), max_len=8, max_width=3)
 
 
