@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -155,6 +156,11 @@ def test_the_real_gliner_path_labels_every_window_of_a_long_text(tiny_gliner, tm
     assert all(len(long_text[s:e].split()) <= 8 for s, e in windows)
     assert all(b[0] < a[1] for a, b in zip(windows, windows[1:]))  # overlapping: no entity falls between two
 
+    short = "Kim Minsu ordered a Galaxy phone"  # one window: the wrapper gives exactly what gliner gives
+    direct = ner.model.inference([short], ["person", "product"], threshold=0.01)[0]
+    assert ner([short], ["person", "product"], 0.01, 2)[0] == [{**e, "score": round(e["score"], 4)} for e in direct] != []
+    bounds = {i for m in re.finditer(r"\S+", long_text) for i in m.span()}  # the long text's words, no punctuation
+
     rows = [{"id": "long", "text": long_text}, {"id": "ko", "text": "배송이 늦어요"}, {"id": "empty", "text": ""}]
     source = write(tmp_path / "t.jsonl", rows)
     out = tmp_path / "l.jsonl"
@@ -166,6 +172,7 @@ def test_the_real_gliner_path_labels_every_window_of_a_long_text(tiny_gliner, tm
         assert all(row["text"][e["start"] : e["end"]] == e["text"] and e["label"] in ("person", "product") and 0.01 <= e["score"] <= 1 for e in entities)
         assert all(a["end"] <= b["start"] for a, b in zip(entities, entities[1:]))  # sorted, none overlapping
     assert labelled[0]["entities"][-1]["end"] > windows[0][1]  # entities past the first window: nothing cut
+    assert all(e["start"] in bounds and e["end"] in bounds for e in labelled[0]["entities"])  # whole words, wherever the window
     assert labelled[2]["entities"] == []
     report = json.loads((tmp_path / "l.jsonl.report.json").read_text(encoding="utf-8"))
     assert report["counters"]["texts longer than the model's window (labelled in windows)"] == 1
