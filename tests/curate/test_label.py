@@ -197,3 +197,17 @@ def test_a_model_not_cached_offline_is_one_line(tmp_path, capsys, monkeypatch):
     source = write(tmp_path / "t.jsonl", TICKETS)
     assert label(source, "--field", "prompt", "--labels", "person", "--model", "nobody/no-such-gliner", "--out", tmp_path / "o.jsonl") == 2
     assert capsys.readouterr().err == "error: nobody/no-such-gliner: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder\n"
+
+
+def test_a_killed_run_is_not_resumed_with_another_output_added(tmp_path, monkeypatch, capsys):
+    fake = use_fake_ner(monkeypatch, PLANTED)
+    source = write(tmp_path / "t.jsonl", TICKETS * 2)
+    real = type(fake).__call__
+    monkeypatch.setattr(type(fake), "__call__", lambda self, *a: (_ for _ in ()).throw(KeyboardInterrupt) if self.calls else real(self, *a))
+    command = [source, "--field", "prompt", "--labels", "person", "--chunk-rows", "3", "--batch-size", "3", "--out", tmp_path / "o.jsonl"]
+    assert label(*command) == 130
+    monkeypatch.setattr(type(fake), "__call__", real)
+    capsys.readouterr()
+    assert label(*command, "--to-sft", tmp_path / "sft.jsonl") == 2
+    assert "holds an unfinished run with other settings (outputs --out then, --out --to-sft now)" in capsys.readouterr().err
+    assert label(*command) == 0 and len(read(tmp_path / "o.jsonl")) == 6
