@@ -255,8 +255,7 @@ def add_parser(sub) -> None:
     q = command(data, "label", "named entities by GLiNER, offsets into the text; via translation for Korean",
                 "tunesmith data label examples/data/support_tickets/train.jsonl --field prompt --labels person,product,date,money --out labelled.jsonl\n"
                 "tunesmith data label tickets.jsonl --field prompt --labels-file labels.txt --via-translation ko-en --review-sheet review.csv "
-                "--to-sft ner_sft.jsonl --out labelled.jsonl\n"
-                "tunesmith data label import-sheet review.csv --out reviewed.jsonl",
+                "--to-sft ner_sft.jsonl --out labelled.jsonl",
                 "Every row keeps its columns and gains entities: [{start, end, text, label, score}], text == row[field][start:end]; "
                 "a text longer than the model's window is labelled in overlapping windows, never cut. --via-translation "
                 "labels a translation and puts each entity back onto the source text (its projection rate reported; the "
