@@ -123,7 +123,7 @@ def cmd_label(args) -> None:
     if len(fields_from(args, "input").fields) > 1:
         raise TunesmithError("--field: data label reads one text column; give one")
     label(args.input, args.out, fields_from(args, "input"), labels, args.model, args.threshold, via, args.review_sheet, args.review_below,
-          args.to_sft, args.overwrite, args.on_bad_row, args.limit, args.seed, args.batch_size, args.chunk_rows)
+          args.to_sft, args.overwrite, args.on_bad_row, args.limit, args.batch_size, args.chunk_rows)
 
 
 def cmd_label_import_sheet(args) -> None:

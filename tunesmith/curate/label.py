@@ -14,7 +14,8 @@ text (projection.py); an entity that cannot be is kept in `entities_unprojected`
 `translated_text`, and counted: the report gives the projection rate.
 
 --review-sheet review.csv: the rows with an entity scored under --review-below, or one not projected, one
-line per entity, for a person to keep, fix or drop (review.py reads it back: `data label import-sheet`).
+line per entity, for a person to keep, fix or drop (review.py reads it back: `data label import-sheet`);
+rows without an `id` then get one, their place in the input (as augment gives them), which the sheet names.
 --to-sft sft.jsonl: an SFT set, {prompt, completion}: the request to extract the labels' entities from the
 text, the answer their JSON list.
 """
@@ -87,7 +88,8 @@ def text_of(row: Row, fields: TextFields) -> str:
 
 def label(input: str, out: str, fields: TextFields, labels: list[str], model: str, threshold: float, via: Via | None,
           review_sheet: str | None, review_below: float, to_sft: str | None, overwrite: bool, on_bad_row: str, limit: int | None,
-          seed: int, batch_size: int, chunk_rows: int) -> dict:
+          batch_size: int, chunk_rows: int) -> dict:
+    """GLiNER and the translators decode without sampling: --seed changes nothing here."""
     from tunesmith.curate.ner import Gliner
 
     outputs = {"out": Output(out)}
@@ -101,7 +103,8 @@ def label(input: str, out: str, fields: TextFields, labels: list[str], model: st
     job = Job("label", input, outputs, settings, overwrite=overwrite, sections=sections)
     rows, read = job.read(on_bad_row, limit)
     try:
-        text_of(rows[0], fields)  # the text column is settled before any model loads
+        if rows:
+            text_of(rows[0], fields)  # the text column is settled before any model loads
     except DataError:
         pass  # a bad first row is the process step's to stop or count
     ner = Gliner.load(model)
