@@ -211,3 +211,13 @@ def test_a_killed_run_is_not_resumed_with_another_output_added(tmp_path, monkeyp
     assert label(*command, "--to-sft", tmp_path / "sft.jsonl") == 2
     assert "holds an unfinished run with other settings (outputs --out then, --out --to-sft now)" in capsys.readouterr().err
     assert label(*command) == 0 and len(read(tmp_path / "o.jsonl")) == 6
+
+
+def test_without_the_label_extra_the_error_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gliner" else find(name, *a))
+    source = write(tmp_path / "t.jsonl", TICKETS)
+    assert label(source, "--field", "prompt", "--labels", "person", "--out", tmp_path / "o.jsonl") == 2
+    assert capsys.readouterr().err == "error: data label needs gliner: pip install 'tunesmith[label]'\n"

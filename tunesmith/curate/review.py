@@ -2,7 +2,7 @@
 
 The sheet (written by label.py, UTF-8 with a byte-order mark) has one line per entity of each row to review:
 id, text, entity, label, start, end, score, keep, note. A person may, on any line:
-- set keep to no (the entity goes) or yes (it stays; an empty cell is yes);
+- set keep to no (the entity goes) or yes (it stays; an empty cell is yes; y/n, 1/0 and o/x read too);
 - fix the label (one of the labels the run used) or the entity's text: the offsets follow the new text to
   its occurrence nearest the old start; or fix start and end (characters of the text, end exclusive);
 - add a line for an entity the model missed: the row's id, the entity and its label (start and end where it
