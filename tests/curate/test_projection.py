@@ -1,7 +1,7 @@
 import pytest
 
 from tunesmith.curate.ner import flat
-from tunesmith.curate.projection import best_match, project, segments
+from tunesmith.curate.projection import Match, best_match, project, segments
 
 pytest.importorskip("rapidfuzz", reason="pip install 'tunesmith[label]'")
 
@@ -25,6 +25,11 @@ def test_a_match_is_exact_when_it_can_be_and_trimmed_to_the_best_span_when_fuzzy
     spaced = best_match(["삼성 전자"], source, 0, len(source))
     assert source[spaced.start : spaced.end] == "삼성전자"
     assert best_match(["Galaxy"], source, 0, len(source)) is None
+    shouted = "서울에서 GALAXY를 샀어요"
+    assert best_match(["galaxy"], shouted, 0, len(shouted)) == Match(5, 11, 100.0)  # case aside
+    turkish = "İstanbul에서 GALAXY를 샀어요"  # 'İ'.lower() is two characters: no case-blind search, offsets stay true
+    found = best_match(["GALAXY"], turkish, 0, len(turkish))
+    assert (found.start, found.end, found.score) == (11, 17, 100.0)
     elsewhere = best_match(["받았어요"], source, 0, 10)  # only looked for inside the segment
     assert elsewhere.end <= 10 and elsewhere.score < 50
 

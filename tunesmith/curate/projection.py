@@ -54,10 +54,12 @@ def best_match(candidates: list[str], source: str, start: int, end: int) -> Matc
     from rapidfuzz import fuzz
 
     window, best = source[start:end], None
+    # Case-blind where lowering keeps every character's place (it does not for a few, e.g. 'İ').
+    folded = window.lower() if len(window.lower()) == len(window) else window
     for candidate in dict.fromkeys(c.strip(EDGE) for c in candidates):
         if not candidate:
             continue
-        found = window.lower().find(candidate.lower())
+        found = folded.find(candidate.lower() if folded is not window else candidate)
         if found >= 0:
             return Match(start + found, start + found + len(candidate), 100.0)
         aligned = fuzz.partial_ratio_alignment(candidate, window)
