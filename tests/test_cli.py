@@ -248,6 +248,7 @@ def test_every_command_help_has_a_working_example_and_shows_defaults(monkeypatch
     import shlex
 
     from tunesmith.cli import with_eval_subcommand
+    from tunesmith.curate.cli import with_label_subcommand
 
     monkeypatch.setenv("COLUMNS", "100")
     for words, parser in commands():
@@ -256,7 +257,7 @@ def test_every_command_help_has_a_working_example_and_shows_defaults(monkeypatch
         examples = [line.strip() for line in parser.epilog.splitlines()[1:]]
         assert examples and all(e.startswith("tunesmith " + " ".join(words)) for e in examples), (words, examples)
         for example in examples:  # each one parses: a real command line, not prose
-            build_parser().parse_args(with_eval_subcommand(shlex.split(example)[1:]))
+            build_parser().parse_args(with_label_subcommand(with_eval_subcommand(shlex.split(example)[1:])))
         for action in parser._actions:
             if action.dest in ("help", "verbose") or action.nargs == "A...":
                 continue
@@ -281,6 +282,7 @@ def test_chat_help_lists_every_slash_command():
 
 def test_eval_subcommands_are_found_after_top_level_options():
     from tunesmith.cli import with_eval_subcommand
+    from tunesmith.curate.cli import with_label_subcommand
 
     args = build_parser().parse_args(with_eval_subcommand(["--verbose", "eval", "select", "--models", "a", "--data", "d"]))
     assert args.verbose and args.models == "a"

@@ -550,7 +550,7 @@ def with_eval_subcommand(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = with_eval_subcommand(list(sys.argv[1:] if argv is None else argv))
+    argv = data_cli.with_label_subcommand(with_eval_subcommand(list(sys.argv[1:] if argv is None else argv)))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):

@@ -8,6 +8,7 @@ progress, resumable chunked output and the report. Its outputs feed `tunesmith t
     augment.py   variants: obfuscate-ko (hangul.py), back-translation, paraphrase
     cluster.py   sentence embeddings, k-means, outliers, the HTML report
     translate.py chosen fields into another language (seq2seq.py: the translator and paraphraser models)
+    label.py     named entities (ner.py: GLiNER in windows; projection.py: back onto the source; review.py: the sheet read back)
     rows.py      reading rows (files and recipes), bad rows, the text fields (--field, --columns)
     executor.py  outputs, chunks and manifest, resume, reports (report.py renders the Markdown)
 """

@@ -96,10 +96,61 @@ def cmd_translate(args) -> None:
               args.on_bad_row, args.limit, args.seed, args.batch_size, args.chunk_rows)
 
 
+def cmd_label(args) -> None:
+    from tunesmith.curate.label import Via, label, parse_labels
+    from tunesmith.curate.seq2seq import default_translator
+
+    requires("label", "gliner", *(["rapidfuzz"] if args.via_translation else []), extra="label")
+    for flag in ("--limit", "--batch-size", "--chunk-rows", "--num-beams", "--max-new-tokens"):
+        positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    labels = parse_labels(args.labels, args.labels_file)
+    if not 0 < args.threshold < 1:
+        raise TunesmithError(f"--threshold: {args.threshold} is not a score between 0 and 1")
+    if args.review_sheet and not args.threshold < args.review_below <= 1:
+        raise TunesmithError(f"--review-below: {args.review_below} must be above --threshold {args.threshold} (and at most 1), or no entity is ever reviewed")
+    if not 0 < args.match_threshold <= 100:
+        raise TunesmithError(f"--match-threshold: {args.match_threshold} is not a rapidfuzz score from 0 (excluded) to 100")
+    given = [flag for flag, value in (("--translator-to", args.translator_to), ("--translator-back", args.translator_back)) if value]
+    if given and not args.via_translation:
+        raise TunesmithError(f"{', '.join(given)}: only with --via-translation SRC-PIVOT")
+    via = None
+    if args.via_translation:
+        src, sep, pivot = args.via_translation.partition("-")
+        if not (sep and src and pivot and src != pivot):
+            raise TunesmithError(f"--via-translation {args.via_translation}: expected SRC-PIVOT, two languages, e.g. ko-en")
+        via = Via(src, pivot, args.translator_to or default_translator(src, pivot), args.translator_back or default_translator(pivot, src),
+                  args.num_beams, args.max_new_tokens, args.match_threshold)
+    if len(fields_from(args, "input").fields) > 1:
+        raise TunesmithError("--field: data label reads one text column; give one")
+    label(args.input, args.out, fields_from(args, "input"), labels, args.model, args.threshold, via, args.review_sheet, args.review_below,
+          args.to_sft, args.overwrite, args.on_bad_row, args.limit, args.batch_size, args.chunk_rows)
+
+
+def cmd_label_import_sheet(args) -> None:
+    from tunesmith.curate.review import import_sheet
+
+    import_sheet(args.sheet, args.out, args.into, args.key, args.to_sft, args.overwrite)
+
+
+# `tunesmith data label import-sheet ...` is the verb "label import-sheet" (one argument to argparse), so that
+# `data label INPUT` keeps its positional; tunesmith.cli.main joins the two words first.
+LABEL_SUBCOMMANDS = ("import-sheet",)
+
+
+def with_label_subcommand(argv: list[str]) -> list[str]:
+    """[...] data label import-sheet ... -> [...] data 'label import-sheet' ..."""
+    words = [k for k, arg in enumerate(argv) if not arg.startswith("-")]
+    if len(words) >= 3 and [argv[k] for k in words[:2]] == ["data", "label"] and argv[words[2]] in LABEL_SUBCOMMANDS and words[2] == words[1] + 1:
+        i = words[1]
+        return [*argv[:i], f"label {argv[i + 1]}", *argv[i + 2 :]]
+    return argv
+
+
 def add_parser(sub) -> None:
     from tunesmith.cli import command
+    from tunesmith.curate.ner import DEFAULT_MODEL as DEFAULT_GLINER
 
-    p = command(sub, "data", "check, dedup, augment, cluster and translate data",
+    p = command(sub, "data", "check, dedup, augment, cluster, translate, label",
                 "tunesmith data check recipes/quickstart.yaml",
                 "Each verb reads any file training reads (JSONL, JSON, CSV/TSV, Parquet, a save_to_disk folder, a hub "
                 "dataset), writes a new file and, next to it, OUT.report.json and OUT.report.md: rows read, written, "
@@ -201,6 +252,47 @@ def add_parser(sub) -> None:
     q.set_defaults(func=cmd_translate)
 
 
+    q = command(data, "label", "named entities by GLiNER, offsets into the text; via translation for Korean",
+                "tunesmith data label examples/data/support_tickets/train.jsonl --field prompt --labels person,product,date,money --out labelled.jsonl\n"
+                "tunesmith data label tickets.jsonl --field prompt --labels-file labels.txt --via-translation ko-en --review-sheet review.csv "
+                "--to-sft ner_sft.jsonl --out labelled.jsonl",
+                "Every row keeps its columns and gains entities: [{start, end, text, label, score}], text == row[field][start:end]; "
+                "a text longer than the model's window is labelled in overlapping windows, never cut. --via-translation "
+                "labels a translation and puts each entity back onto the source text (its projection rate reported; the "
+                "others kept in entities_unprojected). --review-sheet writes the doubtful rows to a CSV for a person; "
+                "`data label import-sheet` merges the corrections back. --to-sft writes an SFT set trainable as it is.")
+    add_common(q)
+    q.add_argument("--labels", help="entity types, comma-separated: person,product,order number")
+    q.add_argument("--labels-file", help="a file of entity types, one per line (or comma-separated; # comments)")
+    q.add_argument("--model", default=DEFAULT_GLINER, help="a GLiNER model: hub id or local folder")
+    q.add_argument("--threshold", type=float, default=0.5, help="the lowest score of an entity kept")
+    q.add_argument("--via-translation", metavar="SRC-PIVOT", help="label a translation into PIVOT and project the entities back (e.g. ko-en)")
+    q.add_argument("--translator-to", help="--via-translation: model from SRC to PIVOT (default: Helsinki-NLP's Marian for the pair; NLLB works too)")
+    q.add_argument("--translator-back", help="--via-translation: model from PIVOT back to SRC, for the entities (default: Helsinki-NLP's Marian)")
+    q.add_argument("--match-threshold", type=float, default=80, help="--via-translation: the lowest rapidfuzz score (0-100) of a match in the source")
+    q.add_argument("--num-beams", type=int, default=4, help="--via-translation: beam search width of the translators")
+    q.add_argument("--max-new-tokens", type=int, default=256, help="--via-translation: longest translation of a sentence, in tokens")
+    q.add_argument("--review-sheet", metavar="CSV", help="write rows with an entity under --review-below (or not projected) here, one line per entity")
+    q.add_argument("--review-below", type=float, default=0.7, help="--review-sheet: an entity scored under this sends its row to review")
+    q.add_argument("--to-sft", metavar="JSONL", help="also write an SFT set: extract these entity types, answer as JSON")
+    q.add_argument("--batch-size", type=int, default=8, help="texts per batch")
+    q.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable chunk")
+    q.set_defaults(func=cmd_label)
+
+    q = command(data, "label import-sheet", "merge a filled label review sheet back into the labelled rows",
+                "tunesmith data label import-sheet review.csv --out reviewed.jsonl --to-sft ner_sft.jsonl",
+                "Each line of the sheet is one entity: keep yes/no, fix its label, text or start/end, or add a line for one "
+                "the model missed. Every edit is checked against the row's text and the run's labels; a mistake is an error "
+                "naming the sheet's row. The sheet's lines replace the entities of their rows (score 1.0, reviewed: true).")
+    q.add_argument("sheet", help="the CSV written by data label --review-sheet, filled in")
+    q.add_argument("--out", required=True, help="the labelled rows with the corrections (never the labelled file itself)")
+    q.add_argument("--into", help="the labelled file (default: the one data label wrote, named in the key file)")
+    q.add_argument("--key", help="key file (default: SHEET.key.json next to it)")
+    q.add_argument("--to-sft", metavar="JSONL", help="also write the SFT set of the reviewed rows")
+    q.add_argument("--overwrite", action="store_true", help="replace --out (and its report) if it exists")
+    q.set_defaults(func=cmd_label_import_sheet)
+
+
 def add_common(p: argparse.ArgumentParser, output: bool = True) -> None:
     """Input, text fields, bad rows, limits and seed: the same flags, with the same meaning, for every row verb."""
     p.add_argument("input", help="a data file (JSONL, JSON, CSV/TSV, Parquet), a save_to_disk folder (folder::split), a hub dataset, "
@@ -226,13 +318,13 @@ def fields_from(args, side: str = "all", system: bool = False):
     return TextFields(names, parse_columns(args.columns), side, system)
 
 
-def requires(verb: str, *modules: str) -> None:
+def requires(verb: str, *modules: str, extra: str = "data") -> None:
     """The optional libraries a verb needs are installed, or one line saying how to install them."""
     import importlib.util
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise TunesmithError(f"data {verb} needs {', '.join(missing)}: pip install 'tunesmith[data]'")
+        raise TunesmithError(f"data {verb} needs {', '.join(missing)}: pip install 'tunesmith[{extra}]'")
 
 
 def positive(flag: str, value: int | None) -> None:

@@ -42,6 +42,7 @@ Process = Callable[[list[Row], Counts], dict[str, list[dict]]]
 class Output:
     path: Path
     kind: str = "jsonl"     # jsonl, or csv (UTF-8 with a byte-order mark, so Excel reads Korean right)
+    columns: list[str] | None = None    # csv: the header, written even when no row comes (default: the rows' keys)
 
     def __post_init__(self):
         self.path = Path(self.path).expanduser()
@@ -71,7 +72,9 @@ class Job:
         return self.report or self.main.with_name(self.main.name + ".report.json")
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps([self.verb, input_identity(self.input), self.settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # The outputs' names too: a run resumed with another output added would find no parts for it.
+        identity = [self.verb, input_identity(self.input), self.settings, list(self.outputs)]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def check(self) -> None:
         """Every output is new (or --overwrite, or the run being resumed), none is the input, none twice."""
@@ -80,7 +83,7 @@ class Job:
         source = None if hub_dataset(self.input) else Path(self.input.split("::")[0]).expanduser()
         seen = {}
         for name, out in self.outputs.items():
-            flag = "--out" if name == "out" else f"--{name.replace('_', '-')}"
+            flag = flag_of(name)
             check_output_file(str(out.path), flag)
             if KINDS.get(out.path.suffix.lower()) != out.kind:
                 raise TunesmithError(f"{flag} {out.path}: write a .{out.kind} file (this output is {out.kind})")
@@ -99,7 +102,10 @@ class Job:
         manifest = self._manifest() if self.outputs else None
         if manifest is not None and manifest["fingerprint"] != self.fingerprint():
             if not self.overwrite:
-                changed = ", ".join(k for k in {**manifest["settings"], **self.settings} if manifest["settings"].get(k) != self.settings.get(k))
+                changed = [k for k in {**manifest["settings"], **self.settings} if manifest["settings"].get(k) != self.settings.get(k)]
+                if manifest.get("outputs", list(self.outputs)) != list(self.outputs):
+                    changed.append(f"outputs {' '.join(map(flag_of, manifest['outputs']))} then, {' '.join(map(flag_of, self.outputs))} now")
+                changed = ", ".join(changed)
                 raise TunesmithError(
                     f"{self.parts} holds an unfinished run with other settings ({changed or 'the input changed'}): "
                     "run it again with the same arguments to finish it, or pass --overwrite to start afresh"
@@ -120,15 +126,17 @@ class Job:
             raise TunesmithError(f"{self.input}: no rows")
         return rows, counts
 
-    def run_chunked(self, rows: list[Row], read: Counts, process: Process, batch_size: int, chunk_rows: int = CHUNK_ROWS) -> dict:
-        """Process rows chunk by chunk (batches of batch_size within a chunk), each chunk saved before the next starts."""
+    def run_chunked(self, rows: list[Row], read: Counts, process: Process, batch_size: int, chunk_rows: int = CHUNK_ROWS,
+                    summary: Callable[[Counts], dict] | None = None) -> dict:
+        """Process rows chunk by chunk (batches of batch_size within a chunk), each chunk saved before the next starts.
+        `summary` makes the report's `extra` from the counts of every chunk (rates, tables)."""
         from tqdm.auto import tqdm
 
         manifest = self._manifest() if self.resuming() else None
         done = manifest["chunks"] if manifest else {}
         if manifest is None:
             self.parts.mkdir(parents=True, exist_ok=True)
-            manifest = {"fingerprint": self.fingerprint(), "verb": self.verb, "settings": self.settings, "chunks": done}
+            manifest = {"fingerprint": self.fingerprint(), "verb": self.verb, "settings": self.settings, "outputs": list(self.outputs), "chunks": done}
             _write_atomically(self.parts / "manifest.json", json.dumps(manifest, indent=1, default=str))
         chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
         skipped = sum(len(chunk) for n, chunk in enumerate(chunks) if str(n) in done)
@@ -155,7 +163,7 @@ class Job:
         for n in range(len(chunks)):
             for name in self.outputs:
                 outputs[name] += read_jsonl(self.parts / f"part-{n:05d}.{name}.jsonl")
-        report = self.finish(outputs, total)
+        report = self.finish(outputs, total, summary(total) if summary else None)
         shutil.rmtree(self.parts)
         return report
 
@@ -199,6 +207,11 @@ class Job:
         return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
+def flag_of(output: str) -> str:
+    """The flag that names an output: 'to_sft' -> '--to-sft'."""
+    return f"--{output.replace('_', '-')}"
+
+
 def input_identity(path: str) -> list:
     """What the fingerprint knows of the input: its path, size and modification time (a hub dataset: its name)."""
     local = Path(path.split("::")[0]).expanduser()
@@ -220,7 +233,7 @@ def write_rows(out: Output, rows: list[dict]) -> None:
     if out.kind == "jsonl":
         _write_atomically(out.path, "".join(json_line(r) for r in rows))
         return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = out.columns or list(dict.fromkeys(key for row in rows for key in row))
     tmp = out.path.with_name(f".{out.path.name}.tmp")
     with tmp.open("w", encoding="utf-8-sig", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

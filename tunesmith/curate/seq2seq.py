@@ -28,6 +28,13 @@ NLLB_CODES = {
 }
 
 
+def not_loaded(name: str, err: Exception, what: str = "model") -> TunesmithError:
+    """The one line for a model that would not load: offline and not cached, or the loader's reason."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") and not Path(name).exists():
+        return TunesmithError(f"{name}: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder")
+    return TunesmithError(f"{name}: cannot load this {what} ({' '.join(str(err).split())[:300]})")
+
+
 def default_translator(src: str, tgt: str) -> str:
     return MARIAN.get((src, tgt), f"Helsinki-NLP/opus-mt-{src}-{tgt}")
 
@@ -53,9 +60,7 @@ class Seq2Seq:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSeq2SeqLM.from_pretrained(name)
         except (OSError, ValueError) as err:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") and not Path(name).exists():
-                raise TunesmithError(f"{name}: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder") from None
-            raise TunesmithError(f"{name}: cannot load this model ({' '.join(str(err).split())[:300]})") from None
+            raise not_loaded(name, err) from None
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         forced_bos = None
         if config.model_type in ("m2m_100", "nllb-moe") or "nllb" in name.lower():

@@ -70,11 +70,13 @@ def read_sheet_rows(path: Path) -> tuple[list[str], list[dict]]:
             continue
     else:
         raise TunesmithError(f"{path}: neither UTF-8 nor CP949 text; save the sheet as 'CSV UTF-8'")
+    # Only the delimiter is guessed (from the header, which has no quotes): the rest is Excel's, doubled quotes
+    # included, which a dialect sniffed from a line without quotes gets wrong.
     try:
-        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+        delimiter = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+        delimiter = ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = list(reader)
     return list(reader.fieldnames or []), rows
 
