@@ -253,3 +253,23 @@ def test_split_turns_keep_the_tools(smol_tokenizer, tmp_path):
     tok, cfg, template = tool_setup(smol_tokenizer, tmp_path, "qwen2.5")
     train, _, _ = prepare_data(cfg.model_copy(update={"multi_turn": "split"}), tok, template, seed=0)
     assert len(train) == 2 and all("Refund part or all of an order" in tok.decode(row["input_ids"]) for row in train)
+
+
+def test_the_bundled_tool_tickets_load_and_pass_the_checks_under_smollm2(smol_tokenizer):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    demo = ROOT / "examples" / "data" / "tool_tickets"
+    assert subprocess.run([sys.executable, str(ROOT / "examples/data/make_tool_tickets.py"), "--check"]).returncode == 0
+    train, report = load_examples(demo / "train.jsonl")
+    assert (report.read, report.kept) == (240, 240)
+    assert {json.loads(line)["lang"] for line in (demo / "train.jsonl").read_text(encoding="utf-8").splitlines()} == {"en", "ko"}
+    called = {c["function"]["name"] for e in train for m in e.messages for c in m.get("tool_calls", ())}
+    assert called == {"lookup_order", "refund", "cancel_order", "change_address", "create_ticket"}
+    assert any(len(m.get("tool_calls", ())) == 2 for e in train for m in e.messages)  # parallel calls
+    assert any(not m.get("tool_calls") for e in train for m in e.messages[-1:])      # answers in text
+    cfg = DataConfig(train=[str(demo / "train.jsonl")], eval=[str(demo / "heldout.jsonl")], template="model", max_length=1024)
+    rows, evals, prepared = prepare_data(cfg, smol_tokenizer, resolve_template("model", smol_tokenizer), seed=0)
+    assert (len(rows), len(evals)) == (240, 60) and prepared.train.with_tools == 240
