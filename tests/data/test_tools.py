@@ -273,3 +273,55 @@ def test_the_bundled_tool_tickets_load_and_pass_the_checks_under_smollm2(smol_to
     cfg = DataConfig(train=[str(demo / "train.jsonl")], eval=[str(demo / "heldout.jsonl")], template="model", max_length=1024)
     rows, evals, prepared = prepare_data(cfg, smol_tokenizer, resolve_template("model", smol_tokenizer), seed=0)
     assert (len(rows), len(evals)) == (240, 60) and prepared.train.with_tools == 240
+
+
+def mistral_setup(smol_tokenizer, tmp_path, rows):
+    from dataclasses import replace
+
+    family = FAMILIES["mistral-v0.3"]
+    controls = ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+    tok = family_tokenizer(smol_tokenizer, replace(family, specials=family.specials + controls))
+    source = str(TEMPLATES / "mistral-v0.3-tools.jinja")
+    cfg = DataConfig(train=[str(write_jsonl(tmp_path / "tools.jsonl", rows))], template=source)
+    return tok, cfg, resolve_template(source, tok)
+
+
+def mistral_row(call_id="a1b2c3d4e"):
+    row = refund_row()
+    row["messages"][1]["tool_calls"][0]["id"] = call_id
+    row["messages"][2]["tool_call_id"] = call_id
+    return row
+
+
+def test_mistral_trains_its_tool_call_and_wants_nine_character_ids(smol_tokenizer, tmp_path):
+    tok, cfg, template = mistral_setup(smol_tokenizer, tmp_path, [mistral_row()])
+    assert supports_tools(template, tok)
+    [row], _, _ = prepare_data(cfg, tok, template, seed=0)
+    trained = [tok.decode(row["input_ids"][a:b]) for a, b in trained_runs(row)]
+    assert trained == ['[TOOL_CALLS] [{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}, "id": "a1b2c3d4e"}]</s>',
+                       " 환불했습니다: 20달러가 돌아갑니다.</s>"]
+    assert '[TOOL_RESULTS] {"content": "{\\"status\\": \\"refunded\\"}"' in tok.decode(row["input_ids"])  # escaped, not dropped
+    tok, cfg, template = mistral_setup(smol_tokenizer, tmp_path, [mistral_row("call_1")])
+    with pytest.raises(TemplateError, match=r"tools.jsonl:1: .*Tool call IDs should be alphanumeric strings with length 9"):
+        prepare_data(cfg, tok, template, seed=0)
+
+
+def test_tools_that_move_to_the_last_user_turn_need_split(smol_tokenizer, tmp_path):
+    # Mistral writes the tools before the last user message: an earlier turn's prompt changes once a user speaks again.
+    row = mistral_row()
+    row["messages"][:1] = [{"role": "user", "content": "Refund A-1001, please."}, {"role": "assistant", "content": "How much?"},
+                           {"role": "user", "content": "$20."}]
+    tok, cfg, template = mistral_setup(smol_tokenizer, tmp_path, [row])
+    with pytest.raises(TemplateError) as err:
+        prepare_data(cfg, tok, template, seed=0)
+    assert "tools.jsonl:1: assistant turn messages[1]: " in str(err.value) and "set data.multi_turn: split" in str(err.value)
+    train, _, _ = prepare_data(cfg.model_copy(update={"multi_turn": "split"}), tok, template, seed=0)
+    assert len(train) == 3
+
+
+def test_empty_tool_fields_of_api_exports_mean_no_tool_use():
+    row = {"messages": [{"role": "user", "content": "Hi", "tool_calls": None, "tool_call_id": None},
+                        {"role": "assistant", "content": "Hello!", "tool_calls": [], "tool_call_id": None}]}
+    assert to_example(row, "messages", {}, W).messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    with pytest.raises(DataError, match=r"messages\[1\].content: expected a string, found null"):
+        to_example({"messages": [row["messages"][0], {"role": "assistant", "content": None, "tool_calls": []}]}, "messages", {}, W)

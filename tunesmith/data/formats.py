@@ -303,7 +303,8 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
         if not isinstance(item, dict):
             problem = f"expected an object with {role_key} and {content_key}, found {type_name(item)}"
             raise DataError(where, item_path, problem, "wrong_type")
-        calls = item.get("tool_calls")
+        # Exports of API logs write `tool_calls: []` or null on every message: no calls.
+        calls = None if item.get("tool_calls") in (None, []) else item["tool_calls"]
         for key in keys:
             # A message that calls tools may leave its content out (OpenAI sends null).
             if key == content_key and calls is not None and item.get(key) is None:
@@ -320,7 +321,7 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
         content = "" if content is None and calls is not None else content
         expect_string(content, f"{item_path}.{content_key}", where)
         extra = {}
-        if calls is not None or "tool_call_id" in item:
+        if calls is not None or item.get("tool_call_id") is not None:
             if "tool" not in roles.values():
                 field = "tool_calls" if calls is not None else "tool_call_id"
                 raise DataError(where, f"{item_path}.{field}", "tool use is read in the SFT formats (messages, sharegpt, prompt_completion) only", "wrong_type")
