@@ -45,6 +45,13 @@ def test_scores_name_exact_valid_and_none():
     assert tool_call_scores(outputs, expected) == {"tool_call_valid": 0.75, "tool_call_name": 0.5, "tool_call_exact": 0.25, "tool_call_none": 0.5}
 
 
+def test_generation_eval_scores_tool_call_exact():
+    from tunesmith.methods.common import generation_score
+
+    outputs = ['<tool_call>\n{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}\n</tool_call>', "No idea."]
+    assert generation_score("tool_call_exact", outputs, ["", ""], [[LOOKUP], [LOOKUP]]) == 0.5
+
+
 def test_parallel_calls_compare_as_a_multiset():
     a, b = {"name": "lookup_order", "arguments": {"order_id": "A-1"}}, {"name": "lookup_order", "arguments": {"order_id": "B-2"}}
     out = "".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>\n" for c in (b, a))
@@ -69,15 +76,19 @@ def test_eval_reports_tool_call_accuracy_before_and_after_fine_tuning(tiny_llama
 
     # The tiny model memorises the rows' call: enough to move every score from the random base's.
     data = write_jsonl(tmp_path / "tools.jsonl", tool_rows())
-    sections = {"peft": {"method": "none"}, "data": {"train": str(data), "max_length": 512, "template": "chatml"}}
+    sections = {"peft": {"method": "none"}, "data": {"train": str(data), "eval": str(data), "max_length": 512, "template": "chatml"},
+                "generation_eval": {"metric": "tool_call_exact", "samples": 4, "max_new_tokens": 40}}
     run = train_tiny_run(tiny_llama, data, tmp_path / "run", sections=sections,
-                         max_steps=80, lr=3e-2, scheduler="constant", batch_size=4, eval_steps=None, save_steps=80, logging_steps=5)
+                         max_steps=80, lr=3e-2, scheduler="constant", batch_size=4, eval_steps=80, save_steps=80, logging_steps=5)
     summary = run_eval(str(run), str(data), compare=["base"], decoding=Decoding(max_new_tokens=40), out=str(tmp_path / "e"))
     assert summary["details"]["metrics_requested"] == ["tool_calls", "perplexity"]  # the default for rows that call tools
     after, before = summary["metrics"], summary["compare"]["base"]
     assert after["tool_call_exact"] >= 0.75 and after["tool_call_valid"] >= after["tool_call_exact"]
     assert before == {"tool_call_valid": 0.0, "tool_call_name": 0.0, "tool_call_exact": 0.0, "perplexity": before["perplexity"]}
     assert after["perplexity"] < before["perplexity"]
+    # Generation eval during training gives the prompts their tools too: the same score as tunesmith eval.
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["eval_tool_call_exact"] for r in logged if "eval_tool_call_exact" in r] == [after["tool_call_exact"]]
     assert "tool_call_exact" in capsys.readouterr().out
     prediction = json.loads((tmp_path / "e" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert prediction["reference"] == '{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}'
