@@ -99,3 +99,22 @@ def test_tool_calls_metric_needs_rows_with_tools(tiny_llama, tickets_file):
 
     with pytest.raises(TunesmithError, match=r"--metrics tool_calls: the rows of .*tickets.jsonl have no tools"):
         run_eval(str(tiny_llama), str(tickets_file), metrics=["tool_calls"])
+
+
+def test_batch_generation_gives_each_row_its_tools(tmp_path):
+    from tunesmith.eval.batch import generate_file
+    from tunesmith.eval.engines import Decoding
+
+    class Recorder:
+        system_prompt = None
+
+        def complete(self, conversations, decoding, batch_size=8, progress=True, tools=None):
+            self.tools = tools
+            return [type("C", (), {"text": "ok"})() for _ in conversations]
+
+    rows = [{"prompt": "Where is A-1001?", "tools": TOOLS}, {"prompt": "Hi"}]
+    engine = Recorder()
+    generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", rows)), str(tmp_path / "out.jsonl"), Decoding(), 2, None)
+    assert engine.tools == [TOOLS, None]
+    with pytest.raises(Exception, match=r"in.jsonl:1: tools: expected a list of tools, found a number"):
+        generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x", "tools": 3}])), str(tmp_path / "o.jsonl"), Decoding(), 2, None)
