@@ -325,3 +325,14 @@ def test_empty_tool_fields_of_api_exports_mean_no_tool_use():
     assert to_example(row, "messages", {}, W).messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     with pytest.raises(DataError, match=r"messages\[1\].content: expected a string, found null"):
         to_example({"messages": [row["messages"][0], {"role": "assistant", "content": None, "tool_calls": []}]}, "messages", {}, W)
+
+
+def test_the_data_verbs_read_the_text_of_tool_rows_and_leave_calls_and_results_alone():
+    from tunesmith.curate.rows import TextFields
+
+    row = refund_row()
+    slots = TextFields([], {}).slots(row, W)
+    assert [path for path, _ in slots] == [("messages", 0, "content"), ("messages", 3, "content")]
+    sharegpt = {"conversations": [{"from": "human", "value": "Refund A-1"}, {"from": "function_call", "value": '{"name": "refund", "arguments": {}}'},
+                                  {"from": "observation", "value": "ok"}, {"from": "gpt", "value": "Done."}]}
+    assert [text for _, text in TextFields([], {}).slots(sharegpt, W)] == ["Refund A-1", "Done."]
