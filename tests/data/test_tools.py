@@ -336,3 +336,11 @@ def test_the_data_verbs_read_the_text_of_tool_rows_and_leave_calls_and_results_a
     sharegpt = {"conversations": [{"from": "human", "value": "Refund A-1"}, {"from": "function_call", "value": '{"name": "refund", "arguments": {}}'},
                                   {"from": "observation", "value": "ok"}, {"from": "gpt", "value": "Done."}]}
     assert [text for _, text in TextFields([], {}).slots(sharegpt, W)] == ["Refund A-1", "Done."]
+
+
+def test_tools_keep_every_key_so_a_served_request_renders_as_training_did(smol_tokenizer, tmp_path):
+    strict = {"type": "function", "function": {**REFUND["function"], "strict": True}}
+    example = to_example(refund_row(tools=[strict]), "messages", {}, W)
+    assert example.tools == [strict]
+    tok, _, template = tool_setup(smol_tokenizer, tmp_path, "chatml (built-in Hermes)")
+    assert '"strict": true' in template.render(tok, example.messages[:1], add_generation_prompt=True, tools=example.tools)

@@ -52,7 +52,7 @@ HERMES_TOOLS_TAIL = (
 
 
 def parse_tools(value, key: str, where: str) -> list[dict]:
-    """The row's tools as OpenAI function tools, {"type": "function", "function": {name, description?, parameters?}}."""
+    """The row's tools as OpenAI function tools, {"type": "function", "function": {name, description?, parameters?, ...}}."""
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else []
@@ -74,9 +74,9 @@ def parse_tools(value, key: str, where: str) -> list[dict]:
         parameters = function.get("parameters")
         if parameters is not None:
             _check_schema(parameters, f"{fpath}.parameters", where)
-        spec = {"name": name, **({"description": description} if description else {}),
-                **({"parameters": parameters} if parameters is not None else {})}
-        tools.append({"type": "function", "function": spec})
+        # Kept as given (`strict` and all): templates write the tool as JSON, and a served request's tools must
+        # render as the training rows' did.
+        tools.append({"type": "function", "function": function})
     return tools
 
 
