@@ -344,3 +344,21 @@ def test_tools_keep_every_key_so_a_served_request_renders_as_training_did(smol_t
     assert example.tools == [strict]
     tok, _, template = tool_setup(smol_tokenizer, tmp_path, "chatml (built-in Hermes)")
     assert '"strict": true' in template.render(tok, example.messages[:1], add_generation_prompt=True, tools=example.tools)
+
+
+def test_the_saved_tokenizer_renders_tool_use_as_the_run_did(smol_tokenizer, tmp_path):
+    # Plain transformers users (and other servers) of a run on a template without tools get the Hermes format too.
+    import copy as copying
+
+    from tunesmith.data.templates import install_template
+
+    tok, _, template = tool_setup(smol_tokenizer, tmp_path, "chatml (built-in Hermes)")
+    example = to_example(refund_row(), "messages", {}, W)
+    saved = copying.deepcopy(tok)
+    install_template(template, saved)
+    for k in (1, 3, 4):
+        plain = saved.apply_chat_template(template.template_messages(example.messages[:k]), tools=example.tools, tokenize=False,
+                                          add_generation_prompt=k < 4)
+        assert plain == template.render(tok, example.messages[:k], add_generation_prompt=k < 4, tools=example.tools)
+    no_tools = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert saved.apply_chat_template(no_tools, tokenize=False) == template.render(tok, no_tools)

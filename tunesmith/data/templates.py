@@ -7,9 +7,9 @@ that is not a token becomes a stop text, and a date the template writes is froze
 Loss masks are built from renderings in tunesmith.data.masks.
 
 Tools: `render(..., tools=)` gives a template that renders tools itself (`supports_tools`: Llama 3.1+,
-Qwen2.5+, Mistral, Hermes) the tools, calls and results as they are; any other template gets them in the
-built-in Hermes format (tunesmith.data.tools.hermes_messages) as plain messages, so training, evaluation
-and serving render tool use alike whatever the template.
+Qwen2.5+, Mistral, Hermes) the tools, calls and results as they are; any other template is preceded by
+the built-in Hermes format (tunesmith.data.tools.HERMES_TOOLS, Jinja that rewrites them into plain
+messages), in training, evaluation, serving and the saved tokenizer alike.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tunesmith.data.tools import hermes_messages, uses_tools
+from tunesmith.data.tools import HERMES_TOOLS, uses_tools
 from tunesmith.data.turn_end import PROBE_QUESTION, PROBE_REPLY, find_turn_end, freeze_date, special_ids
 from tunesmith.errors import TunesmithError
 
@@ -65,11 +65,10 @@ class ChatTemplate:
         """The conversation as the model reads it; `tools` are OpenAI function tools, and the messages may hold
         tool_calls and tool results (see the module docstring for templates that do not render tools)."""
         messages = self.template_messages(messages)
-        if uses_tools(messages, tools) and not supports_tools(self, tokenizer):
-            messages, tools = hermes_messages(messages, tools), None
+        source = tool_source(self, tokenizer) if uses_tools(messages, tools) else self.source
         try:
             return tokenizer.apply_chat_template(
-                messages, tools=tools or None, chat_template=self.source, tokenize=False,
+                messages, tools=tools or None, chat_template=source, tokenize=False,
                 add_generation_prompt=add_generation_prompt,
             )
         except Exception as err:  # jinja errors, raise_exception() inside model templates
@@ -140,6 +139,12 @@ def supports_tools(template: ChatTemplate, tokenizer) -> bool:
         parts = ("tunesmith0probe0description", "tunesmith0probe0value", "tunesmith0probe0result", PROBE_REPLY)
         _NATIVE_TOOLS[template.source] = all(part in text for part in parts)
     return _NATIVE_TOOLS[template.source]
+
+
+def tool_source(template: ChatTemplate, tokenizer) -> str:
+    """The Jinja text that renders tool use: the template's own when it supports tools, else the built-in
+    Hermes format before it (a no-op for conversations without tools)."""
+    return template.source if supports_tools(template, tokenizer) else HERMES_TOOLS + template.source
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:
@@ -238,5 +243,6 @@ def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict], tools: l
 
 
 def install_template(template: ChatTemplate, tokenizer) -> None:
-    """Make the run's template the tokenizer's own, so plain transformers users get the same prompts."""
-    tokenizer.chat_template = template.source
+    """Make the run's template the tokenizer's own, so plain transformers users (and other servers) get the same
+    prompts, tools included (`apply_chat_template(..., tools=...)`)."""
+    tokenizer.chat_template = tool_source(template, tokenizer)

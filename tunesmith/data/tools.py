@@ -29,8 +29,8 @@ counted with `data.on_bad_row: drop` like any other.
 
 Templates that render tools themselves (Llama 3.1+, Qwen2.5+, Mistral, Hermes) get the messages as
 they are, with `tools=`. Any other template (SmolLM2, the built-in chatml and alpaca) gets the Hermes
-format written into plain messages by `hermes_messages`, the format Qwen2.5 and Hermes 2 Pro use:
-the tools in the system message inside <tools></tools>, each call as
+format, the one Qwen2.5 and Hermes 2 Pro use, written into plain messages by HERMES_TOOLS (Jinja put
+before the template's text): the tools in the system message inside <tools></tools>, each call as
 <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call> in the reply, and results as a user turn
 of <tool_response>\\n...\\n</tool_response> blocks.
 """
@@ -48,6 +48,41 @@ HERMES_TOOLS_HEAD = (
 HERMES_TOOLS_TAIL = (
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
     '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+
+# The Hermes format written in Jinja, put before a template's own text (as MERGE_SYSTEM is): it rewrites the
+# conversation into plain messages, so the saved tokenizer renders tool use as tunesmith does, for plain
+# transformers users and other servers too. Without tools, calls or results it changes nothing.
+HERMES_TOOLS = (
+    "{%- if tools or messages | selectattr('tool_calls') | list or messages | selectattr('role', 'equalto', 'tool') | list -%}"
+    "{%- set ns = namespace(out=[], results='', calls='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'tool' -%}"
+    "{%- set ns.results = ns.results + ('\\n' if ns.results else '') + '<tool_response>\\n' + m['content'] + '\\n</tool_response>' -%}"
+    "{%- else -%}"
+    "{%- if ns.results -%}{%- set ns.out = ns.out + [{'role': 'user', 'content': ns.results}] -%}{%- set ns.results = '' -%}{%- endif -%}"
+    "{%- if m['tool_calls'] -%}"
+    "{%- set ns.calls = '' -%}"
+    "{%- for c in m['tool_calls'] -%}{%- set f = c['function'] if c['function'] is defined else c -%}"
+    "{%- set ns.calls = ns.calls + ('\\n' if ns.calls else '') + '<tool_call>\\n' + {'name': f['name'], 'arguments': f['arguments']} | tojson"
+    " + '\\n</tool_call>' -%}"
+    "{%- endfor -%}"
+    "{%- set ns.out = ns.out + [{'role': m['role'], 'content': (m['content'] + '\\n' if m['content'] else '') + ns.calls}] -%}"
+    "{%- else -%}{%- set ns.out = ns.out + [m] -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if ns.results -%}{%- set ns.out = ns.out + [{'role': 'user', 'content': ns.results}] -%}{%- endif -%}"
+    "{%- if tools -%}"
+    "{%- set ns.listed = " + json.dumps(HERMES_TOOLS_HEAD) + " -%}"
+    "{%- for t in tools -%}{%- set ns.listed = ns.listed + '\\n' + t | tojson -%}{%- endfor -%}"
+    "{%- set ns.listed = ns.listed + " + json.dumps(HERMES_TOOLS_TAIL) + " -%}"
+    "{%- if ns.out and ns.out[0]['role'] == 'system' -%}"
+    "{%- set ns.out = [{'role': 'system', 'content': ns.out[0]['content'] + '\\n\\n' + ns.listed}] + ns.out[1:] -%}"
+    "{%- else -%}{%- set ns.out = [{'role': 'system', 'content': ns.listed}] + ns.out -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- set messages = ns.out -%}{%- set tools = none -%}"
+    "{%- endif -%}"
 )
 
 
@@ -183,35 +218,9 @@ def uses_tools(messages: list[dict], tools: list[dict] | None) -> bool:
 
 
 def call_json(call: dict) -> str:
-    """A call as the Hermes format writes it: {"name": ..., "arguments": {...}}."""
+    """A call as the Hermes format writes it, {"name": ..., "arguments": {...}}: how eval shows a reference call."""
     function = call.get("function", call)
     return json.dumps({"name": function["name"], "arguments": function["arguments"]}, ensure_ascii=False)
-
-
-def hermes_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]:
-    """The conversation in the built-in Hermes tool format, as plain system/user/assistant messages."""
-    out: list[dict] = []
-    for m in messages:
-        if m["role"] == "tool":
-            block = f"<tool_response>\n{m['content']}\n</tool_response>"
-            if out and out[-1].get("tool_results"):
-                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + block}
-            else:
-                out.append({"role": "user", "content": block, "tool_results": True})
-            continue
-        message = {k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id", "name")}
-        if m.get("tool_calls"):
-            calls = "\n".join(f"<tool_call>\n{call_json(c)}\n</tool_call>" for c in m["tool_calls"])
-            message["content"] = (m["content"] + "\n" if m.get("content") else "") + calls
-        out.append(message)
-    out = [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
-    if tools:
-        listed = HERMES_TOOLS_HEAD + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + HERMES_TOOLS_TAIL
-        if out and out[0]["role"] == "system":
-            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + listed}
-        else:
-            out.insert(0, {"role": "system", "content": listed})
-    return out
 
 
 def _function_part(item, path: str, where: str, reason: str) -> tuple[dict, str]:
