@@ -215,10 +215,11 @@ class GenerationEvalConfig(_Section):
     """Generation metrics during training: at every evaluation, answer a fixed subset of the eval conversations
     greedily and score the answers; logged to metrics.jsonl as eval_<metric>."""
 
-    metric: Literal["exact_match", "accuracy", "chrf", "bleu", "rougeL"] | None = Field(
+    metric: Literal["exact_match", "accuracy", "chrf", "bleu", "rougeL", "tool_call_exact"] | None = Field(
         None,
         description="Metric computed at every evaluation (train.eval_steps, or each epoch); none: off. accuracy reads "
-        "labels as `tunesmith eval` does (label set detected from the references).",
+        "labels as `tunesmith eval` does (label set detected from the references); tool_call_exact: the share of "
+        "replies that call tools with the right functions and exactly the right arguments.",
     )
     samples: int = Field(32, gt=0, description="Eval conversations answered each time (the first N of the eval data).")
     max_new_tokens: int = Field(32, gt=0, description="Longest answer generated for the metric, in tokens.")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.data.templates import ChatTemplate
+from tunesmith.data.templates import ChatTemplate, tool_source
 from tunesmith.errors import TunesmithError
 from tunesmith.models.fidelity import Fidelity, compare, logit_gap
 from tunesmith.models.merge import FidelityError, merge_run
@@ -74,7 +74,9 @@ def test_merge_reproduces_the_adapter_and_serves_with_the_run_template(lora_run,
     assert not torch.allclose(logits(adapter), logits(AutoModelForCausalLM.from_pretrained(base_path).eval()), atol=1e-3)
 
     template = ChatTemplate.load(lora_run / "template.json")
-    assert AutoTokenizer.from_pretrained(out).chat_template == template.source
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.chat_template == tool_source(template, saved)  # the run's template, with the built-in tool format if it has none
+    assert saved.chat_template.endswith(template.source)
     assert GenerationConfig.from_pretrained(out).eos_token_id == template.stop_token_ids
     assert ChatTemplate.load(out / "template.json") == template
     provenance = json.loads((out / "tunesmith.json").read_text())

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import FORMATS, SHAREGPT_ROLES, DataError, detect_format, type_name
+from tunesmith.data.formats import FORMATS, TOOL_MESSAGE_ROLES, TOOL_SHAREGPT_ROLES, DataError, detect_format, type_name
 from tunesmith.data.load import read_rows
 from tunesmith.errors import TunesmithError
 
@@ -215,9 +215,10 @@ class TextFields:
                 raise DataError(where, _shown((*path, i)), "expected a message with role and content (or from and value)", "wrong_type")
             role_key, content_key = keys
             role = message[role_key]
-            if role not in SHAREGPT_ROLES:
+            # Tool calls and results are no text to rewrite: their JSON must stay as the tools' schemas want it.
+            if role not in TOOL_SHAREGPT_ROLES and role not in TOOL_MESSAGE_ROLES:
                 raise DataError(where, _shown((*path, i, role_key)), f"unknown role {role!r}", "unknown_role")
-            if role in roles:
+            if role in roles and not (message.get("tool_calls") and not message.get(content_key)):
                 content = message.get(content_key)
                 if not isinstance(content, str):
                     raise DataError(where, _shown((*path, i, content_key)), f"expected a string, found {type_name(content)}", "wrong_type")

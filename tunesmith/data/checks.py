@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tunesmith.config import DataConfig
 from tunesmith.data.report import DataReport
-from tunesmith.data.templates import MERGE_SYSTEM, ChatTemplate, TemplateError
+from tunesmith.data.templates import MERGE_SYSTEM, ChatTemplate, TemplateError, supports_tools
 from tunesmith.data.turn_end import writes_live_date
 
 
@@ -26,6 +26,15 @@ REMEDIES = {
         "the template does not render the reasoning field (it reads no reasoning_content): write the reasoning into "
         "the reply's content the way the model writes it (e.g. <think>...</think> before the answer)",
     ),
+    "dropped_tool": ("the template drops tool results: fix the template, or use one that renders tool messages",) * 2,
+    "dropped_tool_call": (
+        "the template drops tool calls or their arguments, though it renders tools: fix the template, or set data.template: "
+        "chatml to use the built-in Hermes tool format",
+    ) * 2,
+    "dropped_tools": (
+        "the template does not show the model the tools it may call (a system message it drops, or tools it ignores): "
+        "set data.system_prompt_mode: merge if it drops system messages, else fix the template",
+    ) * 2,
     "inconsistent": (
         "the template is not prefix-consistent over turns (Qwen3 drops earlier turns' thinking, Phi-3 ends only the "
         "last turn with EOS): set data.multi_turn: split to train each assistant turn as its own example, its prompt "
@@ -108,6 +117,11 @@ def template_notes(template: ChatTemplate, tokenizer, cfg: DataConfig, report: D
                     f"data.multi_turn: split: {name} {s.conversations} conversations became {s.examples} examples, one per "
                     "assistant turn, each prompt rendered exactly as at inference"
                 )
+    with_tools = report.train.with_tools + report.eval.with_tools
+    if with_tools:
+        how = ("as the template renders them itself" if supports_tools(template, tokenizer)
+               else "in the built-in Hermes format (<tools>, <tool_call>, <tool_response>): the template does not render tools")
+        notes.append(f"{with_tools} examples use tools, rendered {how}; tool calls are trained, tool results are not")
     rebuilt = report.train.rebuilt + report.eval.rebuilt
     if rebuilt:
         notes.append(

@@ -8,17 +8,25 @@ names, e.g. {prompt: ticket, completion: category}. Required fields are marked w
 |-------------------|---------------------------------------------|--------------------------------------------------|
 | alpaca            | instruction*, input, output*, system,       | [system] + (user, assistant) per history pair +  |
 |                   | history ([[instruction, output], ...])      | user: instruction + "\\n\\n" + input, assistant: output |
-| messages          | messages*: [{role, content, reasoning}, ...]| the messages (OpenAI style)                      |
+| messages          | messages*: [{role, content, reasoning,      | the messages (OpenAI style)                      |
+|                   | tool_calls, tool_call_id}, ...], tools      |                                                  |
 | sharegpt          | conversations*: [{from, value}, ...],       | from human/user -> user, gpt/assistant ->        |
-|                   | system                                      | assistant, system -> system                      |
+|                   | system, tools                               | assistant, system -> system, function_call ->    |
+|                   |                                             | assistant tool calls, observation -> tool        |
 | prompt_completion | prompt*, completion*: both strings, or both | user: prompt, assistant: completion; or prompt   |
-|                   | lists of messages (TRL conversational)      | messages + completion messages (assistant only)  |
+|                   | lists of messages (TRL conversational),     | messages + completion messages (assistant only)  |
+|                   | tools                                       |                                                  |
 | question_answer   | question*, answer*                          | user: question, assistant: answer                |
 | text              | text*                                       | plain text for language modelling (no messages)  |
 
 A conversation may start with one system message, then alternates user and assistant turns and
 ends with an assistant turn; user messages and assistant replies may not be empty. Content is kept
 exactly as given.
+
+Tool use (tunesmith.data.tools): a row's `tools` lists the functions the model may call; an assistant
+message may carry `tool_calls` (its content may then be empty) and the `tool` messages after it hold
+the results, before the next assistant turn. Calls are checked against the row's tools (name, JSON
+arguments matching the schema) and results against the calls.
 
 An assistant message (messages, and prompt_completion message lists) may carry its reasoning, the
 thinking before the reply, in an optional `reasoning` field. It reaches the template as
@@ -50,11 +58,20 @@ REQUIRED = {
     "preference": ("chosen", "rejected"),
     "prompt": ("prompt",),
 }
-OPTIONAL = {"alpaca": ("input", "system", "history"), "sharegpt": ("system",), "preference": ("prompt",)}
+OPTIONAL = {
+    "alpaca": ("input", "system", "history"),
+    "messages": ("tools",),
+    "sharegpt": ("system", "tools"),
+    "prompt_completion": ("tools",),
+    "preference": ("prompt",),
+}
 FIELDS = tuple(dict.fromkeys(f for fmt in REQUIRED for f in REQUIRED[fmt] + OPTIONAL.get(fmt, ())))
 
 MESSAGE_ROLES = {role: role for role in ROLES}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+# The SFT formats also read tool use (tunesmith.data.tools); ShareGPT's tool turns are LLaMA-Factory's.
+TOOL_MESSAGE_ROLES = {**MESSAGE_ROLES, "tool": "tool"}
+TOOL_SHAREGPT_ROLES = {**SHAREGPT_ROLES, "function_call": "assistant", "observation": "tool"}
 
 # Rows come from JSON, CSV or Arrow: name their types the way a JSON file would.
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
@@ -79,10 +96,12 @@ class DataError(TunesmithError, ValueError):
 
 @dataclass
 class Example:
-    messages: list[dict[str, str]] | None   # [{"role": "system"|"user"|"assistant", "content": str, "reasoning"?: str}, ...]
+    messages: list[dict] | None             # [{"role": "system"|"user"|"assistant"|"tool", "content": str, "reasoning"?: str,
+                                            #   "tool_calls"?: [...], "tool_call_id"?: str, "name"?: str}, ...]
     text: str | None                        # only for the plain "text" format
     where: str                              # 'train.jsonl:12', for error messages later
     trained_from: int = 0                   # assistant turns before this message index are context, not trained
+    tools: list[dict] | None = None         # the functions the model may call, OpenAI style (tunesmith.data.tools)
 
 
 def type_name(value) -> str:
@@ -133,6 +152,7 @@ def to_example(
 
     turns, container = CONVERTERS[fmt](row, columns, where)
     check_turns(turns, container, where)
+    tools, turns = _tools(row, fmt, turns, columns, where)
     messages = with_system([as_message(turn) for turn in turns], system_prompt)
     trained_from = 0
     if fmt == "prompt_completion":
@@ -141,7 +161,22 @@ def to_example(
         cut = len(messages) - (len(completion) if isinstance(completion, list) else 1)
         if any(m["role"] == "assistant" for m in messages[:cut]):
             trained_from = cut
-    return Example(messages=messages, text=None, where=where, trained_from=trained_from)
+    return Example(messages=messages, text=None, where=where, trained_from=trained_from, tools=tools)
+
+
+def _tools(row: dict, fmt: str, turns: list[Turn], columns: dict[str, str], where: str) -> tuple[list[dict] | None, list[Turn]]:
+    """The row's tools, and the turns with every call checked against them and every result linked to its call."""
+    from tunesmith.data import tools  # it builds on this module's DataError
+
+    key = columns.get("tools", "tools")
+    value = row.get(key) if "tools" in OPTIONAL.get(fmt, ()) else None
+    parsed = tools.parse_tools(value, key, where) if value is not None else []
+    messages = [{"role": t.role, **t.extra} for t in turns]
+    paths = [t.role_path.rpartition(".")[0] for t in turns]
+    tools.check_calls(messages, paths, parsed, key, where)
+    tools.link_results(messages, paths, where)
+    linked = [turn._replace(extra={k: v for k, v in message.items() if k != "role"}) for turn, message in zip(turns, messages)]
+    return parsed or None, linked
 
 
 class Turn(NamedTuple):
@@ -150,10 +185,11 @@ class Turn(NamedTuple):
     role_path: str          # the paths name the user's fields in errors
     content_path: str
     reasoning: str = ""     # an assistant message's optional `reasoning` field
+    extra: dict = {}        # tool use: an assistant's tool_calls, a tool message's tool_call_id and name (filled by _tools)
 
 
-def as_message(turn: Turn) -> dict[str, str]:
-    return {"role": turn.role, "content": turn.content, **({"reasoning": turn.reasoning} if turn.reasoning else {})}
+def as_message(turn: Turn) -> dict:
+    return {"role": turn.role, "content": turn.content, **({"reasoning": turn.reasoning} if turn.reasoning else {}), **turn.extra}
 
 
 def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
@@ -185,12 +221,12 @@ def _alpaca(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn],
 
 def _messages(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
     key, items = required_field(row, "messages", columns, where)
-    return parse_turns(items, key, ("role", "content"), MESSAGE_ROLES, where), key
+    return parse_turns(items, key, ("role", "content"), TOOL_MESSAGE_ROLES, where), key
 
 
 def _sharegpt(row: dict, columns: dict[str, str], where: str) -> tuple[list[Turn], str]:
     key, items = required_field(row, "conversations", columns, where)
-    turns = parse_turns(items, key, ("from", "value"), SHAREGPT_ROLES, where)
+    turns = parse_turns(items, key, ("from", "value"), TOOL_SHAREGPT_ROLES, where)
     skey, system = _optional_string(row, "system", columns, where)
     return ([Turn("system", system, skey, skey)] if system else []) + turns, key
 
@@ -208,8 +244,8 @@ def _prompt_completion(row: dict, columns: dict[str, str], where: str) -> tuple[
     if isinstance(prompt, str):
         return [Turn("user", prompt, pkey, pkey), Turn("assistant", completion, ckey, ckey)], ckey
 
-    prompt_turns = parse_turns(prompt, pkey, ("role", "content"), MESSAGE_ROLES, where)
-    completion_turns = parse_turns(completion, ckey, ("role", "content"), MESSAGE_ROLES, where)
+    prompt_turns = parse_turns(prompt, pkey, ("role", "content"), TOOL_MESSAGE_ROLES, where)
+    completion_turns = parse_turns(completion, ckey, ("role", "content"), TOOL_MESSAGE_ROLES, where)
     for role, _, role_path, *_ in completion_turns:
         if role != "assistant":
             raise DataError(where, role_path, f"completion messages must be assistant turns, found {role}", "bad_turn_order")
@@ -256,6 +292,8 @@ def expect_string(value, path: str, where: str) -> None:
 
 
 def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], where: str) -> list[Turn]:
+    from tunesmith.data import tools  # it builds on this module's DataError
+
     role_key, content_key = keys
     if not isinstance(items, list):
         raise DataError(where, path, f"expected a list of messages, found {type_name(items)}", "wrong_type")
@@ -265,48 +303,84 @@ def parse_turns(items, path: str, keys: tuple[str, str], roles: dict[str, str], 
         if not isinstance(item, dict):
             problem = f"expected an object with {role_key} and {content_key}, found {type_name(item)}"
             raise DataError(where, item_path, problem, "wrong_type")
+        # Exports of API logs write `tool_calls: []` or null on every message: no calls.
+        calls = None if item.get("tool_calls") in (None, []) else item["tool_calls"]
         for key in keys:
+            # A message that calls tools may leave its content out (OpenAI sends null).
+            if key == content_key and calls is not None and item.get(key) is None:
+                continue
             if key not in item:
                 problem = f"missing (the message has: {', '.join(item) or 'no keys'})"
                 if key == "from" and "role" in item:
                     problem += f"; for role/content messages set data.format: messages and data.columns: {{messages: {path}}}"
                 raise DataError(where, f"{item_path}.{key}", problem, "missing_field")
-        role, content = item[role_key], item[content_key]
+        role, content = item[role_key], item.get(content_key)
         expect_string(role, f"{item_path}.{role_key}", where)
         if role not in roles:
             raise DataError(where, f"{item_path}.{role_key}", f"unknown role {role!r}; allowed: {', '.join(roles)}", "unknown_role")
+        content = "" if content is None and calls is not None else content
         expect_string(content, f"{item_path}.{content_key}", where)
+        extra = {}
+        if calls is not None or item.get("tool_call_id") is not None:
+            if "tool" not in roles.values():
+                field = "tool_calls" if calls is not None else "tool_call_id"
+                raise DataError(where, f"{item_path}.{field}", "tool use is read in the SFT formats (messages, sharegpt, prompt_completion) only", "wrong_type")
+            if calls is not None and roles[role] != "assistant":
+                raise DataError(where, f"{item_path}.tool_calls", f"only assistant messages call tools, this one is {roles[role]}", "invalid_tool_call")
+        if calls is not None:
+            extra["tool_calls"] = tools.parse_tool_calls(calls, f"{item_path}.tool_calls", where)
+        elif role == "function_call":
+            extra["tool_calls"] = tools.sharegpt_calls(content, f"{item_path}.{content_key}", where)
+            content = ""
+        if roles[role] == "tool":
+            for field in ("tool_call_id", "name"):
+                if item.get(field) is not None:
+                    expect_string(item[field], f"{item_path}.{field}", where)
+                    extra[field] = item[field]
         reasoning = item.get("reasoning")
         if reasoning is not None:
             expect_string(reasoning, f"{item_path}.reasoning", where)
             if roles[role] != "assistant":
                 raise DataError(where, f"{item_path}.reasoning", f"only assistant messages carry reasoning, this one is {roles[role]}", "wrong_type")
-        turns.append(Turn(roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}", reasoning or ""))
+        turns.append(Turn(roles[role], content, f"{item_path}.{role_key}", f"{item_path}.{content_key}", reasoning or "", extra))
     return turns
 
 
 def check_not_empty(turn: Turn, where: str) -> None:
-    """A user message or an assistant reply holds text (an empty system message just means none)."""
-    if turn.role != "system" and not turn.content.strip():
+    """A user message or an assistant reply holds text (an empty system message just means none, a tool
+    result may be empty, and a reply that calls tools may have no text)."""
+    if turn.role not in ("system", "tool") and not turn.extra.get("tool_calls") and not turn.content.strip():
         problem = "empty assistant reply" if turn.role == "assistant" else "empty user message"
         raise DataError(where, turn.content_path, problem, "empty_content")
 
 
 def check_turns(turns: list[Turn], container: str, where: str) -> None:
-    """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply."""
-    previous = None
+    """Optional system first, then user/assistant alternating, ending on a non-empty assistant reply; an
+    assistant turn that calls tools is followed by their results (tool messages), then the assistant again."""
+    previous, calling = None, False
     for i, turn in enumerate(turns):
         role, role_path = turn.role, turn.role_path
         if role == "system":
             if i > 0:
                 raise DataError(where, role_path, "a system message is allowed only as the first message", "bad_turn_order")
             continue
-        expected = "assistant" if previous == "user" else "user"
+        if role == "tool":
+            if not calling:
+                raise DataError(where, role_path, "a tool message without a matching call: it must follow an assistant message "
+                                "with tool_calls", "unmatched_tool_result")
+            previous = role
+            continue
+        expected = "assistant" if previous in ("user", "tool") else "user"
         if role != expected:
+            if previous == "tool":
+                raise DataError(where, role_path, f"after tool results the assistant answers, found {role}", "bad_turn_order")
+            if calling:
+                problem = "the tool calls before this message have no result: give a tool message for each"
+                raise DataError(where, role_path, problem, "unanswered_tool_call")
             problem = f"two {role} turns in a row" if role == previous else f"the conversation must start with a user turn, found {role}"
             raise DataError(where, role_path, problem, "bad_turn_order")
         check_not_empty(turn, where)
-        previous = role
+        previous, calling = role, bool(turn.extra.get("tool_calls"))
     if not any(role == "assistant" for role, *_ in turns):
         raise DataError(where, container, "no assistant turn to train on", "no_assistant_turn")
     if previous != "assistant":

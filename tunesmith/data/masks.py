@@ -8,9 +8,13 @@ What a template writes after that token (ChatML's newline, Mistral v0.1's space)
 and is not trained, so a token that runs on into the next turn cannot be trained either. Padding is
 masked by position in the collator, never by token id (with pad == eos, masking by id would erase EOS).
 
+Tool use: an assistant turn that calls tools is trained like any reply, its calls included, through its
+end-of-turn token; tool results (`tool` messages) are context, never trained, like user turns.
+
 Every example is checked; a failed check is a `Problem`, counted by tunesmith.data.prepare, which
 stops the run and shows the first of each kind:
-  dropped       a message's content (or reasoning) is not in the rendering: the template drops it
+  dropped       a message's content (or reasoning, a tool call's name and arguments, a tool's name and
+                description) is not in the rendering: the template drops it
   inconsistent  turn k renders differently depending on what follows it (not prefix-consistent)
   prefix        the prompt tokenises differently from the tokens before the trained span
 
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
 from tunesmith.data.templates import ChatTemplate
 
 # Stands in for a reply when reading how the template opens and ends an assistant turn.
@@ -33,7 +39,7 @@ SENTINEL = "tunesmith0reply0sentinel"
 
 @dataclass
 class Problem:
-    kind: str       # dropped_system, dropped_user, dropped_assistant, inconsistent, prefix
+    kind: str       # dropped_ + system, user, assistant, tool, tool_call, tools; inconsistent, prefix
     detail: str     # one line: what differs
 
 
@@ -47,16 +53,18 @@ class Tokenized:
 
 
 def tokenize_conversation(
-    template: ChatTemplate, tokenizer, messages: list[dict], train_on_prompt: bool = False, trained_from: int = 0
+    template: ChatTemplate, tokenizer, messages: list[dict], train_on_prompt: bool = False, trained_from: int = 0,
+    tools: list[dict] | None = None,
 ) -> Tokenized:
     """Token ids and labels: every assistant turn from message `trained_from` on is trained, with its end-of-turn token."""
-    full = template.render(tokenizer, messages)
+    full = template.render(tokenizer, messages, tools=tools)
     # A last reply the template does not write may still be rebuilt (see above): check it after layout.
     last_only = last_reply_only(messages, trained_from)
-    problem = dropped(full, messages, trained_from, roles=("system", "user") if last_only else ("system", "user", "assistant"))
+    problem = dropped(full, messages, trained_from, roles=("system", "user", "tool") if last_only else ("system", "user", "tool", "assistant"))
+    problem = problem or dropped_tools(full, tools)
     if problem:
         return Tokenized([], [], problem=problem)
-    laid_out = layout(template, tokenizer, messages, trained_from, full)
+    laid_out = layout(template, tokenizer, messages, trained_from, full, tools)
     if isinstance(laid_out, Problem):
         return Tokenized([], [], problem=laid_out)
     text, char_spans, rebuilt = laid_out
@@ -85,21 +93,21 @@ def tokenize_conversation(
     return Tokenized(input_ids=ids, labels=labels, spans=token_spans, rebuilt=rebuilt)
 
 
-def layout(template: ChatTemplate, tokenizer, messages: list[dict], trained_from: int, full: str):
+def layout(template: ChatTemplate, tokenizer, messages: list[dict], trained_from: int, full: str, tools: list[dict] | None = None):
     """(text, character span of every trained assistant turn, rebuilt?) or the Problem that prevents it."""
     if last_reply_only(messages, trained_from):
-        before = template.render(tokenizer, messages[:-1], add_generation_prompt=True)
+        before = template.render(tokenizer, messages[:-1], add_generation_prompt=True, tools=tools)
         reply = full[len(before) :] if full.startswith(before) else None
         if reply is None or dropped(reply, messages[-1:], 0, roles=("assistant",)):
-            reply = rebuilt_reply(template, tokenizer, messages, before)
+            reply = rebuilt_reply(template, tokenizer, messages, before, tools)
             if isinstance(reply, Problem):
                 return reply
             return before + reply, [(len(before), len(before) + len(reply))], True
         return full, [(len(before), len(full))], False
     spans = []
     for k in trained_turns(messages, trained_from):
-        before = template.render(tokenizer, messages[:k], add_generation_prompt=True)
-        upto = template.render(tokenizer, messages[: k + 1])
+        before = template.render(tokenizer, messages[:k], add_generation_prompt=True, tools=tools)
+        upto = template.render(tokenizer, messages[: k + 1], tools=tools)
         if not upto.startswith(before):
             return Problem("inconsistent", f"assistant turn messages[{k}]: {parting(before, 'the prompt at inference', upto, 'the finished turn')}")
         if not full.startswith(upto):
@@ -117,12 +125,12 @@ def last_reply_only(messages: list[dict], trained_from: int) -> bool:
     return trained_turns(messages, trained_from) == [len(messages) - 1]
 
 
-def rebuilt_reply(template: ChatTemplate, tokenizer, messages: list[dict], before: str) -> str | Problem:
+def rebuilt_reply(template: ChatTemplate, tokenizer, messages: list[dict], before: str, tools: list[dict] | None = None) -> str | Problem:
     """The last reply as the model writes it after `before`: the template's opening and ending of an
     assistant turn around the reply's content, less what the generation prompt already wrote."""
     history = messages[:-1]
-    base = template.render(tokenizer, history)
-    probe = template.render(tokenizer, [*history, {"role": "assistant", "content": SENTINEL}])
+    base = template.render(tokenizer, history, tools=tools)
+    probe = template.render(tokenizer, [*history, {"role": "assistant", "content": SENTINEL}], tools=tools)
     at = probe.find(SENTINEL)
     if at < 0 or not probe.startswith(base) or not before.startswith(base):
         return Problem(
@@ -145,16 +153,40 @@ def dropped(text: str, messages: list[dict], trained_from: int, roles: tuple[str
     """The first message of `roles` whose content (or reasoning) does not appear in `text`. Whitespace is
     ignored: templates trim contents and re-space <think> blocks, which drops nothing. Assistant turns
     before `trained_from` are prompt history, rendered as inference renders it, and are not checked."""
-    squashed = "".join(text.split())
+    squashed = squash(text)
     for k, m in enumerate(messages):
         if m["role"] not in roles or (m["role"] == "assistant" and k < trained_from):
             continue
         for part in ("content", "reasoning"):
             value = m.get(part) or ""
-            if value.strip() and "".join(value.split()) not in squashed:
+            # Some templates write a tool result as a JSON string (Llama 3.1): escaped, nothing is lost.
+            escaped = json.dumps(value, ensure_ascii=False)[1:-1] if m["role"] == "tool" else value
+            if value.strip() and squash(value) not in squashed and squash(escaped) not in squashed:
                 what = "reasoning" if part == "reasoning" else f"{m['role']} message" if m["role"] != "assistant" else "reply"
                 return Problem(f"dropped_{m['role']}", f"the {what} messages[{k}] ({value.strip()[:40]!r}) is not in the rendered text")
+        for i, call in enumerate(m.get("tool_calls") or ()):
+            function = call["function"]
+            for what, value in (("name", function["name"]), ("arguments", json.dumps(function["arguments"], ensure_ascii=False))):
+                if squash(value) not in squashed:
+                    return Problem("dropped_tool_call", f"the {what} of tool call messages[{k}].tool_calls[{i}] ({value[:40]!r}) is not in the rendered text")
     return None
+
+
+def dropped_tools(text: str, tools: list[dict] | None) -> Problem | None:
+    """The first tool whose name or description the rendering leaves out: the model would call tools it was never shown."""
+    squashed = squash(text)
+    for i, tool in enumerate(tools or ()):
+        function = tool["function"]
+        for part in ("name", "description"):
+            value = function.get(part) or ""
+            escaped = json.dumps(value, ensure_ascii=False)[1:-1]  # inside a tool's JSON (Qwen2.5, Llama 3.1)
+            if value.strip() and squash(value) not in squashed and squash(escaped) not in squashed:
+                return Problem("dropped_tools", f"the {part} of tools[{i}] ({value.strip()[:40]!r}) is not in the rendered text")
+    return None
+
+
+def squash(text: str) -> str:
+    return "".join(text.split())
 
 
 def parting(a: str, a_is: str, b: str, b_is: str) -> str:

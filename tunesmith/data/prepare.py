@@ -23,6 +23,7 @@ from tunesmith.data.mixture import count_tasks, source_entry, tag_text, tagged, 
 from tunesmith.data.prepare_align import mark_aligned, tokenize_aligned
 from tunesmith.data.report import DataReport, SplitReport, count, length_stats, note_problem
 from tunesmith.data.templates import ChatTemplate, TemplateError
+from tunesmith.data.tools import uses_tools
 from tunesmith.errors import TunesmithError
 
 
@@ -122,7 +123,7 @@ def split_turns(examples: list[Example]) -> list[Example]:
         if len(turns) <= 1:
             out.append(example)
             continue
-        out += [Example(messages[: k + 1], None, f"{example.where} (turn messages[{k}])", trained_from=k) for k in turns]
+        out += [Example(messages[: k + 1], None, f"{example.where} (turn messages[{k}])", trained_from=k, tools=example.tools) for k in turns]
     return out
 
 
@@ -130,7 +131,7 @@ def tokenize_example(example: Example, template: ChatTemplate, tokenizer, train_
     try:
         if example.text is not None:
             return tokenize_text(template, tokenizer, example.text)
-        return tokenize_conversation(template, tokenizer, example.messages, train_on_prompt, example.trained_from)
+        return tokenize_conversation(template, tokenizer, example.messages, train_on_prompt, example.trained_from, example.tools)
     except TemplateError as err:
         raise TemplateError(f"{example.where}: {err}") from None
 
@@ -161,6 +162,7 @@ def tokenize_split(
         tok = tokenize_example(example, template, tokenizer, cfg.train_on_prompt)
         if example.messages is not None:
             report.template_checked += 1
+            report.with_tools += uses_tools(example.messages, example.tools)
             if tok.problem:
                 note_problem(report, tok.problem, example.where)
                 continue

@@ -24,6 +24,7 @@ class SplitReport:
     problems: dict[str, int] = field(default_factory=dict)       # kind (tunesmith.data.masks.Problem) -> examples
     first_problem: dict[str, str] = field(default_factory=dict)  # kind -> 'where: detail' of its first example
     rebuilt: int = 0                  # replies rebuilt around the template (tunesmith.data.masks)
+    with_tools: int = 0               # examples with tools, tool calls or tool results (tunesmith.data.tools)
 
 
 @dataclass

@@ -5,6 +5,11 @@ model sees exactly the text it was trained on. Resolving a template also reads f
 assistant turn ends (tunesmith.data.turn_end): the end-of-turn token becomes a stop token, marker text
 that is not a token becomes a stop text, and a date the template writes is frozen into its text.
 Loss masks are built from renderings in tunesmith.data.masks.
+
+Tools: `render(..., tools=)` gives a template that renders tools itself (`supports_tools`: Llama 3.1+,
+Qwen2.5+, Mistral, Hermes) the tools, calls and results as they are; any other template is preceded by
+the built-in Hermes format (tunesmith.data.tools.HERMES_TOOLS, Jinja that rewrites them into plain
+messages), in training, evaluation, serving and the saved tokenizer alike.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tunesmith.data.turn_end import find_turn_end, freeze_date, special_ids
+from tunesmith.data.tools import HERMES_TOOLS, uses_tools
+from tunesmith.data.turn_end import PROBE_QUESTION, PROBE_REPLY, find_turn_end, freeze_date, special_ids
 from tunesmith.errors import TunesmithError
 
 BUILTIN_TEMPLATES = ("chatml", "alpaca")
@@ -55,10 +61,14 @@ class ChatTemplate:
     turn_end: str | None = None     # what the template writes after a reply ('<|im_end|>\n'); None: unknown
     frozen_date: str | None = None  # the day written into `source` in place of strftime_now(...), ISO
 
-    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+        """The conversation as the model reads it; `tools` are OpenAI function tools, and the messages may hold
+        tool_calls and tool results (see the module docstring for templates that do not render tools)."""
+        messages = self.template_messages(messages)
+        source = tool_source(self, tokenizer) if uses_tools(messages, tools) else self.source
         try:
             return tokenizer.apply_chat_template(
-                self.template_messages(messages), chat_template=self.source, tokenize=False,
+                messages, tools=tools or None, chat_template=source, tokenize=False,
                 add_generation_prompt=add_generation_prompt,
             )
         except Exception as err:  # jinja errors, raise_exception() inside model templates
@@ -68,11 +78,10 @@ class ChatTemplate:
             raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}{hint}") from None
 
     def template_messages(self, messages: list[dict]) -> list[dict]:
-        """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style)."""
-        return [
-            {"role": m["role"], "content": m["content"], **({"reasoning_content": m["reasoning"]} if m.get("reasoning") else {})}
-            for m in messages
-        ]
+        """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style),
+        tool calls with their arguments as an object (templates write them with tojson; OpenAI clients send a
+        JSON string), a tool result's tool_call_id and name, and no content as ''."""
+        return [template_message(m) for m in messages]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
@@ -80,6 +89,62 @@ class ChatTemplate:
     @classmethod
     def load(cls, path: Path) -> ChatTemplate:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def template_message(m: dict) -> dict:
+    out = {"role": m["role"], "content": m.get("content") or ""}
+    if m.get("reasoning"):
+        out["reasoning_content"] = m["reasoning"]
+    if m.get("tool_calls"):
+        out["tool_calls"] = [template_call(c) for c in m["tool_calls"]]
+    if m["role"] == "tool":
+        out.update({key: m[key] for key in ("tool_call_id", "name") if m.get(key)})
+    return out
+
+
+def template_call(call: dict) -> dict:
+    function = dict(call.get("function", call))
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except json.JSONDecodeError:
+            pass  # not JSON: the template writes the string as it is
+    return {**({"id": call["id"]} if call.get("id") else {}), "type": "function", "function": function}
+
+
+# A call and its result, to see whether a template renders tools: Mistral wants 9-character alphanumeric call ids.
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "tunesmith0probe0tool", "description": "tunesmith0probe0description",
+    "parameters": {"type": "object", "properties": {"tunesmith0probe0arg": {"type": "string"}}},
+}}
+_PROBE_CALL = {"id": "a1b2c3d4e", "type": "function",
+               "function": {"name": "tunesmith0probe0tool", "arguments": {"tunesmith0probe0arg": "tunesmith0probe0value"}}}
+_PROBE = [
+    {"role": "user", "content": PROBE_QUESTION},
+    {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]},
+    {"role": "tool", "tool_call_id": "a1b2c3d4e", "name": "tunesmith0probe0tool", "content": "tunesmith0probe0result"},
+    {"role": "assistant", "content": PROBE_REPLY},
+]
+_NATIVE_TOOLS: dict[str, bool] = {}  # template source -> supports_tools
+
+
+def supports_tools(template: ChatTemplate, tokenizer) -> bool:
+    """Whether the template renders tools itself: the tool list, a call with its arguments, and the call's result.
+    Found once per template text by rendering a probe conversation."""
+    if template.source not in _NATIVE_TOOLS:
+        try:
+            text = tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], chat_template=template.source, tokenize=False)
+        except Exception:  # a template that refuses the probe (raise_exception) does not take our tool use as it is
+            text = ""
+        parts = ("tunesmith0probe0description", "tunesmith0probe0value", "tunesmith0probe0result", PROBE_REPLY)
+        _NATIVE_TOOLS[template.source] = all(part in text for part in parts)
+    return _NATIVE_TOOLS[template.source]
+
+
+def tool_source(template: ChatTemplate, tokenizer) -> str:
+    """The Jinja text that renders tool use: the template's own when it supports tools, else the built-in
+    Hermes format before it (a no-op for conversations without tools)."""
+    return template.source if supports_tools(template, tokenizer) else HERMES_TOOLS + template.source
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:
@@ -171,12 +236,13 @@ def merging_system(template: ChatTemplate) -> ChatTemplate:
     return replace(template, source=MERGE_SYSTEM + template.source)
 
 
-def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids a model is given at inference: the conversation so far plus the generation prompt."""
-    text = template.render(tokenizer, messages, add_generation_prompt=True)
+def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """Token ids a model is given at inference: the conversation so far (with the tools it may call) plus the generation prompt."""
+    text = template.render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def install_template(template: ChatTemplate, tokenizer) -> None:
-    """Make the run's template the tokenizer's own, so plain transformers users get the same prompts."""
-    tokenizer.chat_template = template.source
+    """Make the run's template the tokenizer's own, so plain transformers users (and other servers) get the same
+    prompts, tools included (`apply_chat_template(..., tools=...)`)."""
+    tokenizer.chat_template = tool_source(template, tokenizer)

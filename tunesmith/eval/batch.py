@@ -1,7 +1,8 @@
 """Batch generation from a JSONL file: `tunesmith generate TARGET --input prompts.jsonl --output out.jsonl`.
 
 Each input row holds a "prompt" string or a "messages" list (and optionally an "id" or any other keys);
-each output row is the input row plus "output". Rows keep their order.
+a "tools" list (OpenAI style, tunesmith.data.tools) is given to the model with the row's prompt. Each
+output row is the input row plus "output". Rows keep their order.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import json
 from pathlib import Path
 
 from tunesmith.data.formats import DataError, type_name
+from tunesmith.data.tools import parse_tools
 from tunesmith.eval.engines import Decoding
 from tunesmith.eval.generate import require_conversation
 
 
-def read_prompt_rows(path: str | Path, system: str | None) -> tuple[list[dict], list[list[dict]]]:
-    """The rows and their conversations; a row without a usable prompt is an error naming its line."""
+def read_prompt_rows(path: str | Path, system: str | None) -> tuple[list[dict], list[list[dict]], list[list[dict] | None]]:
+    """The rows, their conversations and their tools; a row without a usable prompt is an error naming its line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    rows, conversations = [], []
+    rows, conversations, tools = [], [], []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
@@ -31,10 +33,11 @@ def read_prompt_rows(path: str | Path, system: str | None) -> tuple[list[dict], 
         if not isinstance(row, dict):
             raise DataError(where, None, f"expected an object, found {type_name(row)}", "wrong_type")
         conversations.append(row_conversation(row, where, system))
+        tools.append(parse_tools(row["tools"], "tools", where) if row.get("tools") is not None else None)
         rows.append(row)
     if not rows:
         raise DataError(str(path), None, "no rows", "empty_file")
-    return rows, conversations
+    return rows, conversations, tools
 
 
 def row_conversation(row: dict, where: str, system: str | None) -> list[dict]:
@@ -56,8 +59,8 @@ def row_conversation(row: dict, where: str, system: str | None) -> list[dict]:
 
 def generate_file(engine, input_path: str, output_path: str, decoding: Decoding, batch_size: int, system: str | None) -> int:
     """Generate for every row of `input_path`, write `output_path`; returns the number of rows."""
-    rows, conversations = read_prompt_rows(input_path, system if system is not None else engine.system_prompt)
-    completions = engine.complete(conversations, decoding, batch_size=batch_size, progress=True)
+    rows, conversations, tools = read_prompt_rows(input_path, system if system is not None else engine.system_prompt)
+    completions = engine.complete(conversations, decoding, batch_size=batch_size, progress=True, tools=tools)
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:

@@ -2,6 +2,7 @@
 
     engine = open_engine("runs/quickstart", engine="auto")      # or a model folder, hub id, .gguf
     completions = engine.complete(conversations, Decoding(max_new_tokens=32), batch_size=16)
+    completions = engine.complete(conversations, decoding, tools=[tools_of_row, ...])  # rows with tools (OpenAI style)
 
 `TransformersEngine` runs anywhere. `VLLMEngine` is chosen by engine="auto" when vllm is importable and
 a CUDA GPU is present, for decodings vLLM supports (no beams, no no_repeat_ngram_size); it gets the same
@@ -81,12 +82,13 @@ class TransformersEngine:
         self.name, self.template, self.tokenizer = loaded.name, loaded.template, loaded.tokenizer
         self.system_prompt = loaded.system_prompt
 
-    def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True) -> list[Completion]:
+    def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True,
+                 tools: list[list[dict] | None] | None = None) -> list[Completion]:
         import torch
 
         if decoding.sampling:
             torch.manual_seed(decoding.seed)
-        prompts = [prompt_ids(self.template, self.tokenizer, conv) for conv in conversations]
+        prompts = [prompt_ids(self.template, self.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools or [None] * len(conversations))]
         return generate_ids(self.loaded, prompts, decoding.max_new_tokens, batch_size, progress, decoding.stop, decoding.hf_kwargs())
 
 
@@ -138,7 +140,8 @@ class VLLMEngine:
             lora = dict(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
         self.llm = LLM(model=files.base, tokenizer=files.base, dtype=dtype, seed=0, **lora)
 
-    def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True) -> list[Completion]:
+    def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True,
+                 tools: list[list[dict] | None] | None = None) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -154,7 +157,8 @@ class VLLMEngine:
             seed=decoding.seed,
             skip_special_tokens=True,
         )
-        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.template, self.tokenizer, conv)) for conv in conversations]
+        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.template, self.tokenizer, conv, row_tools))
+                   for conv, row_tools in zip(conversations, tools or [None] * len(conversations))]
         lora_request = None
         if self.files.adapter:
             from vllm.lora.request import LoRARequest

@@ -4,7 +4,9 @@ template the model was trained with, score, compare, and write a report.
     tunesmith eval runs/quickstart --data examples/data/support_tickets/heldout.jsonl --compare base
 
 Eval data is read like training data (same files and formats): the last assistant turn of each row is
-the reference and the messages before it the prompt; `text` rows are scored by perplexity only. A run
+the reference and the messages before it the prompt; `text` rows are scored by perplexity only. Rows with
+tools give the model their tools, and a reference reply that calls tools is scored by tool-call accuracy
+(tunesmith.eval.tool_calls: the `tool_calls` metric, the default for such data). A run
 brings its template and the system prompt it was trained with; `--compare base` is the run's base model
 with that same template and system prompt. Every model sees the same rows and the same decoding.
 
@@ -23,10 +25,12 @@ from pathlib import Path
 
 from tunesmith.data.formats import Example, with_system
 from tunesmith.data.load import load_examples, read_rows
+from tunesmith.data.tools import call_json
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.classification import classification_report, extract_label, label_set
 from tunesmith.eval.engines import Decoding
 from tunesmith.eval.metrics import EVAL_METRICS, bleu, chrf, exact_match, normalize, perplexity, rouge
+from tunesmith.eval.tool_calls import as_call, tool_call_scores
 from tunesmith.runs import RunDir, is_run_dir
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,20 @@ class EvalData:
 
     @property
     def references(self) -> list[str]:
-        return [] if self.is_text else [e.messages[-1]["content"] for e in self.examples]
+        """Each reference reply as text: its content, then each tool call it makes as {"name", "arguments"} JSON."""
+        if self.is_text:
+            return []
+        return ["\n".join([e.messages[-1]["content"]] * bool(e.messages[-1]["content"]) + [call_json(c) for c in e.messages[-1].get("tool_calls", ())])
+                for e in self.examples]
+
+    @property
+    def tools(self) -> list[list[dict] | None]:
+        return [e.tools for e in self.examples]
+
+    @property
+    def expected_calls(self) -> list[list[dict] | None]:
+        """Each reference reply's tool calls ({"name", "arguments"}), None where it answers in text."""
+        return [[as_call(c["function"]) for c in e.messages[-1].get("tool_calls", ())] or None for e in self.examples]
 
     def prompts(self, system: str | None) -> list[list[dict]]:
         """Each conversation without its answer; `system` is added where a row has no system message, then the
@@ -108,13 +125,18 @@ def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | 
         raise TunesmithError(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
     if match not in MATCH_MODES:
         raise TunesmithError(f"--match: {match!r} is not one of {', '.join(MATCH_MODES)}")
+    if "tool_calls" in (metrics or []) and (data.is_text or not any(data.tools)):
+        raise TunesmithError(f"--metrics tool_calls: the rows of {data.file} have no tools (a `tools` list per row)")
     if data.is_text:
         if human_sheet:
             raise TunesmithError(f"--human-sheet: {data.file} holds text rows, with no prompts to answer")
         if metrics and metrics != ["perplexity"]:
             raise TunesmithError(f"{data.file}: text rows have no reference answer; only perplexity applies (got --metrics {','.join(metrics)})")
         return Scoring(["perplexity"], perplexity_scope="text")
-    found = labels or label_set(data.references)
+    calls = any(data.expected_calls)
+    found = labels or (None if calls else label_set(data.references))
+    if metrics is None and calls:
+        metrics = ["tool_calls", "perplexity"]
     if metrics is None:
         # n-gram overlap says nothing about one-word labels (BLEU of a single word is 0 even when it is right).
         metrics = ["exact_match", "accuracy", "perplexity"] if found or label_regex else ["exact_match", "bleu", "chrf", "rouge", "perplexity"]
@@ -124,9 +146,12 @@ def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | 
     return Scoring(metrics, [normalize(label) for label in found] if found else None, mode, label_regex, match, perplexity_scope=perplexity_scope)
 
 
-def score_outputs(outputs: list[str], references: list[str], scoring: Scoring) -> tuple[dict, dict]:
-    """Flat metric numbers and the details behind them (classification report, BLEU tokenizer)."""
+def score_outputs(outputs: list[str], references: list[str], scoring: Scoring, calls: list | None = None) -> tuple[dict, dict]:
+    """Flat metric numbers and the details behind them (classification report, BLEU tokenizer); `calls`: each
+    row's expected tool calls (EvalData.expected_calls), for the tool_calls metric."""
     flat, details = {}, {}
+    if "tool_calls" in scoring.metrics:
+        flat.update(tool_call_scores(outputs, calls))
     if "exact_match" in scoring.metrics:
         flat["exact_match"] = exact_match(outputs, references, **MATCH_MODES[scoring.match])
     if "accuracy" in scoring.metrics:
@@ -157,9 +182,9 @@ def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding,
     outputs, flat, details = [], {}, {"engine": engine.name_of_engine}
     system = system if system is not None else engine.system_prompt
     if not data.is_text and scoring.metrics != ["perplexity"]:
-        completions = engine.complete(data.prompts(system), decoding, batch_size=batch_size)
+        completions = engine.complete(data.prompts(system), decoding, batch_size=batch_size, tools=data.tools)
         outputs = [c.text for c in completions]
-        flat, more = score_outputs(outputs, data.references, scoring)
+        flat, more = score_outputs(outputs, data.references, scoring, data.expected_calls)
         details.update(more, generated_tokens=sum(c.tokens for c in completions))
     if "perplexity" in scoring.metrics:
         if engine.name_of_engine != "transformers":
@@ -168,7 +193,7 @@ def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding,
             from tunesmith.eval.perplexity import nll_sums
 
             examples = data.examples if data.is_text else [
-                Example(data.tagged(with_system(e.messages, system), i), None, e.where) for i, e in enumerate(data.examples)
+                Example(data.tagged(with_system(e.messages, system), i), None, e.where, tools=e.tools) for i, e in enumerate(data.examples)
             ]
             sums, counts = nll_sums(engine.loaded, examples, scope=scoring.perplexity_scope, batch_size=batch_size,
                                     progress=f"perplexity {engine.name}")
@@ -266,7 +291,8 @@ def run_eval(
     summary = build_summary(name, data, results, scoring, decoding, differ)
     if data.tasks:
         summary["by_task"] = {task: {r.name: score_outputs([o for o, t in zip(r.outputs, data.tasks) if t == task],
-                                                           [ref for ref, t in zip(data.references, data.tasks) if t == task], scoring)[0]
+                                                           [ref for ref, t in zip(data.references, data.tasks) if t == task], scoring,
+                                                           [c for c, t in zip(data.expected_calls, data.tasks) if t == task])[0]
                                      for r in results} | {"n": data.tasks.count(task)} for task in dict.fromkeys(data.tasks)}
     folder.mkdir(parents=True, exist_ok=True)
     write_predictions(folder / "predictions.jsonl", data, results, primary_system)

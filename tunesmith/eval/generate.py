@@ -64,13 +64,16 @@ def generate(
     batch_size: int = 8,
     progress: bool = True,
     stop: list[str] | None = None,
+    tools: list[list[dict] | None] | None = None,
     **decoding,
 ) -> list[str]:
-    """One completion per conversation (greedy unless decoding says otherwise), in input order.
+    """One completion per conversation (greedy unless decoding says otherwise), in input order; `tools`: the
+    tools each conversation may call (OpenAI style), as its training row gave them.
 
     `decoding` goes to transformers' generate as is (do_sample, temperature, num_beams, ...).
     """
-    prompts = [prompt_ids(loaded.template, loaded.tokenizer, conv) for conv in conversations]
+    tools = tools or [None] * len(conversations)
+    prompts = [prompt_ids(loaded.template, loaded.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools)]
     completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding)
     return [c.text for c in completions]
 

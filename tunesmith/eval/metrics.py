@@ -24,8 +24,9 @@ import string
 import unicodedata
 from collections import Counter
 
-# What `tunesmith eval --metrics` accepts (rouge gives rouge1/rouge2/rougeL, accuracy also macro_f1).
-EVAL_METRICS = ("exact_match", "accuracy", "bleu", "chrf", "rouge", "perplexity")
+# What `tunesmith eval --metrics` accepts (rouge gives rouge1/rouge2/rougeL, accuracy also macro_f1;
+# tool_calls gives tool_call_valid, tool_call_name, tool_call_exact and tool_call_none: tunesmith.eval.tool_calls).
+EVAL_METRICS = ("exact_match", "accuracy", "bleu", "chrf", "rouge", "perplexity", "tool_calls")
 
 _PUNCT = string.punctuation + "。、「」『』·…“”‘’"
 # Hangul syllables and jamo, Hiragana/Katakana, CJK ideographs: scripts written without spaces between morphemes.

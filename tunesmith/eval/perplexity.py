@@ -27,7 +27,7 @@ def scored_tokens(example: Example, template, tokenizer, scope: str) -> tuple[li
         tok = tokenize_text(template, tokenizer, example.text)
         return tok.input_ids, tok.labels
     last = len(example.messages) - 1
-    tok = tokenize_conversation(template, tokenizer, example.messages, trained_from=last)
+    tok = tokenize_conversation(template, tokenizer, example.messages, trained_from=last, tools=example.tools)
     if tok.problem:
         raise TemplateError(f"{example.where}: {tok.problem.detail}")
     return tok.input_ids, (list(tok.input_ids) if scope == "text" else tok.labels)

@@ -336,9 +336,9 @@ class GenerationEval(TrainerCallback):
     metrics as eval_<metric>, before early stopping and best-checkpoint selection read them (so it must come
     before EarlyStoppingCallback in the callback list), and appended to metrics.jsonl."""
 
-    def __init__(self, run: RunDir, metric: str, template, conversations: list[list[dict]], references: list[str], max_new_tokens: int):
+    def __init__(self, run: RunDir, metric: str, template, data, max_new_tokens: int):
         self.run, self.metric, self.template = run, metric, template
-        self.conversations, self.references, self.max_new_tokens = conversations, references, max_new_tokens
+        self.data, self.max_new_tokens = data, max_new_tokens  # tunesmith.eval.evaluate.EvalData
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
         from tunesmith.eval.generate import Loaded, generate
@@ -346,24 +346,27 @@ class GenerationEval(TrainerCallback):
         was_training = model.training
         model.eval()
         loaded = Loaded(model, processing_class, self.template, "eval")
-        outputs = generate(loaded, self.conversations, self.max_new_tokens, args.per_device_eval_batch_size, progress=state.is_world_process_zero)
+        outputs = generate(loaded, self.data.prompts(None), self.max_new_tokens, args.per_device_eval_batch_size,
+                           progress=state.is_world_process_zero, tools=self.data.tools)
         model.train(was_training)
         key = f"eval_{self.metric}"
-        value = generation_score(self.metric, outputs, self.references)
+        value = generation_score(self.metric, outputs, self.data.references, self.data.expected_calls)
         if metrics is not None:
             metrics[key] = value
         if state.is_world_process_zero:
             self.run.append_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), key: value})
 
 
-def generation_score(metric: str, outputs: list[str], references: list[str]) -> float:
-    """One number, scored as `tunesmith eval` scores it (accuracy: labels detected from the references)."""
+def generation_score(metric: str, outputs: list[str], references: list[str], calls: list | None = None) -> float:
+    """One number, scored as `tunesmith eval` scores it (accuracy: labels detected from the references;
+    tool_call_exact: `calls`, each row's expected tool calls)."""
     from tunesmith.eval.classification import label_set
     from tunesmith.eval.evaluate import Scoring, score_outputs
 
     labels = label_set(references) if metric == "accuracy" else None
-    scoring = Scoring(["rouge" if metric == "rougeL" else metric], labels, "closest" if labels else "first_line")
-    return score_outputs(outputs, references, scoring)[0][metric]
+    family = {"rougeL": "rouge", "tool_call_exact": "tool_calls"}.get(metric, metric)
+    scoring = Scoring([family], labels, "closest" if labels else "first_line")
+    return score_outputs(outputs, references, scoring, calls)[0][metric]
 
 
 def generation_eval_callbacks(recipe: Recipe, run: RunDir) -> list[TrainerCallback]:
@@ -376,10 +379,13 @@ def generation_eval_callbacks(recipe: Recipe, run: RunDir) -> list[TrainerCallba
         return []
     from tunesmith.data.prepare import DataReport, read_mixture
     from tunesmith.data.templates import ChatTemplate
+    from tunesmith.eval.evaluate import EvalData
 
     examples = read_mixture(recipe.data, DataReport(), recipe.train.seed, METHOD_FORMATS["sft"])[1]
     if examples[0].messages is None:
         raise TunesmithError("generation_eval.metric: the eval data is plain text, with no answers to generate; unset it")
-    examples = examples[: gen.samples]
+    data = EvalData("eval", examples[: gen.samples], [])
+    if gen.metric == "tool_call_exact" and not any(data.expected_calls):
+        raise TunesmithError(f"generation_eval.metric: tool_call_exact: none of the first {len(data.examples)} eval replies calls a tool")
     template = ChatTemplate.load(run.path / "template.json")
-    return [GenerationEval(run, gen.metric, template, [e.messages[:-1] for e in examples], [e.messages[-1]["content"] for e in examples], gen.max_new_tokens)]
+    return [GenerationEval(run, gen.metric, template, data, gen.max_new_tokens)]

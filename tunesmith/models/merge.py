@@ -238,7 +238,7 @@ def gate_sequences(recipe: Recipe, tokenizer, template: ChatTemplate, prompts: s
         if not isinstance(example, Example):  # pairs: the chosen reply; prompts: the prompt
             example = Example(messages=conversation_of(example), text=None, where=example.where)
         if example.messages and example.messages[-1]["role"] == "user":
-            ids = prompt_ids(template, tokenizer, example.messages)  # a bare prompt: up to the generation prompt
+            ids = prompt_ids(template, tokenizer, example.messages, example.tools)  # a bare prompt: up to the generation prompt
         else:
             ids = tokenize_example(example, template, tokenizer, train_on_prompt=False).input_ids
         sequences.append(ids[:GATE_MAX_TOKENS])
