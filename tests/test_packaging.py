@@ -38,7 +38,7 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     packed = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tunesmith").rglob("*.py")}
     assert modules <= packed, f"modules missing from the wheel (pyproject.toml lists the packages): {sorted(modules - packed)}"
-    shipped = {f"tunesmith/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "recipes").glob("*.yaml")}
+    shipped = {f"tunesmith/{p.relative_to(ROOT).as_posix()}" for p in [*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "recipes" / "distributed").iterdir()]}
     shipped |= {f"tunesmith/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "examples" / "data").rglob("*.jsonl")}
     assert shipped <= packed, f"recipes or demo data missing from the wheel: {sorted(shipped - packed)}"
 

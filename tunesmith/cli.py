@@ -29,6 +29,16 @@ def cmd_train(args) -> None:
     if args.allow_changes and not args.resume:
         raise TunesmithError("train: --allow-changes goes with --resume (it lets a resumed run take changed settings)")
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.nproc is not None:  # checked once here, then again by every process torchrun starts
+        from tunesmith.distributed import launch
+
+        if args.nproc < 1:
+            raise TunesmithError(f"train --nproc: {args.nproc} is not a number of processes (1 or more)")
+
+        flags = [flag for flag, on in (("--resume", args.resume), ("--allow-changes", args.allow_changes)) if on]
+        if code := launch(args.nproc, [args.recipe, *args.overrides, *flags]):
+            raise SystemExit(code)
+        return
     import importlib
     import shlex
 
@@ -325,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest complete checkpoint, with the same settings")
     p.add_argument("--allow-changes", action="store_true", help="with --resume: continue even though settings differ from the checkpoint's (they are listed)")
     p.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N processes of this machine (one per GPU) through torchrun: DDP, or train.distributed's engine")
     p.set_defaults(func=cmd_train)
 
     p = command(sub, "generate", "answer a prompt or a JSONL file with a run or model",

@@ -264,6 +264,14 @@ class TrainConfig(_Section):
         "examples per epoch); false: batch_size examples at random. Other methods batch at random.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "none",
+        description="Engine across several processes (tunesmith train --nproc N, torchrun or accelerate launch; see "
+        "tunesmith.distributed). none: one process, or DDP (or an accelerate config file's engine) under a launcher; "
+        "ddp: a copy of the model per process; fsdp: weights, gradients and optimiser state fully sharded "
+        "(recipes/distributed/fsdp.json); deepspeed_zero2/3: ZeRO-2 (gradients and optimiser state sharded) or ZeRO-3 "
+        "(weights too), recipes/distributed/zero2.json / zero3.json.",
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
         "adamw", description="Optimiser. The 8-bit and paged ones need bitsandbytes support for the device."

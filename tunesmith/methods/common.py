@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tunesmith import checkpoints
+from tunesmith import checkpoints, distributed
 from tunesmith.config import METHOD_FORMATS, Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
@@ -85,6 +85,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool) -> dict:
         fp16=compute == torch.float16,
         disable_tqdm=True,  # ProgressBar below shows loss and tokens/s instead
         dataloader_num_workers=0,
+        **distributed.trainer_arguments(recipe),  # FSDP or DeepSpeed, from train.distributed
     )
 
 
@@ -155,26 +156,32 @@ def save_checkpoints_atomically(trainer, run: RunDir) -> None:
     """Every checkpoint the trainer saves is written into checkpoints/.unfinished/ and moved into place once
     complete (tunesmith.checkpoints), then older ones are rotated out. transformers writes a checkpoint into
     `_get_output_dir()/checkpoint-N` and rotates inside that folder, so pointing it at .unfinished/ for the length
-    of the save is enough; the best-checkpoint path it records there is moved along."""
-    if trainer.args.world_size > 1:
-        return  # every rank writes its own RNG state into the folder: renaming it under them would race them
+    of the save is enough; the best-checkpoint path it records there is moved along. On several processes every
+    rank writes its part (its RNG state; under FSDP and ZeRO its shards), and rank 0 moves the folder once all have."""
     save = trainer._save_checkpoint
 
     def save_atomically(model, trial):
         check_finite_weights(trainer.model, trainer.state.global_step)
-        staging = checkpoints.staging(run.checkpoints)
+        staging = run.checkpoints / checkpoints.UNFINISHED
+        if distributed.is_main():
+            checkpoints.staging(run.checkpoints)
+        distributed.barrier()
         trainer._get_output_dir = lambda trial=None: str(staging)
         try:
             save(model, trial)
         finally:
             del trainer._get_output_dir
+        distributed.barrier()
         folder = staging / f"checkpoint-{trainer.state.global_step}"
         best = trainer.state.best_model_checkpoint
         if best and Path(best).parent == staging:
             trainer.state.best_model_checkpoint = str(run.checkpoints / Path(best).name)
-            trainer.state.save_to_json(str(folder / "trainer_state.json"))
-        checkpoints.commit(folder, run.checkpoints, run.path / "config.yaml", len(run.metrics()))
-        checkpoints.rotate(run.checkpoints, trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+            if distributed.is_main():
+                trainer.state.save_to_json(str(folder / "trainer_state.json"))
+        if distributed.is_main():
+            checkpoints.commit(folder, run.checkpoints, run.path / "config.yaml", len(run.metrics()))
+            checkpoints.rotate(run.checkpoints, trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+        distributed.barrier()
 
     trainer._save_checkpoint = save_atomically
 
@@ -263,7 +270,8 @@ class StopOnInterrupt(TrainerCallback):
         self.request = request
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.request.requested:
+        if distributed.any_rank(self.request.requested):  # every rank saves and stops at the same step
+            self.request.requested = True
             control.should_save = control.should_training_stop = True
 
     on_evaluate = on_step_end

@@ -22,6 +22,7 @@ import math
 import torch
 from transformers import set_seed
 
+from tunesmith import distributed
 from tunesmith.config import Recipe
 from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_batches
 from tunesmith.errors import ConfigError
@@ -97,10 +98,12 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
         remove_unused_columns=False,
     )
     trainer_class = type("SFTTrainer", (PlannedBatches, SFTTrainer), {})
+    # On several processes, one filler item (no trained token) after the planned batches tops up an epoch's last step.
+    fillers = [[len(s.train_rows)]] if distributed.world_size() > 1 else []
     trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=batches_dataset(s.train_rows, plan.batches),
+        train_dataset=batches_dataset([*s.train_rows, distributed.FILLER], plan.batches + fillers),
         eval_dataset=batches_dataset(s.eval_rows, [[i] for i in range(len(s.eval_rows))]) if s.eval_rows else None,
         data_collator=Collator(pad_id, packed=packed, varlen=varlen),
         processing_class=s.tokenizer,
@@ -130,7 +133,10 @@ class PlannedBatches:
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        return EpochSeededPermutation(len(dataset), self.args.data_seed)
+        if self.args.world_size == 1:
+            return EpochSeededPermutation(len(dataset), self.args.data_seed)
+        # the last item is the filler; every step deals world_size micro-batches of _train_batch_size items each
+        return EpochSeededPermutation(len(dataset) - 1, self.args.data_seed, self.args.world_size * self._train_batch_size)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Summed over the trained tokens and divided by num_items_in_batch, their count over every micro-batch
@@ -147,16 +153,18 @@ class PlannedBatches:
 class EpochSeededPermutation(torch.utils.data.Sampler):
     """The batches in an order drawn from seed + epoch. transformers' own samplers shuffle with the global RNG as
     it stands when an epoch begins, which a run resumed in the middle of a later epoch cannot reproduce: it would
-    train on other batches than the run it continues."""
+    train on other batches than the run it continues. With `shards` > 1 (processes × items per micro-batch), the
+    order is topped up with item n, the filler, to a multiple of it (tunesmith.distributed.topped_up)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, shards: int = 1):
+        self.n, self.seed, self.shards, self.epoch = n, seed, shards, 0
 
     def set_epoch(self, epoch: int) -> None:  # called by accelerate's dataloader at the start of every epoch
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n + -self.n % self.shards
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        return iter(distributed.topped_up(order, self.shards, self.n))

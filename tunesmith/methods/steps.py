@@ -7,13 +7,13 @@ The order in which they are called, and everything between them, stays in the me
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from tunesmith import checkpoints
+from tunesmith import checkpoints, distributed
 from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
@@ -38,7 +38,7 @@ from tunesmith.models.peft import check_adapter_targets
 from tunesmith.runs import RunDir, environment, plot_loss
 from tunesmith.tracking import check_installed, data_params, open_tracker
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, quiet=not distributed.is_main())  # one process speaks for all
 
 
 # Settings a resumed run may change without --allow-changes: where the run lives, what it is called, where it
@@ -63,12 +63,18 @@ class Started:
     eval_rows: list[dict]
     data_report: object
     plan: object = None  # sft's batches (tunesmith.data.batching.BatchPlan); None for the other methods
+    final_state: dict | None = None  # under FSDP or ZeRO-3: the trained weights gathered from every rank, for rank 0 to save
 
 
 def start(recipe: Recipe, resume: bool, allow_changes: bool = False, batching=None) -> Started:
     """Checks, run directory, tracker, tokenizer and template, adapter targets, data: a problem with any of them
     should not wait for the model to load. `batching(recipe, train_rows)` plans the batches (sft), whose figures
-    join the data report."""
+    join the data report. On several processes rank 0 alone does all this, and hands the others what it found."""
+    distributed.engine(recipe)  # a launch the recipe cannot run under fails here, on every rank
+    return distributed.on_main(lambda: start_here(recipe, resume, allow_changes, batching), lambda s: replace(s, run=RunDir(s.run.path)))
+
+
+def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> Started:
     check_installed(recipe.tracking)
     check_optimizer(recipe)
     run, checkpoint = open_run(recipe, resume, allow_changes)
@@ -98,6 +104,8 @@ def fit(trainer, s: Started):
         trainer.pop_callback(ProgressBar).close()  # an exception leaves it mid-line otherwise
     if request.requested and trainer.state.global_step < trainer.state.max_steps:
         raise interrupted(s.run, trainer.state.global_step, saved=True)
+    if distributed.shards_weights(trainer):
+        s.final_state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every rank takes part
     return result, time.perf_counter() - started
 
 
@@ -110,11 +118,13 @@ def finish(recipe: Recipe, s: Started, model, steps: int, seconds: float, parame
     """Save the final weights with the template, write report.md and loss.png, hand them to the tracker.
     `extra(records)` gives the report lines only this method measures, from metrics.jsonl."""
     check_finite_weights(model, steps)
-    final_dir = save_final(recipe, s.run, model, s.tokenizer, s.template, s.source)
-    write_report(recipe, s.run, s.data_report, steps, seconds, parameters, final_dir, extra(s.run.metrics()))
-    if s.run.tracker is not None:
-        s.run.tracker.finish(final_dir)
-    console.print(f"run written to {s.run.path} (final weights in {final_dir.name}/)")
+    if distributed.is_main():
+        final_dir = save_final(recipe, s.run, model, s.tokenizer, s.template, s.source, s.final_state)
+        write_report(recipe, s.run, s.data_report, steps, seconds, parameters, final_dir, extra(s.run.metrics()))
+        if s.run.tracker is not None:
+            s.run.tracker.finish(final_dir)
+        console.print(f"run written to {s.run.path} (final weights in {final_dir.name}/)")
+    distributed.barrier()  # no rank returns before the run directory is complete
     return s.run
 
 
@@ -123,7 +133,10 @@ def describe(run: RunDir, model, recipe: Recipe, source, what: str) -> None:
     from tunesmith.models.load import torch_dtype
 
     console.print(f"model {source.origin} ({source.kind}), {recipe.peft.method}; {what}")
-    run.write_json("environment.json", environment(model, torch_dtype(recipe.model.dtype)) | {"source": vars(source)})
+    if (line := distributed.describe(recipe)) is not None:
+        console.print(line, markup=False, highlight=False)
+    if distributed.is_main():
+        run.write_json("environment.json", environment(model, torch_dtype(recipe.model.dtype)) | {"source": vars(source), "processes": distributed.world_size()})
 
 
 def callbacks_for(recipe: Recipe, run: RunDir, callbacks: list | None) -> list:
@@ -278,12 +291,15 @@ def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batch
 
 
 def write_data_report(run: RunDir, data_report) -> None:
+    if not distributed.is_main():
+        return
     run.write_json("data_report.json", data_report.to_dict())
     (run.path / "data_report.md").write_text(render_markdown(data_report), encoding="utf-8")
 
 
-def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemplate, source):
-    """The adapter (LoRA/QLoRA) or the whole model, with a tokenizer that carries the run's template."""
+def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemplate, source, state_dict: dict | None = None):
+    """The adapter (LoRA/QLoRA) or the whole model, with a tokenizer that carries the run's template.
+    `state_dict`: the weights gathered from the ranks that each hold a shard of them (FSDP, ZeRO-3)."""
     from tunesmith.models.load import _save_atomically
 
     final_dir = run.path / ("model" if recipe.peft.method == "none" else "adapter")
@@ -292,7 +308,7 @@ def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemp
         model.peft_config["default"].base_model_name_or_path = source.origin if source.kind == "hub" else source.path
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
         install_template(template, tokenizer)
         tokenizer.save_pretrained(folder)
         generation = getattr(model, "generation_config", None)
