@@ -2,7 +2,8 @@
 replies by their log-probability (DPO and its reference, GRPO, PPO): only the scored positions go through the output
 layer, a chunk of tokens at a time (tunesmith.losses.CHUNK_LOGITS logits per chunk, whatever the vocabulary).
 
-`token_logprobs` is the pure part, with its own gradient; `sequence_logprobs` runs a causal LM on padded rows or
+`token_logprobs` is the pure part, with its own gradient; `head_logprobs` applies it to a model's output layer;
+`sequence_logprobs` runs a causal LM on padded rows or
 packed rows (position_ids restarting at 0 for every sequence, tunesmith.data.batching.Collator) and sums the scored
 tokens' log-probs per sequence; `check` compares it, on the loaded model, with the model's own logits.
 """
@@ -123,6 +124,16 @@ def sequence_index(inputs: dict) -> torch.Tensor:
     return (inputs["position_ids"] == 0).long().cumsum(-1) - 1
 
 
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(...) log-probs of `targets` (...) under the model's output layer applied to `hidden` (..., H), the last
+    hidden states of the positions before them, without their logits (token_logprobs)."""
+    base = base_of(model)
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2 and 3
+    flat = token_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, targets.reshape(-1), softcap, temperature)
+    return flat.view(targets.shape)
+
+
 def sequence_logprobs(model, inputs: dict, sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(S,) summed log-probs of the scored tokens (labels != -100) of each of `sequences` sequences, and (S,) how many
     tokens each has scored. `inputs` hold input_ids and labels (B, T) and either attention_mask (padded rows) or
@@ -132,9 +143,7 @@ def sequence_logprobs(model, inputs: dict, sequences: int) -> tuple[torch.Tensor
     hidden = base.base_model(**model_inputs, use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H): t predicts t+1
     targets = inputs["labels"][:, 1:]
     scored = targets != -100
-    head = base.get_output_embeddings()
-    softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2 and 3
-    values = token_logprobs(hidden[scored], head.weight, head.bias, targets[scored], softcap)
+    values = head_logprobs(model, hidden[scored], targets[scored])
     which = sequence_index(inputs)[:, 1:][scored]
     sums = torch.zeros(sequences, dtype=values.dtype, device=values.device).index_add(0, which, values)
     counts = torch.zeros(sequences, dtype=torch.long, device=values.device).index_add(0, which, torch.ones_like(which))
