@@ -51,28 +51,31 @@ def test_packed_pairs_score_as_padded_ones(stories_path, implementation):
 
 
 def trained(run):
-    keys = ("loss", "grad_norm", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "eval_loss")
-    return [{k: r[k] for k in keys if k in r} for r in run.metrics() if "loss" in r]
+    keys = ("loss", "grad_norm", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "eval_loss", "eval_rewards/margins")
+    return [{k: r[k] for k in keys if k in r} for r in run.metrics() if "loss" in r or "eval_loss" in r]
 
 
 @pytest.mark.parametrize("reference", [{}, {"precompute_reference": True}, {"loss": "ipo", "beta": 0.5}], ids=["adapters_off", "precomputed", "ipo"])
 def test_a_step_over_packed_rows_equals_one_padded_batch_of_its_pairs(stories_path, pairs_file, tmp_path, reference):
+    evaluated = {"eval": pairs_file}
     """Every step accumulates all 10 pairs: one padded batch, or several packed rows of different pair counts, each
-    a micro-batch. Averaged over the step's pairs, the losses, rewards and weights after 2 steps are the same."""
-    sgd = {"optimizer": "sgd", "lr": 0.5, "max_steps": 2}  # updates linear in the gradients: Adam's first steps would divide float noise by tiny moments
-    padded = dpo.train(recipe(stories_path, pairs_file, tmp_path / "padded", dpo=reference, train={**sgd, "packing": False, "batch_size": 10}))
+    a micro-batch. Averaged over the step's pairs, the losses, rewards, eval losses and weights after 2 steps are the
+    same."""
+    sgd = {"optimizer": "sgd", "lr": 0.5, "max_steps": 2, "eval_steps": 1, "eval_batch_size": 4}  # updates linear in the gradients: Adam's first steps would divide float noise by tiny moments
+    padded = dpo.train(recipe(stories_path, pairs_file, tmp_path / "padded", dpo=reference, train={**sgd, "packing": False, "batch_size": 10}, data=evaluated))
     assert json.loads((padded.path / "data_report.json").read_text())["batching"]["batches"] == 1
-    probe = dpo.train(recipe(stories_path, pairs_file, tmp_path / "probe", dpo=reference, train={**sgd, "max_steps": 1, "max_tokens_per_batch": 300}))
+    probe = dpo.train(recipe(stories_path, pairs_file, tmp_path / "probe", dpo=reference, train={**sgd, "max_steps": 1, "max_tokens_per_batch": 300}, data=evaluated))
     batching = json.loads((probe.path / "data_report.json").read_text())["batching"]
     assert batching["mode"] == "packed" and batching["batches"] > 2 and batching["padding_share"] == 0
-    run = dpo.train(recipe(stories_path, pairs_file, tmp_path / "packed", dpo=reference, train={**sgd, "max_tokens_per_batch": 300, "grad_accum": batching["batches"]}))
+    run = dpo.train(recipe(stories_path, pairs_file, tmp_path / "packed", dpo=reference, train={**sgd, "max_tokens_per_batch": 300, "grad_accum": batching["batches"]}, data=evaluated))
 
     assert [r.keys() for r in trained(run)] == [r.keys() for r in trained(padded)]
     for a, b in zip(trained(run), trained(padded)):
         assert list(a.values()) == pytest.approx(list(b.values()), rel=1e-5, abs=1e-5)  # logps: sums of ~200 log-probs
     wa, wb = (load_file(r.path / "adapter" / "adapter_model.safetensors") for r in (run, padded))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
-    assert trained(run)[-1]["loss"] != trained(run)[0]["loss"]  # the step moved the policy
+    losses = [r["loss"] for r in trained(run) if "loss" in r]
+    assert losses[-1] != losses[0] and sum("eval_loss" in r for r in trained(run)) == 2  # the step moved the policy; both steps evaluated
 
 
 def test_a_planted_leak_between_packed_sequences_is_caught_and_training_pads_instead(stories_path, pairs_file, tmp_path, monkeypatch, capsys):

@@ -169,14 +169,6 @@ def plan(recipe: Recipe, rows: list[dict]) -> BatchPlan | None:
     return plan_batches(lengths, "packed", budget, t.batch_size, t.seed)
 
 
-def eval_batches(recipe: Recipe, rows: list[dict], plan: BatchPlan) -> list[list[int]]:
-    """Eval pairs packed as the training pairs are (a longer eval pair gets a row of its own), or one pair per item."""
-    if plan.mode != "packed":
-        return [[i] for i in range(len(rows))]
-    lengths = [example_tokens(r) for r in rows]
-    return plan_batches(lengths, "packed", max(plan.budget, *lengths), recipe.train.batch_size, recipe.train.seed).batches
-
-
 def check_model(recipe: Recipe, s, model, reference) -> bool:
     """Before step 1, on the first training pair: whether the chunked log-probs are the model's own (if not, False:
     TRL's DPOTrainer computes them from the full logits), and whether packed sequences stay apart (if not, padded
@@ -231,14 +223,16 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
     packed = plan.mode == "packed"
     collator = PairCollator(pad_token_id(s.tokenizer), packed=packed, varlen=varlen(model))
     train_rows, eval_rows = s.train_rows, s.eval_rows
+    common = trainer_arguments(recipe, s.run, has_eval=bool(eval_rows))
+    # Eval batches hold eval_batch_size pairs, one item each (packed into one row, or padded): the Trainer weighs
+    # each batch's loss by its items, so eval_loss is the mean over the pairs, packed or not.
+    eval_size = common["per_device_eval_batch_size"]
     if cfg.precompute_reference:  # the starting policy: LoRA's B is still zero, full fine-tuning has not stepped
         train_rows = with_reference_logps(model, collator, train_rows, plan.batches)
-        eval_rows = with_reference_logps(model, collator, eval_rows, eval_batches(recipe, eval_rows, plan)) if eval_rows else eval_rows
-    common = trainer_arguments(recipe, s.run, has_eval=bool(eval_rows))
+        eval_rows = with_reference_logps(model, collator, eval_rows, [list(range(i, min(i + eval_size, len(eval_rows)))) for i in range(0, len(eval_rows), eval_size)])
     args = DPOConfig(
         **common | dict(
             per_device_train_batch_size=1 if packed else recipe.train.batch_size,  # a packed row is one item
-            per_device_eval_batch_size=1 if packed else common["per_device_eval_batch_size"],
             include_num_input_tokens_seen="all" if packed else "non_padding",  # packed rows have no padding, and no attention mask to count it by
         ),
         loss_type=[cfg.loss], beta=cfg.beta, label_smoothing=cfg.label_smoothing,
@@ -253,7 +247,7 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
         args=args,
         data_collator=collator,
         train_dataset=Dataset.from_list([pairs_item([train_rows[i] for i in b]) for b in plan.batches]),
-        eval_dataset=Dataset.from_list([pairs_item([eval_rows[i] for i in b]) for b in eval_batches(recipe, eval_rows, plan)]) if eval_rows else None,
+        eval_dataset=Dataset.from_list([pairs_item([row]) for row in eval_rows]) if eval_rows else None,
         processing_class=s.tokenizer,
         callbacks=callbacks_for(recipe, s.run, callbacks),
         **extra,
