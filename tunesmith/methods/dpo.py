@@ -154,9 +154,13 @@ def legacy_pair_row(self, row: dict, model=None) -> dict:
 def plan(recipe: Recipe, rows: list[dict]) -> BatchPlan | None:
     """The batches of every epoch: pairs packed into rows of up to the token budget, or batch_size pairs at random.
     None for simpo and orpo, whose trainers batch their own way."""
+    return None if recipe.dpo.loss in REFERENCE_FREE else plan_pairs(recipe, rows)
+
+
+def plan_pairs(recipe: Recipe, rows: list[dict]) -> BatchPlan:
+    """Pairs packed into rows of up to train.max_tokens_per_batch tokens (default: batch_size pairs' worth), or
+    batch_size pairs at random (train.packing: false)."""
     t = recipe.train
-    if recipe.dpo.loss in REFERENCE_FREE:
-        return None
     if not t.packing:
         return plan_batches([example_tokens(r) for r in rows], "random", None, t.batch_size, t.seed)
     lengths = [example_tokens(r) for r in rows]
@@ -297,11 +301,11 @@ def with_reference_logps(model, collator: PairCollator, rows: list[dict], batche
     return out
 
 
-class PairBatches:
-    """What tunesmith's DPOTrainer does its own way: the order of the planned batches, the log-probs (summed per
-    sequence from the hidden states, tunesmith.models.logprobs) and the loss, averaged over the pairs of the whole
-    optimiser step (the Trainer counts them before the first micro-batch: num_items_in_batch), so gradient
-    accumulation over packed rows of different pair counts gives the gradient of the whole step's pairs."""
+class PlannedPairs:
+    """A trainer on planned batches of pairs (dpo, reward): their order, drawn from seed + epoch, and the count of
+    pairs of the whole optimiser step (num_items_in_batch, counted by the Trainer before its first micro-batch), by
+    which compute_loss divides the summed per-pair losses: gradient accumulation over packed rows of different pair
+    counts then gives the gradient of the whole step's pairs, not a mean of micro-batch means."""
 
     loss_is_scaled_for_ga = True
 
@@ -311,6 +315,11 @@ class PairBatches:
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
         return sum(int(batch["pairs"]) for batch in batch_samples)
+
+
+class PairBatches(PlannedPairs):
+    """What tunesmith's DPOTrainer does its own way: the planned batches (PlannedPairs), the log-probs (summed per
+    sequence from the hidden states, tunesmith.models.logprobs) and the loss, averaged over the step's pairs."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from trl.models.utils import disable_gradient_checkpointing
