@@ -55,13 +55,15 @@ def trained(run):
     return [{k: r[k] for k in keys if k in r} for r in run.metrics() if "loss" in r or "eval_loss" in r]
 
 
-@pytest.mark.parametrize("reference", [{}, {"precompute_reference": True}, {"loss": "ipo", "beta": 0.5}], ids=["adapters_off", "precomputed", "ipo"])
-def test_a_step_over_packed_rows_equals_one_padded_batch_of_its_pairs(stories_path, pairs_file, tmp_path, reference):
+@pytest.mark.parametrize("reference, settings", [({}, {}), ({"precompute_reference": True}, {}), ({"loss": "ipo", "beta": 0.5}, {}),
+                                                ({}, {"gradient_checkpointing": True})],
+                         ids=["adapters_off", "precomputed", "ipo", "checkpointing"])
+def test_a_step_over_packed_rows_equals_one_padded_batch_of_its_pairs(stories_path, pairs_file, tmp_path, reference, settings):
     evaluated = {"eval": pairs_file}
     """Every step accumulates all 10 pairs: one padded batch, or several packed rows of different pair counts, each
     a micro-batch. Averaged over the step's pairs, the losses, rewards, eval losses and weights after 2 steps are the
     same."""
-    sgd = {"optimizer": "sgd", "lr": 0.5, "max_steps": 2, "eval_steps": 1, "eval_batch_size": 4}  # updates linear in the gradients: Adam's first steps would divide float noise by tiny moments
+    sgd = {"optimizer": "sgd", "lr": 0.5, "max_steps": 2, "eval_steps": 1, "eval_batch_size": 4, **settings}  # updates linear in the gradients: Adam's first steps would divide float noise by tiny moments
     padded = dpo.train(recipe(stories_path, pairs_file, tmp_path / "padded", dpo=reference, train={**sgd, "packing": False, "batch_size": 10}, data=evaluated))
     assert json.loads((padded.path / "data_report.json").read_text())["batching"]["batches"] == 1
     probe = dpo.train(recipe(stories_path, pairs_file, tmp_path / "probe", dpo=reference, train={**sgd, "max_steps": 1, "max_tokens_per_batch": 300}, data=evaluated))
