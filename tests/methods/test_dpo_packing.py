@@ -127,3 +127,14 @@ def test_every_pair_is_trained_once_per_epoch_in_a_new_order(stories_path, pairs
         replies = [reply for batch in epoch for reply in batch]
         assert len(replies) == len(set(replies)) == len(PAIRS)
     assert sorted(map(sorted, epochs[0])) == sorted(map(sorted, epochs[1])) and epochs[0] != epochs[1]  # same rows, new order
+
+
+def test_data_check_plans_the_pairs_as_training_did(stories_path, pairs_file, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    run = dpo.train(recipe(stories_path, pairs_file, tmp_path / "run", train={"max_steps": 1, "max_tokens_per_batch": 300}))
+    out = tmp_path / "check.json"
+    assert main(["data", "check", str(run.path / "config.yaml"), "--out", str(out)]) == 0
+    checked = json.loads(out.read_text(encoding="utf-8"))
+    assert checked == json.loads((run.path / "data_report.json").read_text(encoding="utf-8"))
+    assert checked["batching"]["mode"] == "packed" and checked["batching"]["budget"] == 300
