@@ -138,3 +138,22 @@ def test_data_check_plans_the_pairs_as_training_did(stories_path, pairs_file, tm
     checked = json.loads(out.read_text(encoding="utf-8"))
     assert checked == json.loads((run.path / "data_report.json").read_text(encoding="utf-8"))
     assert checked["batching"]["mode"] == "packed" and checked["batching"]["budget"] == 300
+
+
+def test_a_resumed_run_trains_the_packed_rows_of_the_run_it_continues(stories_path, pairs_file, tmp_path):
+    """Stopped after step 3 of 6 (mid-epoch: 10 pairs in rows of 300 tokens), resumed: the same rows in the same order,
+    so the same losses and weights as a run never stopped (the recipe's schedule is constant: max_steps 3 or 6 trains
+    the same first 3 steps)."""
+    settings = {"max_tokens_per_batch": 300, "max_steps": 6, "save_steps": 3, "save_total_limit": None}
+    straight = dpo.train(recipe(stories_path, pairs_file, tmp_path / "straight", train=settings))
+    first = dpo.train(recipe(stories_path, pairs_file, tmp_path / "resumed", train={**settings, "max_steps": 3}))
+    (first.path / "adapter").rename(tmp_path / "first_adapter")  # as if stopped after step 3: only its checkpoint
+    for name in ("report.md", "loss.png"):
+        (first.path / name).unlink(missing_ok=True)
+    resumed = dpo.train(recipe(stories_path, pairs_file, tmp_path / "resumed", train=settings), resume=True, allow_changes=True)
+    losses = {r["step"]: r["loss"] for r in straight.metrics() if "loss" in r}
+    again = {r["step"]: r["loss"] for r in resumed.metrics() if "loss" in r}
+    assert again.keys() == losses.keys() and len(losses) == 6
+    assert list(again.values()) == pytest.approx(list(losses.values()), abs=1e-6)
+    wa, wb = (load_file(r.path / "adapter" / "adapter_model.safetensors") for r in (straight, resumed))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
