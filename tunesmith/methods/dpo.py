@@ -228,8 +228,8 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
     collator = PairCollator(pad_token_id(s.tokenizer), packed=packed, varlen=varlen(model))
     train_rows, eval_rows = s.train_rows, s.eval_rows
     common = trainer_arguments(recipe, s.run, has_eval=bool(eval_rows))
-    # Eval batches hold eval_batch_size pairs, one item each (packed into one row, or padded): the Trainer weighs
-    # each batch's loss by its items, so eval_loss is the mean over the pairs, packed or not.
+    # Eval batches hold eval_batch_size consecutive pairs (one item each, packed into one row or padded), as TRL's
+    # padded ones do: the Trainer averages the batches' losses, so eval_loss is the same packed or not.
     eval_size = common["per_device_eval_batch_size"]
     if cfg.precompute_reference:  # the starting policy: LoRA's B is still zero, full fine-tuning has not stepped
         train_rows = with_reference_logps(model, collator, train_rows, plan.batches)

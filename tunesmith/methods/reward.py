@@ -143,7 +143,7 @@ def build_packed_trainer(recipe: Recipe, s, model, callbacks: list | None):
         args=args,
         data_collator=dpo.PairCollator(dpo.pad_token_id(s.tokenizer), packed=True, varlen=dpo.varlen(base_of(model))),
         train_dataset=Dataset.from_list([dpo.pairs_item([s.train_rows[i] for i in b]) for b in s.plan.batches]),
-        # eval_batch_size pairs in one row each, one item per pair: the Trainer weighs batches by their items
+        # eval_batch_size consecutive pairs in one row, one item each: the batches of TRL's padded evaluation
         eval_dataset=Dataset.from_list([dpo.pairs_item([row]) for row in s.eval_rows]) if s.eval_rows else None,
         processing_class=s.tokenizer,
         callbacks=callbacks_for(recipe, s.run, callbacks),
