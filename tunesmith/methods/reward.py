@@ -107,7 +107,7 @@ def check_packing(recipe: Recipe, s, model) -> bool:
     with no_dropout(model), torch.no_grad():
         # a pair as the collator reads it: (context, conversation) as if chosen and rejected, with no prompt
         packed = [rewards(model, to(collator([{"prompt_ids": [[]], "chosen_ids": [c], "rejected_ids": [conversation]}]), device), 2)[1] for c in contexts]
-        alone = rewards(model, to(collator([{"prompt_ids": [[]], "chosen_ids": [conversation], "rejected_ids": [conversation]}]), device), 2)[1]
+        alone = rewards(model, to(collator([{"prompt_ids": [[]], "chosen_ids": [conversation], "rejected_ids": [contexts[0]]}]), device), 2)[0]  # first in its row
     close = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
     why = None
     if (packed[0] - packed[1]).abs() > 1e-3:
