@@ -39,7 +39,7 @@ def measure(method: str, recipe: str, name: str, overrides: list[str], steps: in
     train = importlib.import_module(f"tunesmith.methods.{method}").train
     clock = step_clock()
     out = Path(tempfile.mkdtemp()) / name
-    base = [f"output_dir={out}", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=[]"]
+    base = [f"output_dir={out}", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=[]", "train.eval_steps=null"]
     started = time.perf_counter()
     train(load_recipe(ROOT / "recipes" / recipe, [*base, *overrides]), callbacks=[clock])
     return {

@@ -249,14 +249,16 @@ class TrainConfig(_Section):
     packing: bool = Field(
         True,
         description="sft: concatenate examples into rows of up to max_tokens_per_batch tokens, no padding, each example "
-        "attending only to itself (position ids restart per example; same loss as unpacked). Checked on the model before "
+        "attending only to itself (position ids restart per example; same loss as unpacked); dpo (not simpo/orpo) and reward: "
+        "the same with both replies of whole pairs. Checked on the model before "
         "step 1: a model that cannot keep packed examples apart trains on padded batches instead, and says so.",
     )
     max_tokens_per_batch: int | None = Field(
         None,
         gt=0,
-        description="sft: tokens per forward pass, padding included, for packed rows and length-grouped batches. "
-        "Default: batch_size times the mean example length (at least the longest example), so a step sees about batch_size examples.",
+        description="sft, dpo, reward: tokens per forward pass, padding included, for packed rows and length-grouped batches "
+        "(a pair counts its prompt twice and both replies). Default: batch_size times the mean example length (at least the "
+        "longest example), so a step sees about batch_size examples.",
     )
     group_by_length: bool = Field(
         True,

@@ -142,3 +142,41 @@ def test_ctrl_c_in_ppo_saves_the_step_it_ends(stories_path, prompts_file, reward
         train(recipe(stories_path, prompts_file, reward_run, tmp_path / "run"), callbacks=[press])
     assert (stop.value.step, stop.value.saved, stop.value.checkpoint) == (1, True, tmp_path / "run" / "checkpoints" / "checkpoint-1")
     assert RunDir(tmp_path / "run").last_checkpoint().name == "checkpoint-1"
+
+
+def test_chunked_log_probs_and_values_equal_those_of_the_full_logits(stories_path):
+    """PPO's forward without the logits tensor: same log-probs, values and gradients as from the model's own logits,
+    on left-padded prompts at a sampling temperature."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.methods.ppo import forward
+
+    torch.manual_seed(0)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32), LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+    ids = torch.randint(3, 512, (3, 11))
+    attention = torch.ones_like(ids)
+    attention[0, :3] = attention[1, :1] = 0  # left padding of the shorter prompts
+    batch = {"input_ids": ids, "attention_mask": attention, "prompt_width": 5}
+    results = []
+    for chunked in (True, False):
+        policy.zero_grad()
+        value_head.zero_grad()
+        logprobs, values = forward(policy, value_head, batch, temperature=0.7, chunked=chunked)
+        (logprobs.sum() + values.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        results.append((logprobs.detach(), values.detach(), grads, value_head.weight.grad.clone()))
+    (lp, v, g, vg), (lp_own, v_own, g_own, vg_own) = results
+    assert lp.shape == (3, 6)
+    torch.testing.assert_close(lp, lp_own, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v, v_own, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vg, vg_own, atol=1e-5, rtol=1e-5)
+    assert g.keys() == g_own.keys() and g
+    for name in g:
+        scale = g_own[name].abs().max().item()
+        torch.testing.assert_close(g[name], g_own[name], atol=1e-5 * max(1.0, scale), rtol=1e-5)  # float32: relative to the largest entry

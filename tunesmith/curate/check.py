@@ -35,10 +35,10 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, _, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
-    if recipe.method == "sft":
-        from tunesmith.methods.sft import plan
+    if recipe.method in ("sft", "dpo", "reward"):  # the methods that plan their batches
+        import importlib
 
-        plan_batches_into(report, recipe, train_rows, plan)
+        plan_batches_into(report, recipe, train_rows, importlib.import_module(f"tunesmith.methods.{recipe.method}").plan)
     text = render_markdown(report)
     print(text)
     if out is not None:

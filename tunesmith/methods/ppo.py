@@ -13,7 +13,9 @@ TRL used to ship this loop (trl.experimental.ppo) and removed it in September 20
 written out here instead, the pure parts (advantages, losses) in tunesmith.losses. Deliberate
 choices: one network with a value head (as TRL's original PPOTrainer and InstructGPT's shared-trunk
 variant) rather than a separate value model, so LoRA training holds one model; log-probs use the
-sampling temperature, so the ratio compares the distributions replies were drawn from.
+sampling temperature, so the ratio compares the distributions replies were drawn from, and come from the
+last hidden states a chunk of tokens at a time, without the [tokens × vocab] logits (tunesmith.models.logprobs;
+checked against the model's own logits before step 1).
 
 Steps, in order: open the run directory; load the tokenizer and template; load and check the prompts;
 load the reward model; load the policy, its adapters and value head; load the reference; then the
@@ -34,8 +36,11 @@ from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.generate import cut_at_stop
 from tunesmith.methods.common import InterruptRequest, check_finite_weights, diverged, finite_gradients
-from tunesmith.methods.steps import describe, finish, first_last, interrupted, load_reference, reference_mode, start
+from tunesmith.methods.steps import console, describe, finish, first_last, interrupted, load_reference, reference_mode, start
+from tunesmith.models.lm_loss import base_of
 from tunesmith.models.load import load_model
+from tunesmith.models.logprobs import check as check_logprobs
+from tunesmith.models.logprobs import head_logprobs
 from tunesmith.models.peft import count_parameters, wrap_model
 from tunesmith.models.reward import load_reward_model, score
 from tunesmith.runs import RunDir
@@ -89,6 +94,16 @@ class Loop:
         warmup = self.t.warmup if self.t.warmup >= 1 else self.t.warmup * updates
         self.scheduler = get_scheduler(self.t.scheduler, self.optimizer, num_warmup_steps=int(warmup), num_training_steps=updates)
         self.step = 0
+        self.chunked = self.check_chunked()
+
+    def check_chunked(self) -> bool:
+        """Whether the chunked log-probs are the model's own, on the first prompt; if not, they come from the full
+        logits, and the terminal says so."""
+        ids = torch.tensor([self.prompts[0]["prompt_ids"]], device=self.policy.device)
+        why = check_logprobs(self.policy, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, 1)
+        if why:
+            console.print(f"ppo: log-probs computed from the full logits, since {why}", markup=False, highlight=False)
+        return why is None
 
     def run(self, resume_from) -> None:
         """Steps until the last; Ctrl-C stops at the end of a step with a checkpoint there (a second one at once)."""
@@ -150,7 +165,7 @@ class Loop:
         if cfg.whiten_rewards and len(scores) > 1:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         with torch.no_grad():
-            logprobs, values = forward(self.policy, self.value_head, batch, cfg.temperature)
+            logprobs, values = forward(self.policy, self.value_head, batch, cfg.temperature, self.chunked)
             ref_logprobs = self.reference_logprobs(batch)
         rewards = losses.token_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
         advantages, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
@@ -186,9 +201,9 @@ class Loop:
 
     def reference_logprobs(self, batch: dict) -> torch.Tensor:
         if self.reference is not None:
-            return forward(self.reference, None, batch, self.cfg.temperature)[0]
+            return forward(self.reference, None, batch, self.cfg.temperature, self.chunked)[0]
         with self.policy.disable_adapter():
-            return forward(self.policy, None, batch, self.cfg.temperature)[0]
+            return forward(self.policy, None, batch, self.cfg.temperature, self.chunked)[0]
 
     def update(self, rollout: dict) -> dict:
         """ppo_epochs passes of clipped policy + value updates over shuffled mini-batches of the rollouts."""
@@ -199,7 +214,7 @@ class Loop:
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(size).split(cfg.mini_batch_size):
                 part = {k: v[idx] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size else v for k, v in rollout.items()}
-                logprobs, values = forward(self.policy, self.value_head, part, cfg.temperature)
+                logprobs, values = forward(self.policy, self.value_head, part, cfg.temperature, self.chunked)
                 mask = part["response_mask"]
                 pg, clip_frac = losses.policy_loss(logprobs, part["logprobs"], part["advantages"], mask, cfg.clip_range)
                 vf = losses.value_loss(values, part["values"], part["returns"], mask, cfg.value_clip_range)
@@ -279,18 +294,24 @@ def read_state(folder) -> dict:
         raise TunesmithError(f"{folder / 'ppo_state.pt'} holds more than tensors and plain values: not loading it ({str(err).splitlines()[0]})") from None
 
 
-def forward(model, value_head, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(model, value_head, batch: dict, temperature: float, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, T) of the reply tokens under `model` at the sampling temperature, and the value head's
-    estimate (B, T) at the position before each reply token. Positions count only real tokens, as in generate()."""
+    estimate (B, T) at the position before each reply token. Positions count only real tokens, as in generate().
+    chunked: the log-probs from the last hidden states without the (B, P + T, vocab) logits (tunesmith.models.logprobs);
+    else from the model's own logits (a model whose logits are more than hidden @ W.T)."""
     ids, attention, width = batch["input_ids"], batch["attention_mask"], batch["prompt_width"]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-    out = model(input_ids=ids, attention_mask=attention, position_ids=position_ids, output_hidden_states=value_head is not None)
-    logits = out.logits[:, width - 1 : -1].float() / temperature                    # (B, T, vocab): predicts reply tokens
-    logprobs = logits.log_softmax(-1).gather(-1, ids[:, width:, None]).squeeze(-1)
+    inputs = dict(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0))  # left padding must not shift positions
+    if chunked:
+        hidden = base_of(model).base_model(**inputs, use_cache=False).last_hidden_state[:, width - 1 : -1]  # (B, T, hidden): predicts reply tokens
+        logprobs = head_logprobs(model, hidden, ids[:, width:], temperature)                           # (B, T)
+    else:
+        out = model(**inputs, output_hidden_states=value_head is not None)
+        logits = out.logits[:, width - 1 : -1].float() / temperature                # (B, T, vocab): predicts reply tokens
+        logprobs = logits.log_softmax(-1).gather(-1, ids[:, width:, None]).squeeze(-1)
+        hidden = out.hidden_states[-1][:, width - 1 : -1] if value_head is not None else None
     if value_head is None:
         return logprobs, None
-    hidden = out.hidden_states[-1][:, width - 1 : -1].float()                       # (B, T, hidden)
-    return logprobs, value_head(hidden).squeeze(-1)
+    return logprobs, value_head(hidden.float()).squeeze(-1)
 
 
 def make_optimizer(name: str, params: list, lr: float, weight_decay: float):

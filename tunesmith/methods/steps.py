@@ -62,7 +62,7 @@ class Started:
     train_rows: list[dict]
     eval_rows: list[dict]
     data_report: object
-    plan: object = None  # sft's batches (tunesmith.data.batching.BatchPlan); None for the other methods
+    plan: object = None  # sft's and dpo's batches (tunesmith.data.batching.BatchPlan); None for the other methods
     final_state: dict | None = None  # under FSDP or ZeRO-3: the trained weights gathered from every rank, for rank 0 to save
 
 
@@ -283,11 +283,19 @@ def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, ba
 
 
 def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batching=None):
-    """The batch plan, if the method plans its batches (sft), with its figures put in the data report."""
+    """The batch plan, if the method plans its batches (sft, dpo), with its figures put in the data report."""
     plan = batching(recipe, train_rows) if batching else None
     if plan is not None:
-        data_report.batching = plan.summary([len(r["input_ids"]) for r in train_rows], recipe.train.batch_size)
+        data_report.batching = plan.summary([example_tokens(r) for r in train_rows], recipe.train.batch_size)
     return plan
+
+
+def example_tokens(row: dict) -> int:
+    """Tokens an example puts in a batch: an sft row its input_ids; a preference pair its prompt twice (once before
+    each reply) and both replies."""
+    if "input_ids" in row:
+        return len(row["input_ids"])
+    return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
 
 
 def write_data_report(run: RunDir, data_report) -> None:
