@@ -55,11 +55,12 @@ class ChatTemplate:
     turn_end: str | None = None     # what the template writes after a reply ('<|im_end|>\n'); None: unknown
     frozen_date: str | None = None  # the day written into `source` in place of strftime_now(...), ISO
 
-    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+        """`tools`: OpenAI-style function specs, written where the template writes them (its `tools` variable)."""
         try:
             return tokenizer.apply_chat_template(
                 self.template_messages(messages), chat_template=self.source, tokenize=False,
-                add_generation_prompt=add_generation_prompt,
+                add_generation_prompt=add_generation_prompt, tools=tools,
             )
         except Exception as err:  # jinja errors, raise_exception() inside model templates
             hint = ""
@@ -68,9 +69,14 @@ class ChatTemplate:
             raise TemplateError(f"template {self.name!r} cannot render this conversation: {err}{hint}") from None
 
     def template_messages(self, messages: list[dict]) -> list[dict]:
-        """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style)."""
+        """The messages as Jinja templates read them: a `reasoning` field as `reasoning_content` (Qwen3-style);
+        an assistant's `tool_calls` and a tool message's `tool_call_id` as they are."""
         return [
-            {"role": m["role"], "content": m["content"], **({"reasoning_content": m["reasoning"]} if m.get("reasoning") else {})}
+            {
+                "role": m["role"], "content": m["content"],
+                **({"reasoning_content": m["reasoning"]} if m.get("reasoning") else {}),
+                **{key: m[key] for key in ("tool_calls", "tool_call_id") if key in m},
+            }
             for m in messages
         ]
 
@@ -171,9 +177,9 @@ def merging_system(template: ChatTemplate) -> ChatTemplate:
     return replace(template, source=MERGE_SYSTEM + template.source)
 
 
-def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids a model is given at inference: the conversation so far plus the generation prompt."""
-    text = template.render(tokenizer, messages, add_generation_prompt=True)
+def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """Token ids a model is given at inference: the conversation so far (and the tools offered) plus the generation prompt."""
+    text = template.render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
