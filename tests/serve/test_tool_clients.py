@@ -149,3 +149,45 @@ def test_logprobs_through_the_client(tiny):
     assert all(t.logprob == t.top_logprobs[0].logprob for t in content)   # greedy: the chosen token is the most likely
     completion = tiny.completions.create(model="tiny_llama0", prompt="Once", logprobs=2, max_tokens=4, temperature=0)
     assert len(completion.choices[0].logprobs.token_logprobs) == 4 and all(len(t) <= 2 for t in completion.choices[0].logprobs.top_logprobs)
+
+
+def test_langchain_bind_tools_and_with_structured_output(fake, tiny):
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    def lookup_order(order_id: str) -> str:
+        """Find an order by its id."""
+        return "shipped"
+
+    chat = ChatOpenAI(model="tickets", base_url=fake.url + "/v1", api_key="none", max_retries=0)
+    message = chat.bind_tools([lookup_order]).invoke("Where is order B42?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("lookup_order", {"order_id": "B42"})]
+
+    class Order(BaseModel):
+        status: str = Field(json_schema_extra={"enum": ["open", "shipped"]})
+        items: int = Field(ge=1, le=9)
+
+    structured = ChatOpenAI(model="tiny_llama0", base_url=str(tiny.base_url), api_key="none", max_retries=0, max_tokens=60, temperature=0)
+    order = structured.with_structured_output(Order, method="json_schema").invoke("Describe order B42")
+    assert isinstance(order, Order) and order.status in ("open", "shipped") and 1 <= order.items <= 9
+
+
+def test_openai_agents_sdk_runs_a_one_tool_agent_loop(fake):
+    pytest.importorskip("agents")
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    looked_up = []
+
+    @function_tool
+    def lookup_order(order_id: str) -> str:
+        """Find an order by its id."""
+        looked_up.append(order_id)
+        return f"order {order_id} shipped on Monday"
+
+    model = OpenAIChatCompletionsModel(model="tickets", openai_client=openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="none", max_retries=0))
+    agent = Agent(name="support", instructions="Help with orders.", tools=[lookup_order], model=model)
+    result = Runner.run_sync(agent, "Where is order C7?")
+    assert looked_up == ["C7"]
+    assert result.final_output == "Your order: order C7 shipped on Monday"
