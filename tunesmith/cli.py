@@ -239,6 +239,7 @@ def cmd_serve(args) -> None:
         args.target, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout,
         adapters=args.adapter or [], engine=args.engine, api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY"),
         template=args.template, dtype=args.dtype, max_batch=args.max_batch, max_tokens=args.max_tokens, threads=args.threads,
+        tool_parser=args.tool_parser,
     )
 
 
@@ -471,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives no max_tokens")
     p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; fewer helps on a CPU shared with other work)")
+    p.add_argument("--tool-parser", choices=["hermes", "llama3", "mistral", "qwen"],
+                   help="how replies write tool calls (default: read from each model's chat template)")
     p.set_defaults(func=cmd_serve)
 
     p = command(sub, "chat", "chat in the terminal with a run or model", "tunesmith chat runs/quickstart",

@@ -34,9 +34,10 @@ def test_malformed_json_is_400(http):
     [
         ({"temperature": "hot"}, "temperature", "valid number"),
         ({"messages": []}, "messages", "at least 1"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "'system', 'developer', 'user' or 'assistant'"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "'system', 'developer', 'user', 'assistant' or 'tool'"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
-        ({"logprobs": True}, "logprobs", "not supported by this server (only null or false)"),
+        ({"top_logprobs": 2}, "top_logprobs", "needs logprobs true"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
         # Strict types, as OpenAI's: nothing is coerced.
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"max_tokens": "10"}, "max_tokens", "valid integer"),
@@ -53,8 +54,19 @@ def test_malformed_json_is_400(http):
         ({"repetition_penalty": 0}, "repetition_penalty", "greater than 0"),
         ({"top_k": -2}, "top_k", "greater than or equal to -1"),
         # Accepted-and-ignored would be a lie: unknown and unimplemented fields are refused.
-        ({"min_p": 0.1}, "min_p", "unknown parameter: this server does not implement it"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported by this server"),
+        ({"min_p": 1.5}, "min_p", "less than or equal to 1"),
+        ({"mirostat": 1}, "mirostat", "unknown parameter: this server does not implement it"),
+        ({"logit_bias": {"5": 10}}, "logit_bias", "not supported by this server"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "required with type json_schema"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "'text', 'json_object' or 'json_schema'"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools.0.function.name", "should match pattern"),
+        ({"tool_choice": "required"}, "tool_choice", "'required' needs tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         "tool_choice", "no tool named 'g'"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id", "required in tool messages"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
+         "messages.0.tool_calls.0.function.arguments", "not valid JSON"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages.0.content", "required (null only for an assistant message with tool_calls)"),
         ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name", "not supported by this server"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
     ],
@@ -72,7 +84,7 @@ def test_non_finite_numbers_are_422(http):
 
 def test_completions_refuse_their_unimplemented_fields(http):
     completion = {"model": "first", "prompt": "Once", "max_tokens": 2}
-    for change, param in (({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"logprobs": 1}, "logprobs"), ({"suffix": "x"}, "suffix")):
+    for change, param in (({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"logprobs": 21}, "logprobs"), ({"suffix": "x"}, "suffix")):
         assert error_of(http.post("/v1/completions", json={**completion, **change}), 422)["param"] == param
     assert http.post("/v1/completions", json={**completion, "echo": False, "best_of": 1, "logprobs": None}).status_code == 200
 

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP API over an engine.
 
-    POST /v1/chat/completions   messages rendered with the model's own chat template; SSE with stream=true
+    POST /v1/chat/completions   messages rendered with the model's own chat template; SSE with stream=true;
+                                tools, response_format and logprobs (chat.py)
     POST /v1/completions        raw text prompts
-    GET  /v1/models             the base and every adapter
+    GET  /v1/models[/{id}]      the base and every adapter
     GET  /health                liveness and engine counters (no API key needed)
     POST /generate              {"prompt" or "messages", "model"?} -> {"text", ...}
 
@@ -20,17 +21,20 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tunesmith.data.templates import TemplateError, prompt_ids
+from tunesmith.data.templates import TemplateError, prompt_ids, tool_source
 from tunesmith.eval.generate import require_conversation
 from tunesmith.serve.catalog import Catalog, ServedModel
+from tunesmith.serve.chat import Choice, Plan, completion_logprobs, plan
 from tunesmith.serve.engine import Engine, EngineStopped, Request
 from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled
 from tunesmith.serve.sampling import Sampling
+from tunesmith.serve.structured import SchemaError
 from tunesmith.serve.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ class Delta:
     text: str
     finish_reason: str | None
     completion_tokens: int
+    logprobs: list = field(default_factory=list)   # engine.TokenLogprob of the tokens since the last delta
 
 
 class Shutdown:
@@ -97,7 +102,10 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None = None, default_max_tokens: int = 256):
+def build_app(
+    engine: Engine, catalog: Catalog, tokenizer, api_key: str | None = None, default_max_tokens: int = 256, tool_parser: str | None = None
+):
+    """`tool_parser`: the tool-call format of every model's replies (tools.FAMILIES); None: read from each template."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -157,43 +165,68 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
             )
         return max_tokens
 
-    def chat_ids(served: ServedModel, messages: list[dict]) -> list[int]:
+    def chat_ids(served: ServedModel, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         if served.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": served.system_prompt}, *messages]
         try:
-            return prompt_ids(served.template, tokenizer, messages)
+            return prompt_ids(served.template, tokenizer, messages, tools)
         except TemplateError as err:
             raise APIError(400, str(err), param="messages") from None
 
-    def requests_for(served: ServedModel, prompts: list[list[int]], body: Sampled, max_tokens: list[int]) -> list[Request]:
+    async def constraint(served: ServedModel, chat: Plan):
+        if not chat.constrained:
+            return None
+        try:  # compiling a schema (and, the first time, reading the vocabulary) takes a while: not on the event loop
+            return await asyncio.to_thread(engine.constrain, served, chat.schema)
+        except SchemaError as err:
+            raise APIError(400, str(err), param=chat.param) from None
+
+    def requests_for(
+        served: ServedModel, prompts: list[list[int]], body: Sampled, max_tokens: list[int], logprobs: int | None = None, constrained=None
+    ) -> list[Request]:
         """n choices per prompt; choice i of a seeded request samples with seed + i, so choices differ."""
         return [
-            Request(served, ids, sampling(body, limit, None if body.seed is None else body.seed + i))
+            Request(served, ids, sampling(body, limit, None if body.seed is None else body.seed + i), logprobs, constrained)
             for ids, limit in zip(prompts, max_tokens)
             for i in range(body.n)
         ]
 
-    async def deltas(request: Request, stop: list[str]) -> AsyncIterator[Delta]:
+    async def deltas(request: Request, stop: list[str], keep: dict[int, str] | None = None) -> AsyncIterator[Delta]:
         # The template's stop texts too: turn-end markers that are no token never reach a client.
-        text = TextStream(tokenizer, [*stop, *request.model.template.stop_texts])
+        text = TextStream(tokenizer, [*stop, *request.model.template.stop_texts], keep)
+        scores = []
         async with contextlib.aclosing(engine.stream(request)) as steps:
             async for step in steps:
                 delta = text.add(step.token_ids)
+                scores += step.logprobs
                 if text.stopped:
-                    yield Delta(delta, "stop", step.completion_tokens)
+                    yield Delta(delta, "stop", step.completion_tokens, scores)
                     return  # leaving the `async with` closes the engine stream: generation stops
                 if step.finish_reason:
-                    yield Delta(delta + text.flush(), step.finish_reason, step.completion_tokens)
+                    yield Delta(delta + text.flush(), step.finish_reason, step.completion_tokens, scores)
                     return
-                if delta:
-                    yield Delta(delta, None, step.completion_tokens)
+                if delta or scores:
+                    yield Delta(delta, None, step.completion_tokens, scores)
+                    scores = []
 
     async def collect(requests: list[Request], stop: list[str]) -> list[Delta]:
         out = [Delta("", None, 0) for _ in requests]
         async with contextlib.aclosing(merged([deltas(r, stop) for r in requests], shutdown)) as items:
             async for i, d in items:
-                out[i] = Delta(out[i].text + d.text, d.finish_reason, d.completion_tokens)
+                out[i] = Delta(out[i].text + d.text, d.finish_reason, d.completion_tokens, out[i].logprobs + d.logprobs)
         return out
+
+    async def choice_deltas(request: Request, stop: list[str], choice: Choice) -> AsyncIterator[tuple[list[dict], str | None, int]]:
+        """A chat choice's chunk deltas, its finish reason at the end, and its completion tokens so far."""
+        keep = special_markers(tokenizer, choice.plan.family) if choice.plan.family is not None else None
+        async with contextlib.aclosing(deltas(request, stop, keep)) as items:
+            async for d in items:
+                pieces = choice.add(d.text, d.logprobs)
+                if d.finish_reason or choice.done:  # done: its one allowed call is out, so generating stops
+                    last, reason = choice.finish(d.finish_reason or "stop")
+                    yield pieces + last, reason, d.completion_tokens
+                    return
+                yield pieces, None, d.completion_tokens
 
     def usage(prompts: list[list[int]], results: list[Delta]) -> dict:
         prompt = sum(len(p) for p in prompts)
@@ -204,45 +237,61 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
     async def health():
         return {"status": "ok", "models": list(catalog.models), **engine.stats()}
 
+    def model_entry(name: str, served: ServedModel) -> dict:
+        base = next((n for n, m in catalog.models.items() if m.adapter is None), None)
+        root, parent = (name, None) if served.adapter is None else (base, base)
+        return {"id": name, "object": "model", "created": started, "owned_by": "tunesmith", "root": root, "parent": parent}
+
     @app.get("/v1/models")
     async def models():
-        base = next((name for name, m in catalog.models.items() if m.adapter is None), None)
-        data = [
-            {"id": name, "object": "model", "created": started, "owned_by": "tunesmith", "root": name if m.adapter is None else base,
-             "parent": base if m.adapter is not None else None}
-            for name, m in catalog.models.items()
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [model_entry(name, m) for name, m in catalog.models.items()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        return model_entry(name, find(name))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         served = find(body.model)
-        ids = chat_ids(served, [m.as_dict() for m in body.messages])
+        chat = plan(body, tool_source(served.template, tokenizer), tool_parser)
+        ids = chat_ids(served, [m.as_dict() for m in body.messages], chat.tools)
         limit = budget(len(ids), body.max_completion_tokens or body.max_tokens, "messages")
-        requests = requests_for(served, [ids], body, [limit])
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        requests = requests_for(served, [ids], body, [limit], logprobs, await constraint(served, chat))
+        choices = [Choice(chat, tokenizer, logprobs) for _ in requests]
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": reply_id, "created": created, "model": served.name}
         if body.stream:
-            return sse(chat_chunks(head, requests, body, [ids]), catalog.public)
-        results = await run(collect(requests, body.stop_list()))
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None, "finish_reason": r.finish_reason}
-            for i, r in enumerate(results)
+            return sse(chat_chunks(head, requests, choices, body, [ids]), catalog.public)
+        finals = await run(finish_chat(requests, choices, body))
+        replies = [
+            {"index": i, "message": c.message(), "logprobs": c.logprobs_body(), "finish_reason": reason}
+            for i, (c, (reason, _)) in enumerate(zip(choices, finals))
         ]
-        return {**head, "object": "chat.completion", "choices": choices, "usage": usage([ids], results)}
+        return {**head, "object": "chat.completion", "choices": replies, "usage": usage([ids], [Delta("", None, n) for _, n in finals])}
 
-    async def chat_chunks(head: dict, requests: list[Request], body: ChatRequest, prompts) -> AsyncIterator[dict]:
+    async def finish_chat(requests: list[Request], choices: list[Choice], body: ChatRequest) -> list[tuple[str | None, int]]:
+        finals = [(None, 0)] * len(requests)
+        streams = [choice_deltas(r, body.stop_list(), c) for r, c in zip(requests, choices)]
+        async with contextlib.aclosing(merged(streams, shutdown)) as items:
+            async for i, (_, reason, tokens) in items:
+                finals[i] = (reason, tokens)
+        return finals
+
+    async def chat_chunks(head: dict, requests: list[Request], choices: list[Choice], body: ChatRequest, prompts) -> AsyncIterator[dict]:
         chunk = {**head, "object": "chat.completion.chunk"}
         for i in range(len(requests)):
             yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
         finals = [Delta("", None, 0)] * len(requests)
-        async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests], shutdown)) as items:
-            async for i, d in items:
-                finals[i] = d
-                if d.text:
-                    yield {**chunk, "choices": [{"index": i, "delta": {"content": d.text}, "logprobs": None, "finish_reason": None}]}
-                if d.finish_reason:
-                    yield {**chunk, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": d.finish_reason}]}
+        streams = [choice_deltas(r, body.stop_list(), c) for r, c in zip(requests, choices)]
+        async with contextlib.aclosing(merged(streams, shutdown)) as items:
+            async for i, (pieces, reason, tokens) in items:
+                finals[i] = Delta("", reason, tokens)
+                for piece in pieces:
+                    logprobs = piece.pop("logprobs", None)
+                    yield {**chunk, "choices": [{"index": i, "delta": piece, "logprobs": logprobs, "finish_reason": None}]}
+                if reason:
+                    yield {**chunk, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}]}
         if body.include_usage():
             yield {**chunk, "choices": [], "usage": usage(prompts, finals)}
 
@@ -251,21 +300,30 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
         served = find(body.model)
         prompts = [tokenizer(text)["input_ids"] for text in body.prompts()]
         limits = [budget(len(ids), body.max_tokens, "prompt") for ids in prompts]
-        requests = requests_for(served, prompts, body, limits)
+        requests = requests_for(served, prompts, body, limits, body.logprobs)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if body.stream:
             return sse(completion_chunks(head, requests, body, prompts), catalog.public)
         results = await run(collect(requests, body.stop_list()))
-        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+        choices = [
+            {"index": i, "text": r.text, "logprobs": scored(r.logprobs, body), "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ]
         return {**head, "object": "text_completion", "choices": choices, "usage": usage(prompts, results)}
+
+    def scored(scores: list, body: CompletionRequest, offset: int = 0) -> dict | None:
+        return None if body.logprobs is None else completion_logprobs(tokenizer, scores, offset)
 
     async def completion_chunks(head: dict, requests: list[Request], body: CompletionRequest, prompts) -> AsyncIterator[dict]:
         chunk = {**head, "object": "text_completion"}
         finals = [Delta("", None, 0)] * len(requests)
+        offsets = [0] * len(requests)
         async with contextlib.aclosing(merged([deltas(r, body.stop_list()) for r in requests], shutdown)) as items:
             async for i, d in items:
                 finals[i] = d
-                yield {**chunk, "choices": [{"index": i, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}]}
+                logprobs = scored(d.logprobs, body, offsets[i])
+                offsets[i] += len(d.text)
+                yield {**chunk, "choices": [{"index": i, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}]}
         if body.include_usage():
             yield {**chunk, "choices": [], "usage": usage(prompts, finals)}
 
@@ -284,14 +342,21 @@ def build_app(engine: Engine, catalog: Catalog, tokenizer, api_key: str | None =
 def sampling(body: Sampled, max_tokens: int, seed: int | None) -> Sampling:
     return Sampling(
         max_tokens,
-        body.temperature,
-        body.top_p,
-        max(body.top_k or 0, 0),  # vLLM's -1 is off, like 0
-        body.presence_penalty or 0.0,
-        body.frequency_penalty or 0.0,
-        body.repetition_penalty or 1.0,
-        seed,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=max(body.top_k or 0, 0),  # vLLM's -1 is off, like 0
+        min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        seed=seed,
     )
+
+
+def special_markers(tokenizer, family) -> dict[int, str]:
+    """The family's marker tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>) that decoding must keep."""
+    ids = {text: tokenizer.convert_tokens_to_ids(text) for text in family.special_texts}
+    return {i: text for text, i in ids.items() if i is not None and i != tokenizer.unk_token_id}
 
 
 async def run(work):
@@ -389,8 +454,12 @@ def validation_error(errors: list[dict]):
         loc = [str(p) for p in e["loc"] if p != "body"]
         # A union field fails once per branch (str | list[...]), named by the branch's type: one line per field is enough.
         loc = [p for p in loc if p not in ("str", "int", "float", "bool", "dict", "list") and "[" not in p]
-        param = param or (".".join(loc) or None)
         message = e["msg"].removeprefix("Value error, ")
+        # A check across fields (protocol's model validators) names its field first: "tool_choice: ...".
+        named = re.match(r"([a-z_]+): ", message) if e["type"] == "value_error" else None
+        if named:
+            loc, message = [*loc, named.group(1)], message[named.end():]
+        param = param or (".".join(loc) or None)
         if e["type"] == "extra_forbidden":
             message = "unknown parameter: this server does not implement it"
         lines.append(f"{'.'.join(loc)}: {message}" if loc else message)

@@ -1,7 +1,8 @@
 """Engines turn prompts into token ids; the HTTP layer does the rest (templates, text, stop strings).
 
 An engine is small: `start()`, `stop()`, `stream(request)` (an async iterator of `Step`s; closing it
-early cancels the generation) and `stats()`. Two implementations:
+early cancels the generation), `constrain(model, schema)` (a JSON schema made ready to decode under) and
+`stats()`. Two implementations:
 
 - `TransformersEngine` (here): any device. A background thread collects waiting requests and runs
   them as one left-padded batch per adapter, decoding step by step with a KV cache, so concurrent
@@ -9,6 +10,8 @@ early cancels the generation) and `stats()`. Two implementations:
   cancelled rows leave the batch and newly arrived requests for the same adapter join it (batch.py).
   A request whose sampling fails (or whose logits turn NaN) fails alone; when a forward pass over
   several rows fails, each row is run again on its own, so only the row that fails alone fails.
+  Constrained rows (structured.py) sample from their logits with what the grammar forbids masked out;
+  logprobs are the log-softmax of the model's raw logits (before penalties, temperature or masks), as vLLM's.
 - `VLLMEngine` (vllm_engine.py): vLLM's AsyncLLMEngine with LoRARequest per adapter, when vLLM and
   a GPU are present.
 """
@@ -27,6 +30,7 @@ from typing import Protocol
 from tunesmith.serve.batch import Batch, can_join, concat, prefill, select, step
 from tunesmith.serve.catalog import Catalog, ServedModel
 from tunesmith.serve.sampling import Sampling, next_token, seeded
+from tunesmith.serve.structured import Grammars, masked, matcher
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,15 @@ class Request:
     model: ServedModel
     prompt_ids: list[int]
     sampling: Sampling
+    logprobs: int | None = None     # None: none; n: each token's logprob and the n most likely alternatives
+    constraint: object = None       # what the engine's constrain() returned: decode under that schema
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]    # the most likely tokens at this step, best first
 
 
 @dataclass
@@ -43,6 +56,7 @@ class Step:
     token_ids: list[int]            # new tokens, stop token excluded
     finish_reason: str | None       # 'stop' (a stop token), 'length' (max_tokens), None while running
     completion_tokens: int = 0      # generated so far, a final stop token included
+    logprobs: list[TokenLogprob] = field(default_factory=list)   # one per token in token_ids, when asked
 
 
 class Engine(Protocol):
@@ -54,6 +68,9 @@ class Engine(Protocol):
     async def stop(self) -> None: ...
 
     def stream(self, request: Request) -> AsyncIterator[Step]: ...
+
+    def constrain(self, model: ServedModel, schema: dict | None) -> object:
+        """`schema` ready for Request.constraint (None: any JSON object); raises SchemaError when it cannot be."""
 
     def stats(self) -> dict: ...
 
@@ -71,6 +88,7 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False         # set from the event loop when the client goes away; read by the worker
     tokens: list[int] = field(default_factory=list)   # generated so far, a final stop token included
+    grammar: object = None          # the request's grammar state (structured.matcher), when constrained
 
     def context(self) -> list[int]:
         """What the model has read or must read next: the prompt and every token generated so far."""
@@ -98,6 +116,7 @@ class TransformersEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.grammars = Grammars(tokenizer, int(model.config.vocab_size))
 
     @classmethod
     def load(cls, catalog: Catalog, max_batch: int = 16, batch_wait: float = 0.01) -> TransformersEngine:
@@ -133,8 +152,13 @@ class TransformersEngine:
     def stats(self) -> dict:
         return {"engine": self.name, "waiting": len(self._waiting), "running": self.running, **self.counts}
 
+    def constrain(self, model: ServedModel, schema: dict | None) -> object:
+        return self.grammars.compile(schema, model.template.stop_token_ids)
+
     async def stream(self, request: Request) -> AsyncIterator[Step]:
         job = Job(request, asyncio.get_running_loop(), seeded(request.sampling.seed, self.model.device))
+        if request.constraint is not None:
+            job.grammar = matcher(request.constraint)
         with self._cond:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
@@ -228,8 +252,9 @@ class TransformersEngine:
         while batch is not None:
             self._in_flight, self.running = batch.jobs, len(batch)
             self.counts["largest_batch"] = max(self.counts["largest_batch"], len(batch))
-            tokens = self._sample(batch)
-            batch = select(batch, [row for row, (job, token) in enumerate(zip(batch.jobs, tokens)) if self._advance(job, token)])
+            tokens, scores = self._sample(batch)
+            going = [row for row, job in enumerate(batch.jobs) if self._advance(job, tokens[row], scores[row])]
+            batch = select(batch, going)
             joiners = []
             if batch is None or can_join(batch):
                 joiners = self._joiners(adapter, self.max_batch - (len(batch) if batch else 0))
@@ -268,33 +293,44 @@ class TransformersEngine:
             batch = concat(batch, single)
         return batch
 
-    def _sample(self, batch: Batch) -> list[int | None]:
-        """Every row's next token; None for a row whose sampling failed (that job is failed, the others go on)."""
+    def _sample(self, batch: Batch) -> tuple[list[int | None], list[TokenLogprob | None]]:
+        """Every row's next token (None for a row whose sampling failed: that job is failed, the others go on),
+        and its logprobs for the rows that asked."""
         import torch
 
         greedy = batch.logits.argmax(-1).tolist()  # one device sync for every plain greedy row
         broken = (torch.isnan(batch.logits) | torch.isposinf(batch.logits)).any(-1).tolist()
         tokens: list[int | None] = []
+        scores: list[TokenLogprob | None] = []
         for row, job in enumerate(batch.jobs):
-            sampling = job.request.sampling
+            sampling, logits = job.request.sampling, batch.logits[row]
             try:
                 if broken[row]:
                     raise FloatingPointError("the model's next-token scores for this request are NaN or infinite")
-                if sampling.plain_greedy():
-                    tokens.append(greedy[row])
+                if job.grammar is not None:
+                    logits = masked(logits, job.grammar)
+                    if torch.isneginf(logits).all():
+                        raise RuntimeError("the grammar allows no token here (does the template have a stop token?)")
+                if sampling.plain_greedy() and job.grammar is None:
+                    token = greedy[row]
                 else:
-                    tokens.append(next_token(batch.logits[row], sampling, job.request.prompt_ids, job.tokens, job.generator))
+                    token = next_token(logits, sampling, job.request.prompt_ids, job.tokens, job.generator)
+                if job.grammar is not None and not job.grammar.accept_token(token):
+                    raise RuntimeError(f"the grammar refused token {token}, which its own mask allowed")
+                tokens.append(token)
+                scores.append(None if job.request.logprobs is None else logprob_of(batch.logits[row], token, job.request.logprobs))
             except Exception as err:
                 self._fail(job, err)
                 tokens.append(None)
-        return tokens
+                scores.append(None)
+        return tokens, scores
 
     def _fail(self, job: Job, err: Exception) -> None:
         log.error("a request failed alone: %s: %s", err.__class__.__name__, err, exc_info=err)
         self.counts["failed"] += 1
         job.send(err)
 
-    def _advance(self, job: Job, token: int | None) -> bool:
+    def _advance(self, job: Job, token: int | None, score: TokenLogprob | None) -> bool:
         """Hand the token to the job's client; whether the job goes on generating."""
         if token is None:
             return False
@@ -303,12 +339,23 @@ class TransformersEngine:
             return False
         job.tokens.append(token)
         request, generated = job.request, len(job.tokens)
+        scores = [] if score is None else [score]
         if token in request.model.template.stop_token_ids:
             job.send(Step([], "stop", generated))
         elif generated >= request.sampling.max_tokens:
-            job.send(Step([token], "length", generated))
+            job.send(Step([token], "length", generated, scores))
         else:
-            job.send(Step([token], None, generated))
+            job.send(Step([token], None, generated, scores))
             return True
         self.counts["completed"] += 1
         return False
+
+
+def logprob_of(logits, token: int, top: int) -> TokenLogprob:
+    """The token's log-probability under the raw logits (V,), and the `top` most likely tokens'."""
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), -1)
+    best = logprobs.topk(top) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return TokenLogprob(token, float(logprobs[token]), pairs)

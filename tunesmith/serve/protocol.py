@@ -3,9 +3,10 @@
 Fields follow OpenAI's chat and completions APIs, typed as strictly as OpenAI types them: `"stream": "yes"`,
 `"max_tokens": "10"` or `1.0` are 422s naming the field (a whole number for a float field is fine). Nothing is
 accepted and then ignored:
-- every field that changes the output is implemented (with vLLM's `top_k` and `repetition_penalty`),
-- fields this server does not implement (logprobs, tools, response_format, logit_bias, ...) are accepted only
-  with the value that means "off", so clients that send their defaults work,
+- every field that changes the output is implemented (tools, response_format, logprobs, and vLLM's `top_k`,
+  `min_p` and `repetition_penalty`),
+- fields this server does not implement (logit_bias, echo, best_of, ...) are accepted only with the value that
+  means "off", so clients that send their defaults work,
 - metadata that changes no output (`user`, `metadata`, `store`, ...) is accepted,
 - any other field is a 422.
 Ranges are checked here, at the edge, so no request reaches the engine with values it cannot decode with.
@@ -13,12 +14,14 @@ Ranges are checked here, at the edge, so no request reaches the engine with valu
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Below this, logits / temperature overflows float32 for ordinary logits (vLLM clamps to the same minimum).
 MIN_TEMPERATURE = 0.01
+MAX_TOP_LOGPROBS = 20   # vLLM's default limit (OpenAI's: 20 for chat, 5 for completions)
 
 
 class APIError(Exception):
@@ -63,20 +66,102 @@ class TextPart(_Body):
     text: str
 
 
+class CalledFunction(_Body):
+    name: str = Field(min_length=1)
+    arguments: str   # JSON text, as OpenAI sends it
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not valid JSON ({err.msg} at character {err.pos})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object")
+        return value
+
+
+class ToolCall(_Body):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None   # may be null only for an assistant message with tool_calls
+    tool_calls: list[ToolCall] | None = None       # assistant
+    tool_call_id: str | None = None                # tool: which call this is the result of
     # Echoed back by clients that resend a previous reply: fine while empty.
     name: Annotated[str | None, only_off(None)] = None
     refusal: Annotated[str | None, only_off(None)] = None
-    tool_calls: Annotated[list | None, only_off(None, [])] = None
     function_call: Annotated[dict | None, only_off(None)] = None
     audio: Annotated[dict | None, only_off(None)] = None
     annotations: Annotated[list | None, only_off(None, [])] = None
 
+    @model_validator(mode="after")
+    def _fits_role(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry tool calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool_call_id: required in tool messages, and only there")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only for an assistant message with tool_calls)")
+        return self
+
     def as_dict(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        """The message as templates read it: text content, tool calls with their arguments as objects (what
+        Llama-3.1, Qwen2.5, Mistral and Hermes templates write with `tojson`)."""
+        content = "".join(part.text for part in self.content) if isinstance(self.content, list) else self.content or ""
+        out = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionSpec(_Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")   # OpenAI's rule for names
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None   # the call's arguments are always constrained to `parameters` when forced
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    description: str | None = None
+    strict: bool | None = None   # always enforced: the reply is decoded under the schema either way
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema: required with type json_schema, and only there")
+        return self
 
 
 class StreamOptions(_Body):
@@ -92,6 +177,7 @@ class Sampled(_Body):
     temperature: Temperature = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)                          # vLLM's: 0 or -1 is off
+    min_p: float | None = Field(None, ge=0.0, le=1.0)               # vLLM's: 0 is off
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # vLLM's: 1 is off
@@ -134,21 +220,47 @@ class ChatRequest(Sampled):
     model: str
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: Annotated[bool | None, only_off(None, False)] = None
-    top_logprobs: Annotated[int | None, only_off(None, 0)] = None
-    tools: Annotated[list | None, only_off(None, [])] = None
-    tool_choice: Annotated[Any, only_off(None, "none")] = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None   # false: at most one call per reply
+    # The pre-tools API (functions / function_call) is accepted only when off: clients send `tools` today.
     functions: Annotated[list | None, only_off(None, [])] = None
     function_call: Annotated[Any, only_off(None, "none")] = None
-    parallel_tool_calls: bool | None = None   # only means something with tools
-    response_format: Annotated[dict | None, only_off(None, {"type": "text"})] = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _tools_fit_together(self):
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools: two tools have the same name")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs true")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool named {self.tool_choice.function.name!r} in tools ({', '.join(names) or 'none given'})")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice: 'required' needs tools")
+        if self.calls_tools() and self.json_reply():
+            raise ValueError(
+                "response_format: json_object or json_schema together with tools is not supported by this server "
+                "(the whole reply is decoded under the schema, so no tool could be called); send tool_choice 'none' or no response_format"
+            )
+        return self
+
+    def calls_tools(self) -> bool:
+        """Whether tools are offered to the model (tools given and tool_choice not 'none')."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def json_reply(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
 
 
 class CompletionRequest(Sampled):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)   # OpenAI's default for completions
-    logprobs: Annotated[int | None, only_off(None, 0)] = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)   # the top-n alternatives per token (0: only the chosen one)
     echo: Annotated[bool | None, only_off(None, False)] = None
     best_of: Annotated[int | None, only_off(None, 1)] = None
     suffix: Annotated[str | None, only_off(None, "")] = None

@@ -1,8 +1,8 @@
-"""Choosing each request's next token from its row of logits: penalties, then greedy or temperature, top-k and
-top-p sampling, with a generator per request so that a seeded request draws the same tokens whatever it is
+"""Choosing each request's next token from its row of logits: penalties, then greedy or temperature, min-p, top-k
+and top-p sampling, with a generator per request so that a seeded request draws the same tokens whatever it is
 batched with. Pure functions on (V,) tensors; the engine calls them once per row and step.
 
-The order is transformers' and vLLM's: penalties on the raw logits, then temperature, then top-k, then top-p.
+The order is vLLM's: penalties on the raw logits, then temperature, then min-p, then top-k, then top-p.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Sampling:
     temperature: float = 1.0          # 0: greedy
     top_p: float = 1.0
     top_k: int = 0                    # 0: off
+    min_p: float = 0.0                # 0: off; tokens less likely than min_p times the most likely one are dropped
     presence_penalty: float = 0.0     # OpenAI's: subtracted from every token generated so far
     frequency_penalty: float = 0.0    # OpenAI's: subtracted once per time a token was generated so far
     repetition_penalty: float = 1.0   # 1: off; CTRL's (arXiv:1909.05858), on prompt and generated tokens alike
@@ -67,6 +68,16 @@ def top_k_filter(logits, top_k: int):
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def min_p_filter(logits, min_p: float):
+    """Min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): tokens whose probability is below min_p times the
+    most likely token's become -inf. On logits (V,): p_i / p_max = exp(l_i - l_max)."""
+    import math
+
+    if min_p <= 0.0:
+        return logits
+    return logits.masked_fill(logits < logits.max() + math.log(min_p), float("-inf"))
+
+
 def top_p_filter(probs, top_p: float):
     """Nucleus filtering (Holtzman et al. 2019, arXiv:1904.09751): keep the smallest set of most likely tokens
     whose probability reaches top_p, renormalised. probs: (V,)."""
@@ -89,6 +100,7 @@ def next_token(logits, sampling: Sampling, prompt_ids: list[int], generated: lis
         logits = penalized(logits, sampling, prompt_ids, generated)
     if sampling.temperature == 0:
         return int(logits.argmax())
-    logits = top_k_filter(logits.float() / sampling.temperature, sampling.top_k)
+    logits = min_p_filter(logits.float() / sampling.temperature, sampling.min_p)
+    logits = top_k_filter(logits, sampling.top_k)
     probs = top_p_filter(torch.softmax(logits, -1), sampling.top_p)
     return int(torch.multinomial(probs, 1, generator=generator).item())

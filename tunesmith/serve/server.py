@@ -53,18 +53,24 @@ def create_app(
     dtype: str = "auto",
     max_batch: int = 16,
     max_tokens: int = 256,
+    tool_parser: str | None = None,
 ):
-    """The FastAPI app with its models loaded (the engine starts with the app)."""
+    """The FastAPI app with its models loaded (the engine starts with the app). `tool_parser`: the tool-call
+    format of the replies (hermes, llama3, mistral, qwen); None reads it from each model's template."""
     from tunesmith.models.load import load_tokenizer
     from tunesmith.serve.app import build_app
+
+    from tunesmith.serve.tools import FAMILIES
 
     for flag, value in (("--max-batch", max_batch), ("--max-tokens", max_tokens)):
         if value < 1:
             raise TunesmithError(f"{flag} {value}: must be at least 1")
+    if tool_parser is not None and tool_parser not in FAMILIES:
+        raise TunesmithError(f"--tool-parser {tool_parser}: not one of {', '.join(FAMILIES)}")
     engine = pick_engine(engine)
     catalog = build_catalog(target, list(adapters), template, dtype)
     loaded = load_engine(engine, catalog, max_batch)
-    app = build_app(loaded, catalog, load_tokenizer(catalog.base_path), api_key, max_tokens)
+    app = build_app(loaded, catalog, load_tokenizer(catalog.base_path), api_key, max_tokens, tool_parser)
     return app, catalog, loaded
 
 

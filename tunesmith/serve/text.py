@@ -9,9 +9,12 @@ from __future__ import annotations
 
 
 class TextStream:
-    def __init__(self, tokenizer, stop: list[str] | None = None):
+    """`keep`: special tokens whose text stays in the output (tool-call markers); other special tokens are dropped."""
+
+    def __init__(self, tokenizer, stop: list[str] | None = None, keep: dict[int, str] | None = None):
         self.tokenizer = tokenizer
         self.stop = [s for s in (stop or []) if s]
+        self.keep = keep or {}
         self.ids: list[int] = []
         self.text = ""          # decoded text so far, cut at a stop string once one is found
         self.sent = 0           # characters of self.text already handed out
@@ -22,7 +25,7 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids += ids
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self._decode()
         cut = first_stop(text, self.stop, start=max(0, self.sent - max((len(s) for s in self.stop), default=0)))
         if cut is not None:
             self.text, self.stopped = text[:cut], True
@@ -33,6 +36,18 @@ class TextStream:
         safe = len(text) - max(held_back(text, self.stop), incomplete)
         delta, self.sent = text[self.sent : safe], max(self.sent, safe)
         return delta
+
+    def _decode(self) -> str:
+        if not self.keep or not any(i in self.keep for i in self.ids):
+            return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        parts, run = [], []
+        for i in self.ids:
+            if i in self.keep:
+                parts += [self.tokenizer.decode(run, skip_special_tokens=True), self.keep[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*parts, self.tokenizer.decode(run, skip_special_tokens=True)])
 
     def flush(self) -> str:
         """Everything not yet sent: call when generation has ended."""

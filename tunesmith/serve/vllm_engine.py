@@ -4,7 +4,8 @@ run's LoRA adapter passed per request as a LoRARequest.
 Used by `tunesmith serve --engine vllm` (or `auto` when vLLM is installed and a CUDA GPU is present).
 vLLM is not a tunesmith dependency: install it separately on a GPU machine. Templates, stop strings and
 the HTTP layer are tunesmith's, as with the transformers engine; vLLM receives token ids and returns
-token ids. QLoRA runs are served on the unquantised base here (vLLM loads the base from its folder).
+token ids (and logprobs, of the raw logits as the transformers engine gives them). JSON schemas are decoded
+under through vLLM's structured outputs (xgrammar by default there too). QLoRA runs are served on the unquantised base here (vLLM loads the base from its folder).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-from tunesmith.serve.catalog import Catalog
-from tunesmith.serve.engine import Request, Step
+from tunesmith.serve.catalog import Catalog, ServedModel
+from tunesmith.serve.engine import Request, Step, TokenLogprob
 
 # vLLM sizes its LoRA slots by a maximum rank taken from this list.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -63,6 +64,12 @@ class VLLMEngine:
     def stats(self) -> dict:
         return {"engine": self.name, "waiting": 0, "running": self.running, **self.counts}
 
+    def constrain(self, model: ServedModel, schema: dict | None) -> object:
+        """vLLM compiles the schema itself (a bad one fails that request with vLLM's own error)."""
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return StructuredOutputsParams(json_object=True) if schema is None else StructuredOutputsParams(json=schema)
+
     async def stream(self, request: Request) -> AsyncIterator[Step]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -75,6 +82,7 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k or -1,  # -1 is off in every vLLM version (0 only in newer ones)
+            min_p=sampling.min_p,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
             repetition_penalty=sampling.repetition_penalty,
@@ -82,6 +90,8 @@ class VLLMEngine:
             seed=sampling.seed,
             stop_token_ids=stops,
             skip_special_tokens=True,
+            logprobs=request.logprobs,
+            structured_outputs=request.constraint,
         )
         lora = LoRARequest(model.name, self.lora_ids[model.name], str(model.adapter)) if model.adapter else None
         request_id = uuid.uuid4().hex
@@ -94,10 +104,13 @@ class VLLMEngine:
                 ids = list(completion.token_ids)  # cumulative
                 new, sent = ids[sent:], len(ids)
                 finish = completion.finish_reason if output.finished else None
+                scores = [] if request.logprobs is None else [
+                    scored(token, step, request.logprobs) for token, step in zip(new, completion.logprobs[len(ids) - len(new):])
+                ]
                 if finish == "stop" and new and new[-1] in stops:
-                    new = new[:-1]  # the stop token ends the turn; it is not text
+                    new, scores = new[:-1], scores[:-1]  # the stop token ends the turn; it is not text
                 finished = finish is not None
-                yield Step(new, finish, len(ids))
+                yield Step(new, finish, len(ids), scores)
                 if finished:
                     self.counts["completed"] += 1
                     return
@@ -106,3 +119,9 @@ class VLLMEngine:
             if not finished:
                 self.counts["cancelled"] += 1
                 await self.engine.abort(request_id)
+
+
+def scored(token: int, step: dict, top: int) -> TokenLogprob:
+    """vLLM's {token_id: Logprob} of one step (the chosen token and the `top` best) as a TokenLogprob."""
+    best = sorted(((t, lp.logprob) for t, lp in step.items() if lp.rank is not None and lp.rank <= top), key=lambda pair: -pair[1])
+    return TokenLogprob(token, step[token].logprob, best[:top])

@@ -1,0 +1,193 @@
+"""Real clients against a real HTTP server: tools (plain and streamed), tool_choice, json_schema and logprobs.
+
+Tool use is something a tiny model cannot learn in a test, so the tool-calling server runs a template-driven fake
+engine: it reads the rendered prompt (the tools written by the template, the tool results) and answers in
+Hermes format, token by token, through the real app, parsers and streaming. json_schema and forced calls run the
+real transformers engine on a tiny random Llama, whose output only the constraint makes valid."""
+
+import json
+import re
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.serve.conftest import LiveServer
+from tunesmith.config import ModelConfig
+from tunesmith.data.templates import resolve_template
+from tunesmith.models.load import ModelSource
+from tunesmith.serve.app import build_app
+from tunesmith.serve.catalog import Catalog, ServedModel
+from tunesmith.serve.engine import Step
+
+TEMPLATE = Path(__file__).with_name("hermes_tools.jinja")
+LOOKUP = {"type": "function", "function": {"name": "lookup_order", "description": "Find an order by its id",
+          "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "maxLength": 8}}, "required": ["order_id"]}}}
+
+
+class FakeEngine:
+    """Answers from the prompt: a call of the first tool the template wrote when the last turn is the user's,
+    a sentence about the tool result once one is in the prompt."""
+
+    name, context_length = "fake", 4096
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    async def start(self): ...
+
+    async def stop(self): ...
+
+    def stats(self) -> dict:
+        return {"engine": self.name}
+
+    def constrain(self, model, schema):
+        raise NotImplementedError
+
+    def reply(self, prompt: str) -> str:
+        results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", prompt, re.S)
+        if results:
+            return f"Your order: {results[-1]}"
+        tools = re.findall(r'\n(\{"type": "function".*)', prompt)
+        order = re.findall(r"order (\w+)", prompt)
+        if not tools:
+            return "I have no tools."
+        name = json.loads(tools[0])["function"]["name"]
+        return f'Let me look.\n<tool_call>\n{{"name": "{name}", "arguments": {{"order_id": "{order[-1]}"}}}}\n</tool_call>'
+
+    async def stream(self, request):
+        ids = self.tokenizer(self.reply(self.tokenizer.decode(request.prompt_ids)), add_special_tokens=False)["input_ids"]
+        for n, token in enumerate(ids, 1):
+            yield Step([token], None, n)
+        yield Step([], "stop", len(ids) + 1)
+
+
+@pytest.fixture(scope="module")
+def fake(smol_tokenizer, tiny_llama):
+    template = resolve_template(str(TEMPLATE), smol_tokenizer)
+    catalog = Catalog(ModelConfig(path=str(tiny_llama)), ModelSource("local", str(tiny_llama), str(tiny_llama)),
+                      {"tickets": ServedModel("tickets", template)}, default="tickets")
+    app = build_app(FakeEngine(smol_tokenizer), catalog, smol_tokenizer)
+    with LiveServer(app, None, catalog) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(fake):
+    return openai.OpenAI(base_url=fake.url + "/v1", api_key="none", max_retries=0)
+
+
+USER = [{"role": "user", "content": "Where is order A17?"}]
+
+
+def test_openai_client_gets_tool_calls_and_sends_results_back(client):
+    reply = client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP])
+    [choice] = reply.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look."
+    [call] = choice.message.tool_calls
+    assert call.function.name == "lookup_order" and json.loads(call.function.arguments) == {"order_id": "A17"}
+    history = USER + [choice.message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "shipped on Monday"}]
+    answer = client.chat.completions.create(model="tickets", messages=history, tools=[LOOKUP])
+    assert answer.choices[0].message.content == "Your order: shipped on Monday" and answer.choices[0].finish_reason == "stop"
+
+
+def test_streamed_tool_calls_join_to_the_plain_reply(client):
+    plain = client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP]).choices[0]
+    chunks = list(client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP], stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert content == plain.message.content
+    assert deltas[0].id and deltas[0].function.name == "lookup_order" and deltas[0].function.arguments == ""
+    assert "".join(d.function.arguments or "" for d in deltas) == plain.message.tool_calls[0].function.arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_tool_choice_none_leaves_the_tools_out(client):
+    reply = client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP], tool_choice="none")
+    assert reply.choices[0].message.content == "I have no tools." and not reply.choices[0].message.tool_calls
+
+
+def test_models_by_id(client):
+    assert client.models.retrieve("tickets").id == "tickets"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama, start_server):
+    with start_server(tiny_llama, template=str(TEMPLATE), max_tokens=16) as server:
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+
+
+ORDER = {"type": "object", "properties": {"status": {"enum": ["open", "shipped"]}, "items": {"type": "integer", "minimum": 1, "maximum": 9}},
+         "required": ["status", "items"], "additionalProperties": False}
+
+
+def test_json_schema_and_forced_calls_on_a_random_model(tiny):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("xgrammar")
+    fmt = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER, "strict": True}}
+    for seed in range(3):
+        reply = tiny.chat.completions.create(model="tiny_llama0", messages=USER, response_format=fmt, temperature=1.0, seed=seed, max_tokens=60)
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content), ORDER)
+    named = {"type": "function", "function": {"name": "lookup_order"}}
+    for choice in ("required", named):
+        # One call: unbounded, a random model goes on adding calls to the list until max_tokens.
+        reply = tiny.chat.completions.create(model="tiny_llama0", messages=USER, tools=[LOOKUP], tool_choice=choice, max_tokens=80,
+                                             temperature=0, parallel_tool_calls=False)
+        assert reply.choices[0].message.tool_calls, reply.choices[0]
+        [call] = reply.choices[0].message.tool_calls
+        assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "lookup_order"
+        jsonschema.validate(json.loads(call.function.arguments), LOOKUP["function"]["parameters"])
+
+
+def test_logprobs_through_the_client(tiny):
+    reply = tiny.chat.completions.create(model="tiny_llama0", messages=USER, logprobs=True, top_logprobs=3, max_tokens=5, temperature=0)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.logprob == t.top_logprobs[0].logprob for t in content)   # greedy: the chosen token is the most likely
+    completion = tiny.completions.create(model="tiny_llama0", prompt="Once", logprobs=2, max_tokens=4, temperature=0)
+    assert len(completion.choices[0].logprobs.token_logprobs) == 4 and all(len(t) <= 2 for t in completion.choices[0].logprobs.top_logprobs)
+
+
+def test_langchain_bind_tools_and_with_structured_output(fake, tiny):
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    def lookup_order(order_id: str) -> str:
+        """Find an order by its id."""
+        return "shipped"
+
+    chat = ChatOpenAI(model="tickets", base_url=fake.url + "/v1", api_key="none", max_retries=0)
+    message = chat.bind_tools([lookup_order]).invoke("Where is order B42?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("lookup_order", {"order_id": "B42"})]
+
+    class Order(BaseModel):
+        status: str = Field(json_schema_extra={"enum": ["open", "shipped"]})
+        items: int = Field(ge=1, le=9)
+
+    structured = ChatOpenAI(model="tiny_llama0", base_url=str(tiny.base_url), api_key="none", max_retries=0, max_tokens=60, temperature=0)
+    order = structured.with_structured_output(Order, method="json_schema").invoke("Describe order B42")
+    assert isinstance(order, Order) and order.status in ("open", "shipped") and 1 <= order.items <= 9
+
+
+def test_openai_agents_sdk_runs_a_one_tool_agent_loop(fake):
+    pytest.importorskip("agents")
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    looked_up = []
+
+    @function_tool
+    def lookup_order(order_id: str) -> str:
+        """Find an order by its id."""
+        looked_up.append(order_id)
+        return f"order {order_id} shipped on Monday"
+
+    model = OpenAIChatCompletionsModel(model="tickets", openai_client=openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="none", max_retries=0))
+    agent = Agent(name="support", instructions="Help with orders.", tools=[lookup_order], model=model)
+    result = Runner.run_sync(agent, "Where is order C7?")
+    assert looked_up == ["C7"]
+    assert result.final_output == "Your order: order C7 shipped on Monday"

@@ -1,0 +1,120 @@
+"""Tool-call parsers on replies as each family's models write them (the formats of Hermes-2-Pro / Qwen2.5,
+Qwen3-Coder, Llama-3.1/3.2 and Mistral v0.3 / v11 tokenizers): a reply streamed in pieces of any size gives
+exactly what the whole reply gives, and text that is no call stays content."""
+
+import json
+
+import pytest
+
+from tunesmith.serve.text import TextStream
+from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_calls, forced_schema
+
+WEATHER = {"type": "function", "function": {"name": "get_current_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}}}}}
+TOOLS = [WEATHER]
+
+
+def parse(family: str, reply: str, step: int | None = None, max_calls=None):
+    stream = ToolStream(FAMILIES[family], TOOLS, max_calls)
+    pieces = []
+    for i in range(0, len(reply), step or len(reply) or 1):
+        pieces += stream.add(reply[i : i + (step or len(reply))])
+    pieces += stream.finish()
+    content = "".join(p.text for p in pieces if isinstance(p, ContentDelta))
+    calls = [(c.name, json.loads(c.arguments)) for c in stream.calls]
+    return content, calls, pieces
+
+
+CASES = [
+    # Hermes-2-Pro and Qwen2.5 (the same format), with text before the calls and two calls in a row.
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Dallas", "state": "TX"}}\n</tool_call>',
+     "", [("get_current_weather", {"city": "Dallas", "state": "TX"})]),
+    ("hermes", 'I will check both.\n<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Dallas"}}\n</tool_call>\n'
+     '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Orlando"}}\n</tool_call>',
+     "I will check both.", [("get_current_weather", {"city": "Dallas"}), ("get_current_weather", {"city": "Orlando"})]),
+    # The reply ended (EOS) before the closing tag.
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "서울"}}\n', "", [("get_current_weather", {"city": "서울"})]),
+    ("hermes", "The weather in Dallas is sunny.", "The weather in Dallas is sunny.", []),
+    ("hermes", '<tool_call>\n{"name": get_current_weather}\n</tool_call>', '<tool_call>\n{"name": get_current_weather}\n</tool_call>', []),
+    # Qwen3-Coder: XML parameters, read with the tool's types.
+    ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
+     "</function>\n</tool_call>", "", [("get_current_weather", {"city": "Dallas", "days": 3})]),
+    ("qwen", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Paris"}}\n</tool_call>', "", [("get_current_weather", {"city": "Paris"})]),
+    # Llama 3.1/3.2: the JSON is the reply; <|python_tag|> and ';' between several calls.
+    ("llama3", '{"name": "get_current_weather", "parameters": {"city": "San Francisco", "state": "CA"}}', "",
+     [("get_current_weather", {"city": "San Francisco", "state": "CA"})]),
+    ("llama3", '<|python_tag|>{"name": "get_current_weather", "parameters": {"city": "A"}}; {"name": "get_current_weather", "parameters": {"city": "B"}}',
+     "", [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]),
+    ("llama3", '{"answer": 42}', '{"answer": 42}', []),
+    ("llama3", 'Here is JSON: {"name": "x"}', 'Here is JSON: {"name": "x"}', []),
+    # Mistral v0.3 (a JSON list) and v11+ tokenizers (name then arguments, with or without [ARGS]).
+    ("mistral", '[TOOL_CALLS] [{"name": "get_current_weather", "arguments": {"city": "San Francisco", "state": "CA"}}]', "",
+     [("get_current_weather", {"city": "San Francisco", "state": "CA"})]),
+    ("mistral", '[TOOL_CALLS][{"arguments": {"city": "Paris"}, "name": "get_current_weather"}, {"name": "get_current_weather", "arguments": {"city": "Rome"}}]',
+     "", [("get_current_weather", {"city": "Paris"}), ("get_current_weather", {"city": "Rome"})]),
+    ("mistral", '[TOOL_CALLS]get_current_weather{"city": "San Francisco"}[TOOL_CALLS]get_current_weather[ARGS]{"city": "LA"}', "",
+     [("get_current_weather", {"city": "San Francisco"}), ("get_current_weather", {"city": "LA"})]),
+    ("mistral", "This is a test", "This is a test", []),
+]
+
+
+@pytest.mark.parametrize("family, reply, content, calls", CASES)
+def test_each_family_parses_its_models_replies_alike_whole_and_streamed(family, reply, content, calls):
+    whole = parse(family, reply)
+    assert whole[:2] == (content, calls)
+    for step in (1, 2, 3, 7):
+        assert parse(family, reply, step)[:2] == whole[:2], step
+
+
+def test_call_deltas_have_openai_stream_shape_and_ids():
+    _, _, pieces = parse("hermes", CASES[1][1], step=4)
+    calls = [p.as_dict() for p in pieces if isinstance(p, CallDelta)]
+    assert calls[0] == {"index": 0, "id": calls[0]["id"], "type": "function", "function": {"name": "get_current_weather", "arguments": ""}}
+    assert calls[1] == {"index": 0, "function": {"arguments": '{"city": "Dallas"}'}}
+    assert calls[2]["index"] == 1 and calls[2]["id"] != calls[0]["id"] and calls[0]["id"].startswith("call_")
+    # Mistral's templates refuse call ids that are not 9 letters or digits.
+    _, _, pieces = parse("mistral", CASES[11][1])
+    assert all(len(p.id) == 9 and p.id.isalnum() for p in pieces if isinstance(p, CallDelta) and p.id)
+
+
+def test_parallel_tool_calls_false_stops_at_the_first_call():
+    stream = ToolStream(FAMILIES["hermes"], TOOLS, max_calls=1)
+    stream.add(CASES[1][1])
+    assert stream.done and [c.name for c in stream.calls] == ["get_current_weather"]
+    assert json.loads(stream.calls[0].arguments) == {"city": "Dallas"}
+
+
+@pytest.mark.parametrize("source, family", [
+    # Excerpts of the real templates: how each writes a call.
+    ('{{- "<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>" }}', "hermes"),      # Qwen2.5
+    ("{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}", "qwen"),                                                    # Qwen3-Coder
+    ("{%- if builtin_tools is defined or tool_calls %}{{- '<|python_tag|>' }}", "llama3"),                                      # Llama-3.1
+    ('{{- "<|start_header_id|>user<|end_header_id|>\\n\\n" + "{\\"name\\": function name, \\"parameters\\": dictionary}" }}', "llama3"),  # Llama-3.2
+    ('{{- "[TOOL_CALLS] [" }}', "mistral"),                                                                                     # Mistral-7B v0.3
+    ("{{ '<|im_start|>' + message['role'] }}", "hermes"),                                                                       # no tool format: the built-in one
+])
+def test_the_family_is_read_from_the_template(source, family):
+    assert family_of(source) == family
+
+
+def test_forced_replies_are_calls_of_real_tools():
+    schema = forced_schema(TOOLS, None, parallel=False)
+    assert schema["maxItems"] == 1 and schema["items"]["anyOf"][0]["properties"]["name"] == {"const": "get_current_weather"}
+    assert forced_schema(TOOLS, "get_current_weather", parallel=True) == WEATHER["function"]["parameters"]
+    [call] = forced_calls('[{"name": "get_current_weather", "parameters": {"city": "Seoul"}}]', None, FAMILIES["hermes"])
+    assert (call.name, json.loads(call.arguments)) == ("get_current_weather", {"city": "Seoul"})
+    assert forced_calls('{"city": "Se', "get_current_weather", FAMILIES["hermes"]) is None   # cut by max_tokens
+
+
+def test_special_marker_tokens_survive_decoding_only_when_kept(smol_tokenizer):
+    """[TOOL_CALLS] and <|python_tag|> are special tokens: decoding drops them unless the parser needs them."""
+    import copy
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    marker = tokenizer.convert_tokens_to_ids("[TOOL_CALLS]")
+    ids = [marker] + tokenizer('[{"name": "f", "arguments": {}}]', add_special_tokens=False)["input_ids"]
+    assert TextStream(tokenizer).add(ids) == '[{"name": "f", "arguments": {}}]'
+    kept = TextStream(tokenizer, keep={marker: "[TOOL_CALLS]"})
+    text = "".join(kept.add([i]) for i in ids) + kept.flush()
+    assert text == '[TOOL_CALLS][{"name": "f", "arguments": {}}]'
