@@ -31,7 +31,7 @@ from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, lora_config, prepare_base, wrap_model
+from tunesmith.models.peft import count_parameters, peft_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir
 
 
@@ -97,7 +97,7 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
         policy = prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing)
         extra = {"ref_model": reference}
         if recipe.peft.method != "none":
-            extra["peft_config"] = lora_config(recipe.peft)
+            extra["peft_config"] = peft_config(recipe.peft, model)
     trainer = trainer_class(
         model=policy,
         args=args,
