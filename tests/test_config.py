@@ -103,7 +103,7 @@ def test_unknown_key_names_dotted_key_and_allowed_keys(recipe_file, extra, key, 
 
 def test_bad_literal_lists_choices(recipe_file):
     message = config_error(recipe_file({"peft": {"method": "lorra"}}))
-    assert "peft.method: 'lorra' is not one of 'none', 'lora' or 'qlora'" in message
+    assert "peft.method: 'lorra' is not one of 'none', 'lora', 'qlora', 'adapter', 'ia3', 'prefix', 'prompt', 'loha', 'lokr', 'vera' or 'oft'" in message
 
 
 def test_wrong_type_names_key_and_value(recipe_file):
@@ -225,7 +225,7 @@ def test_override_beats_yaml(recipe_file):
 
 def test_override_values_are_validated(recipe_file):
     message = config_error(recipe_file(), ["peft.method=lorra"])
-    assert "peft.method: 'lorra' is not one of 'none', 'lora' or 'qlora'" in message
+    assert "peft.method: 'lorra' is not one of 'none', 'lora', 'qlora', 'adapter', 'ia3', 'prefix', 'prompt', 'loha', 'lokr', 'vera' or 'oft'" in message
 
 
 def test_override_unknown_key(recipe_file):

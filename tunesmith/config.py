@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from tunesmith.data.formats import FIELDS
@@ -190,25 +190,103 @@ class DataConfig(_Section):
         return any(isinstance(entry, DataSource) for entry in self.train + self.eval)
 
 
+PeftMethod = Literal["none", "lora", "qlora", "adapter", "ia3", "prefix", "prompt", "loha", "lokr", "vera", "oft"]
+
+# The keys each method reads (besides `method`); any other key given a value is refused, not ignored.
+_LAYER_KEYS = ("target_modules", "modules_to_save")
+PEFT_METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "lora": ("r", "alpha", "dropout", *_LAYER_KEYS, "rslora", "dora", "init", "lora_plus_ratio"),
+    "qlora": ("r", "alpha", "dropout", *_LAYER_KEYS, "rslora", "dora", "init", "lora_plus_ratio"),
+    "adapter": ("placement", "reduction_factor", "bottleneck", "activation", "dropout"),
+    "ia3": (*_LAYER_KEYS, "feedforward_modules"),
+    "prefix": ("num_virtual_tokens",),
+    "prompt": ("num_virtual_tokens", "prompt_init_text"),
+    "loha": ("r", "alpha", *_LAYER_KEYS),
+    "lokr": ("r", "alpha", *_LAYER_KEYS),
+    "vera": ("r", "dropout", *_LAYER_KEYS),
+    "oft": ("block_size", "dropout", *_LAYER_KEYS),
+}
+
+
 class PeftConfig(_Section):
-    method: Literal["none", "lora", "qlora"] = Field("lora", description="none: full fine-tuning; lora; qlora: LoRA on a 4-bit base.")
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    """Which weights train: all of them (none), or an adapter. Each method reads only its own keys
+    (PEFT_METHOD_KEYS); a key of another method is an error."""
+
+    method: PeftMethod = Field(
+        "lora",
+        description="none: full fine-tuning; lora; qlora: LoRA on a 4-bit base; adapter: bottleneck adapters (Houlsby/Pfeiffer); "
+        "PEFT's ia3, prefix (prefix tuning), prompt (prompt tuning), loha, lokr, vera, oft.",
+    )
+    r: int = Field(16, gt=0, description="Rank of lora, qlora, loha, lokr and vera (vera: its shared random projections' rank).")
+    alpha: float = Field(32, gt=0, description="Scaling numerator of lora/qlora/loha/lokr (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input (lora, qlora, vera), in the bottleneck (adapter), on whole OFT blocks (oft).")
     target_modules: Annotated[list[Name], Field(min_length=1)] | Literal["all-linear"] = Field(
         "all-linear",
-        description="Module names to adapt (suffix match, e.g. q_proj or c_attn), or all-linear: every linear layer but the output head.",
+        description="Module names to adapt (suffix match, e.g. q_proj or c_attn), or all-linear: every linear layer but the output head. "
+        "lora, qlora, ia3, loha, lokr, vera, oft.",
     )
     modules_to_save: list[Name] = Field([], description="Modules trained in full and saved with the adapter (e.g. lm_head).")
-    rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
-    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    rslora: bool = Field(
+        False, validation_alias=AliasChoices("rslora", "use_rslora"), description="lora/qlora: rank-stabilised scaling alpha / sqrt(r) (also spelt use_rslora)."
+    )
+    dora: bool = Field(False, description="lora/qlora: weight-decomposed LoRA (DoRA).")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default",
+        description="lora/qlora initialisation: default (A Kaiming-uniform, B zero), gaussian (A Gaussian), pissa (A, B from the top "
+        "singular vectors, the base keeps the rest), olora (from a QR decomposition). pissa and olora change the base weights: lora only.",
+    )
+    lora_plus_ratio: float | None = Field(
+        None, gt=0, description="lora/qlora: LoRA+ (Hayou et al. 2024): B matrices train at train.lr times this (16 in the paper), A at train.lr."
+    )
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer", description="adapter: houlsby: after attention and after the MLP of each decoder layer; pfeiffer: after the MLP only."
+    )
+    reduction_factor: int = Field(16, gt=0, description="adapter: bottleneck size = hidden size / reduction_factor (unless bottleneck is set).")
+    bottleneck: int | None = Field(None, gt=0, description="adapter: bottleneck size in units, instead of reduction_factor.")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="adapter: non-linearity between down- and up-projection.")
+    feedforward_modules: Annotated[list[Name], Field(min_length=1)] | None = Field(
+        None,
+        description="ia3: the target modules scaled on their input (the MLP's down-projection), the others on their output. "
+        "Default: PEFT's list for the architecture.",
+    )
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix, prompt: virtual tokens learned before every sequence.")
+    prompt_init_text: Name | None = Field(
+        None, description="prompt: initialise the virtual tokens from this text's token embeddings (repeated to num_virtual_tokens); default random."
+    )
+    block_size: int = Field(32, gt=0, description="oft: size of the orthogonal blocks; every adapted layer's input size must be a multiple of it.")
 
     @model_validator(mode="before")
     @classmethod
     def _one_module_is_a_list(cls, values: Any) -> Any:
-        if isinstance(values, dict) and isinstance(values.get("target_modules"), str) and values["target_modules"] != "all-linear":
-            values = {**values, "target_modules": [values["target_modules"]]}
+        if isinstance(values, dict):
+            for key in ("target_modules", "feedforward_modules"):
+                if isinstance(values.get(key), str) and values[key] != "all-linear":
+                    values = {**values, key: [values[key]]}
         return values
+
+    @model_validator(mode="after")
+    def _only_the_method_keys(self) -> PeftConfig:
+        if self.method == "none":
+            return self  # Recipe says what full fine-tuning does with adapter keys
+        # Compared with the defaults, not with the keys given: a run's resolved config.yaml holds every key.
+        own = PEFT_METHOD_KEYS[self.method]
+        stray = [key for key, info in PeftConfig.model_fields.items() if key != "method" and key not in own and getattr(self, key) != info.default]
+        if stray:
+            key = stray[0]
+            takers = [m for m, keys in PEFT_METHOD_KEYS.items() if key in keys]
+            raise ValueError(
+                f"peft.{key}: applies to peft.method {', '.join(takers)}, not to {self.method!r}; remove "
+                f"{', '.join('peft.' + k for k in stray)} ({self.method} reads {', '.join('peft.' + k for k in own)})"
+            )
+        if self.bottleneck is not None and self.reduction_factor != PeftConfig.model_fields["reduction_factor"].default:
+            raise ValueError("peft.bottleneck and peft.reduction_factor both size the adapter: set one of them")
+        if self.method == "qlora" and self.init in ("pissa", "olora"):
+            raise ValueError(
+                f"peft.init: {self.init!r} rewrites the base weights from their decomposition, which a 4-bit base cannot hold; "
+                "use peft.method lora, or init default or gaussian"
+            )
+        return self
 
 
 class GenerationEvalConfig(_Section):

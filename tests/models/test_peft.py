@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -5,7 +7,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tunesmith.config import PeftConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.models.peft import check_target_modules, count_parameters, linear_module_names, lora_config, wrap_model
+from tunesmith.models.peft import check_target_modules, count_parameters, linear_module_names, peft_config, wrap_model
 
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]
 GPT2_LINEAR = ["c_attn", "c_fc", "c_proj", "lm_head"]
@@ -114,9 +116,9 @@ def test_full_fine_tuning_leaves_model_untouched_and_trainable():
     assert trainable == total > 0
 
 
-def test_lora_config_passes_every_field():
+def test_peft_config_lora_passes_every_field():
     cfg = PeftConfig(r=8, alpha=16, dropout=0.1, target_modules=["q_proj"], modules_to_save=["lm_head"], rslora=True, dora=True)
-    config = lora_config(cfg)
+    config = peft_config(cfg, tiny_llama())
     assert config.use_rslora is True
     assert config.use_dora is True
     assert config.r == 8
@@ -127,8 +129,8 @@ def test_lora_config_passes_every_field():
     assert config.task_type == "CAUSAL_LM"
 
 
-def test_lora_config_defaults():
-    config = lora_config(PeftConfig())
+def test_peft_config_lora_defaults():
+    config = peft_config(PeftConfig(), tiny_llama())
     assert config.use_rslora is False
     assert config.use_dora is False
     assert config.target_modules == "all-linear"
@@ -202,3 +204,66 @@ def test_modules_to_save_must_name_modules():
 def test_wrap_model_refuses_modules_to_save_that_peft_would_ignore():
     with pytest.raises(TunesmithError, match="'no_such_head'"):
         wrap_model(tiny_llama(), PeftConfig(method="lora", modules_to_save=["no_such_head"]), False)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"method": "ia3", "r": 8}, "peft.r: applies to peft.method lora, qlora, loha, lokr, vera, not to 'ia3'; remove peft.r"),
+        ({"method": "prompt", "dora": True}, "peft.dora: applies to peft.method lora, qlora, not to 'prompt'"),
+        ({"method": "lora", "num_virtual_tokens": 8}, "peft.num_virtual_tokens: applies to peft.method prefix, prompt, not to 'lora'"),
+        ({"method": "adapter", "target_modules": ["q_proj"]}, "peft.target_modules: applies to peft.method lora, qlora, ia3, loha, lokr, vera, oft, not to 'adapter'"),
+        ({"method": "adapter", "bottleneck": 8, "reduction_factor": 4}, "peft.bottleneck and peft.reduction_factor both size the adapter"),
+        ({"method": "qlora", "init": "pissa"}, "peft.init: 'pissa' rewrites the base weights"),
+        ({"method": "oft", "blocksize": 8}, "Extra inputs are not permitted"),
+    ],
+)
+def test_keys_of_another_method_are_refused_not_ignored(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PeftConfig.model_validate(values)
+
+
+def test_use_rslora_is_rslora():
+    assert PeftConfig.model_validate({"use_rslora": True}).rslora is True
+
+
+def test_peft_config_builds_each_method_with_its_keys():
+    from peft import IA3Config, LoraConfig, OFTConfig, PrefixTuningConfig, VeraConfig
+
+    model = tiny_llama()
+    lora = peft_config(PeftConfig(method="lora", init="olora", lora_plus_ratio=16), model)
+    assert isinstance(lora, LoraConfig) and lora.init_lora_weights == "olora"
+    ia3 = peft_config(PeftConfig(method="ia3"), model)
+    assert isinstance(ia3, IA3Config) and ia3.feedforward_modules == {"down_proj"} and "lm_head" not in ia3.target_modules
+    assert isinstance(peft_config(PeftConfig(method="prefix", num_virtual_tokens=7), model), PrefixTuningConfig)
+    vera = peft_config(PeftConfig(method="vera", r=8, dropout=0.1), model)
+    assert isinstance(vera, VeraConfig) and (vera.r, vera.vera_dropout) == (8, 0.1)
+    oft = peft_config(PeftConfig(method="oft", block_size=8), model)
+    assert isinstance(oft, OFTConfig) and (oft.r, oft.oft_block_size) == (0, 8)
+
+
+def test_bottleneck_and_virtual_tokens_train_with_sft_only():
+    from tunesmith.models.peft import check_adapter_method
+
+    for method in ("adapter", "prefix", "prompt"):
+        with pytest.raises(TunesmithError, match=f"peft.method '{method}' trains with method sft only, not dpo"):
+            check_adapter_method("dpo", PeftConfig(method=method))
+    check_adapter_method("dpo", PeftConfig(method="ia3"))
+
+
+def test_lora_plus_puts_b_matrices_in_a_faster_group():
+    from types import SimpleNamespace
+
+    from tunesmith.models.peft import use_lora_plus
+
+    model = wrap_model(tiny_llama(), PeftConfig(r=4, target_modules=["q_proj"], lora_plus_ratio=16), False)
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(learning_rate=1e-3, weight_decay=0.0),
+                              get_optimizer_cls_and_kwargs=lambda args, model: (torch.optim.AdamW, {"lr": 1e-3}))
+    use_lora_plus(trainer, PeftConfig(lora_plus_ratio=16))
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            rates[param.data_ptr()] = group["lr"]
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert rates[q.lora_A["default"].weight.data_ptr()] == 1e-3
+    assert rates[q.lora_B["default"].weight.data_ptr()] == 16e-3

@@ -164,7 +164,7 @@ def test_a_forward_pass_failing_for_one_row_is_rerun_row_by_row(model, stories_t
 
     real_step, real_prefill = engine_module.step, engine_module.prefill
     monkeypatch.setattr(engine_module, "step", lambda model, batch, tokens: check(batch.jobs) or real_step(model, batch, tokens))
-    monkeypatch.setattr(engine_module, "prefill", lambda model, prompts, pad, jobs: check(jobs) or real_prefill(model, prompts, pad, jobs))
+    monkeypatch.setattr(engine_module, "prefill", lambda model, prompts, pad, jobs, virtual: check(jobs) or real_prefill(model, prompts, pad, jobs, virtual))
     engine = engine_for(model, stories_tokenizer, batch_wait=0.3)
     error, mates = run_with_victim(engine, GREEDY)
     assert isinstance(error, RuntimeError) and "planted" in str(error)

@@ -41,10 +41,10 @@ def load_for_inference(target: str, template: str = "model", dtype: str = "auto"
         saved = ChatTemplate.load(run.path / "template.json")
         final = run.final_dir
         if final.name == "adapter":
-            from peft import PeftModel
+            from tunesmith.models.peft import load_adapter
 
             base, _, _ = load_model(recipe.model)
-            model = PeftModel.from_pretrained(base, final)
+            model = load_adapter(base, final)
         else:
             model, _, _ = load_model(recipe.model.model_copy(update={"path": str(final), "gguf_file": None}))
         tokenizer = load_tokenizer(str(final))

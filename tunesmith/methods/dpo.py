@@ -50,7 +50,7 @@ from tunesmith.methods.steps import (callbacks_for, console, describe, example_t
                                      start, write_data_report)
 from tunesmith.models import attention, lm_loss, logprobs
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, lora_config, prepare_base, wrap_model
+from tunesmith.models.peft import count_parameters, peft_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir
 
 
@@ -119,7 +119,7 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
         policy = prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing)
         extra = {"ref_model": reference}
         if recipe.peft.method != "none":
-            extra["peft_config"] = lora_config(recipe.peft)
+            extra["peft_config"] = peft_config(recipe.peft, model)
     trainer = trainer_class(
         model=policy,
         args=args,

@@ -27,7 +27,7 @@ from tunesmith.data.templates import install_template
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, start
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, lora_config, prepare_base
+from tunesmith.models.peft import count_parameters, peft_config, prepare_base
 from tunesmith.runs import RunDir
 
 
@@ -71,7 +71,7 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reward_funcs: list, tokeni
         reward_weights=[spec.weight for spec in cfg.rewards],
         remove_unused_columns=False,  # reward functions read the rows' other columns
     )
-    extra = {"peft_config": lora_config(recipe.peft)} if recipe.peft.method != "none" else {}
+    extra = {"peft_config": peft_config(recipe.peft, model)} if recipe.peft.method != "none" else {}
     trainer = GRPOTrainer(
         model=prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing),
         reward_funcs=reward_funcs,

@@ -24,7 +24,7 @@ from tunesmith.config import Recipe
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, lora_config, prepare_base
+from tunesmith.models.peft import count_parameters, peft_config, prepare_base
 from tunesmith.runs import RunDir
 
 
@@ -61,7 +61,7 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
                      precompute_ref_log_probs=cfg.precompute_reference, max_length=None)
     extra = {"ref_model": reference}
     if recipe.peft.method != "none":
-        extra["peft_config"] = lora_config(recipe.peft)  # TRL wraps; its reference is then the adapters-off policy
+        extra["peft_config"] = peft_config(recipe.peft, model)  # TRL wraps; its reference is then the adapters-off policy
     trainer = type("KTOTrainer", (KTOTrainer,), {"_prepare_dataset": keep_tokenized})(
         model=prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing),
         args=args,

@@ -30,7 +30,7 @@ from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, start, write_data_report
 from tunesmith.models import attention, lm_loss
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, wrap_model
+from tunesmith.models.peft import VIRTUAL_TOKENS, count_parameters, wrap_model
 from tunesmith.runs import RunDir
 
 
@@ -68,6 +68,9 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    if recipe.peft.method in VIRTUAL_TOKENS and s.plan.mode == "packed":
+        refuse_packing(recipe, s, f"peft.method {recipe.peft.method!r} puts its virtual tokens before every row, "
+                                  "where packed examples would share them and lose their positions")
     plan = s.plan
     chunked_refused = lm_loss.add_chunked_loss(model)
     # sdpa one example at a time, not over the whole packed row (tunesmith.models.attention)
@@ -75,8 +78,9 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
     # FlashAttention's varlen kernels and packed_sdpa read the examples' bounds from cu_seq_lens.
     varlen = model.config._attn_implementation in (attention.NAME, "flash_attention_2", "flash_attention_3")
     pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else s.tokenizer.eos_token_id
-    found = lm_loss.check(model, Collator(pad_id, packed=True, varlen=varlen), s.train_rows[0]["input_ids"],
-                          chunked=chunked_refused is None)
+    packable = recipe.peft.method not in VIRTUAL_TOKENS
+    found = lm_loss.check(model, Collator(pad_id, packed=packable, varlen=varlen), s.train_rows[0]["input_ids"],
+                          chunked=chunked_refused is None, packing=packable)
     if plan.mode == "packed" and found.packing:
         if switched:
             lm_loss.base_of(model).set_attn_implementation("sdpa")

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 
 from tunesmith import checkpoints, distributed
-from tunesmith.config import REFERENCE_FREE, Recipe
+from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
@@ -34,7 +34,7 @@ from tunesmith.methods.common import (
     restore_metrics,
     save_checkpoints_atomically,
 )
-from tunesmith.models.peft import check_adapter_targets
+from tunesmith.models.peft import check_adapter_method, check_adapter_targets, save_adapter, use_lora_plus
 from tunesmith.runs import RunDir, environment, plot_loss
 from tunesmith.tracking import check_installed, data_params, open_tracker
 
@@ -64,6 +64,7 @@ class Started:
     data_report: object
     plan: object = None  # sft's and dpo's batches (tunesmith.data.batching.BatchPlan); None for the other methods
     final_state: dict | None = None  # under FSDP or ZeRO-3: the trained weights gathered from every rank, for rank 0 to save
+    peft: PeftConfig | None = None  # the recipe's adapters, for the optimizer (LoRA+)
 
 
 def start(recipe: Recipe, resume: bool, allow_changes: bool = False, batching=None) -> Started:
@@ -81,17 +82,20 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
+    check_adapter_method(recipe.method, recipe.peft)
     check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     if run.tracker is not None and not resume:
         run.tracker.log_params(data_params(data_report))
-    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan)
+    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan, recipe.peft)
 
 
 def fit(trainer, s: Started):
     """Train (from s.resume_from with --resume); returns (TrainOutput, seconds). Checkpoints are written whole or
     not at all; Ctrl-C stops at the end of the step with a checkpoint there and raises Interrupted."""
     save_checkpoints_atomically(trainer, s.run)
+    if s.peft is not None:
+        use_lora_plus(trainer, s.peft)
     request = InterruptRequest()
     trainer.add_callback(StopOnInterrupt(request))
     started = time.perf_counter()
@@ -311,12 +315,12 @@ def save_final(recipe: Recipe, run: RunDir, model, tokenizer, template: ChatTemp
     from tunesmith.models.load import _save_atomically
 
     final_dir = run.path / ("model" if recipe.peft.method == "none" else "adapter")
-    if recipe.peft.method != "none":
-        # Point the adapter at a base PEFT can find again: the hub id, or the local (converted) folder.
-        model.peft_config["default"].base_model_name_or_path = source.origin if source.kind == "hub" else source.path
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
+        if recipe.peft.method == "none":
+            model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
+        else:  # pointed at a base PEFT can find again: the hub id, or the local (converted) folder
+            save_adapter(model, folder, recipe.peft, source.origin if source.kind == "hub" else source.path, state_dict)
         install_template(template, tokenizer)
         tokenizer.save_pretrained(folder)
         generation = getattr(model, "generation_config", None)

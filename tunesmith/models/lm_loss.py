@@ -62,9 +62,10 @@ class Checked:
     chunked: str | None   # why the chunked loss would not equal the model's own, or None
 
 
-def check(model, collator, sample: list[int], chunked: bool) -> Checked:
+def check(model, collator, sample: list[int], chunked: bool, packing: bool = True) -> Checked:
     """The checks above, on `sample` (token ids of a training example) and random contexts packed before it.
-    `collator` packs (tunesmith.data.batching.Collator); `chunked`: whether add_chunked_loss patched the model."""
+    `collator` packs (tunesmith.data.batching.Collator); `chunked`: whether add_chunked_loss patched the model.
+    packing=False (a model that will not train on packed rows): the chunked loss alone, on `sample` alone."""
     embeddings = base_of(model).get_input_embeddings()
     vocab, dtype = embeddings.num_embeddings, embeddings.weight.dtype
     generator = torch.Generator().manual_seed(0)
@@ -74,21 +75,22 @@ def check(model, collator, sample: list[int], chunked: bool) -> Checked:
     close = 1e-3 if dtype == torch.float32 else 5e-2
     device = next(model.parameters()).device
     with no_dropout(model), torch.no_grad():
-        packed = [to(collator([item(a, b)]), device) for a in contexts]
-        after = [token_logprobs(model, inputs)[0, len(contexts[0]):] for inputs in packed]
-        alone = token_logprobs(model, to(collator([item(b)]), device))[0]
-        packing = None
-        if (after[0] - after[1]).abs().max() > 1e-3:  # the same example, after two different ones: bit for bit, if apart
-            packing = "an example's log-probs change with the example packed before it: its attention ignores position_ids"
-        elif (after[0] - alone).abs().max() > close:
-            packing = "an example's log-probs differ packed and alone: it does not restart positions per example"
+        packed = [to(collator([item(a, b) if packing else item(b)]), device) for a in contexts]
+        packing_why = None
+        if packing:
+            after = [token_logprobs(model, inputs)[0, len(contexts[0]):] for inputs in packed]
+            alone = token_logprobs(model, to(collator([item(b)]), device))[0]
+            if (after[0] - after[1]).abs().max() > 1e-3:  # the same example, after two different ones: bit for bit, if apart
+                packing_why = "an example's log-probs change with the example packed before it: its attention ignores position_ids"
+            elif (after[0] - alone).abs().max() > close:
+                packing_why = "an example's log-probs differ packed and alone: it does not restart positions per example"
         chunked_why = None
         if chunked:
             own = model(**packed[0], use_cache=False).loss
             ours = model(**packed[0], use_cache=False, chunked_loss=True).loss
             if (own - ours).abs() > close * own.abs().clamp(min=1):
                 chunked_why = f"the chunked loss {ours.item():.6f} differs from the model's own {own.item():.6f} (its logits are scaled or capped)"
-    return Checked(packing, chunked_why)
+    return Checked(packing_why, chunked_why)
 
 
 def item(*examples: list[int]) -> dict:

@@ -1,4 +1,4 @@
-"""Merge a run's LoRA adapter into its base and check the result; or export the adapter alone.
+"""Merge a run's adapter (LoRA and PEFT's other weight methods) into its base and check the result; or export the adapter alone.
 
     tunesmith merge runs/x --out merged/x [--dtype bfloat16] [--prompts prompts.jsonl]
     tunesmith merge runs/x --adapter-only --out adapters/x
@@ -28,6 +28,7 @@ from tunesmith.checks import check_output_folder
 from tunesmith.config import Recipe, looks_local
 from tunesmith.data.templates import ChatTemplate, install_template, prompt_ids
 from tunesmith.errors import TunesmithError
+from tunesmith.models.peft import UNMERGEABLE, load_adapter
 from tunesmith.models.fidelity import DEFAULT_MAX_SHARE, DEFAULT_THRESHOLDS, Fidelity, adapter_logits, compare, model_logits
 from tunesmith.runs import RunDir, is_run_dir
 
@@ -91,6 +92,11 @@ def merge_run(
     from tunesmith.models.load import load_model, load_tokenizer
 
     run, recipe = open_adapter_run(target)
+    if recipe.peft.method in UNMERGEABLE:
+        raise TunesmithError(
+            f"{run.path} trained peft.method {recipe.peft.method!r}, which cannot be merged: {UNMERGEABLE[recipe.peft.method]}. "
+            f"Serve or evaluate the run as it is, or export the adapter with `tunesmith merge {target} --adapter-only --out DIR`"
+        )
     out = Path(out)
     check_output_folder(out, "--out", must_be_empty=True)
     # The gate's sequences need only the tokenizer: a missing data or prompts file is reported before any model loads.
@@ -140,13 +146,11 @@ def merge_run(
 def adapter_model(run: RunDir, recipe: Recipe, dtype: str | None = None):
     """(the run's adapter on its base loaded unquantised in `dtype`, that base's ModelConfig, its source).
     Unquantised whatever the run trained on: see the module docstring for QLoRA."""
-    from peft import PeftModel
-
     from tunesmith.models.load import load_model
 
     base_cfg = recipe.model.model_copy(update={"quantization": "none", "dtype": dtype or recipe.model.dtype})
     base, _, source = load_model(base_cfg)
-    return PeftModel.from_pretrained(base, run.final_dir), base_cfg, source
+    return load_adapter(base, run.final_dir), base_cfg, source
 
 
 def inference_device() -> str:

@@ -1,6 +1,13 @@
-"""Adapters: which modules LoRA wraps, and wrapping the model for full, LoRA or QLoRA training."""
+"""Adapters: which modules they wrap, wrapping the model for training (full, PEFT's methods, or tunesmith's
+bottleneck adapters), LoRA+'s optimizer, and loading a saved adapter of any kind back onto its base.
+
+PEFT's methods go through PEFT (`peft_config` maps each peft.method to its config); `adapter` is ours
+(tunesmith.models.bottleneck), since the AdapterHub library pins transformers 4.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tunesmith.config import PeftConfig
 from tunesmith.errors import TunesmithError
@@ -52,29 +59,94 @@ def check_target_modules(model, target_modules: list[str] | str, modules_to_save
         )
 
 
+# Methods that put adapters on named layers (the others add virtual tokens, or wrap whole decoder layers).
+LAYER_METHODS = ("lora", "qlora", "ia3", "loha", "lokr", "vera", "oft")
+# Why merge cannot fold a method into the base weights.
+UNMERGEABLE = {
+    "adapter": "a bottleneck adapter is a non-linear block (down-projection, activation, up-projection) added to each layer's output, not a change of any weight",
+    "prefix": "prefix tuning adds learned keys and values to every attention layer, not a change of any weight",
+    "prompt": "prompt tuning adds learned embeddings before every sequence, not a change of any weight",
+}
+# What a virtual-token method cannot do with tunesmith's packed rows.
+VIRTUAL_TOKENS = ("prefix", "prompt")
+
+
+def check_adapter_method(method: str, cfg: PeftConfig) -> None:
+    """Bottleneck adapters and virtual tokens train with sft only (the preference and RL trainers take PEFT's
+    layer methods)."""
+    if method != "sft" and cfg.method in ("adapter", *VIRTUAL_TOKENS):
+        raise TunesmithError(
+            f"peft.method {cfg.method!r} trains with method sft only, not {method}; use lora or another of "
+            f"{', '.join(LAYER_METHODS)} with {method}"
+        )
+
+
 def check_adapter_targets(source_path: str, cfg: PeftConfig, head: str = "causal_lm", trust_remote_code: bool = False) -> None:
     """check_target_modules on the model's skeleton (built from its config on the meta device), so a wrong
     name fails before the weights load, not after."""
     from tunesmith.models.load import model_skeleton
 
-    if cfg.method != "none" and (cfg.target_modules != "all-linear" or cfg.modules_to_save):
+    if cfg.method in LAYER_METHODS and (cfg.target_modules != "all-linear" or cfg.modules_to_save):
         check_target_modules(model_skeleton(source_path, head, trust_remote_code), cfg.target_modules, cfg.modules_to_save)
 
 
-def lora_config(cfg: PeftConfig, task_type: str = "CAUSAL_LM"):
-    """task_type SEQ_CLS (reward models) also trains and saves the new scalar head in full."""
-    from peft import LoraConfig
+LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
-    return LoraConfig(
-        task_type=task_type,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        modules_to_save=cfg.modules_to_save or None,
-        use_rslora=cfg.rslora,
-        use_dora=cfg.dora,
-    )
+
+def peft_config(cfg: PeftConfig, model, task_type: str = "CAUSAL_LM"):
+    """PEFT's config for cfg.method. task_type SEQ_CLS (reward models) also trains and saves the new scalar head in full."""
+    import peft
+
+    if cfg.method not in PEFT_CONFIGS:
+        raise TunesmithError(
+            f"peft.method {cfg.method!r} is tunesmith's own, not PEFT's, and trains with method sft only; "
+            f"use a PEFT method ({', '.join(PEFT_CONFIGS)}) here"
+        )
+    layers = dict(target_modules=cfg.target_modules, modules_to_save=cfg.modules_to_save or None)
+    built = {
+        "lora": lambda: peft.LoraConfig(
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora, use_dora=cfg.dora,
+            init_lora_weights=LORA_INIT[cfg.init], **layers,
+        ),
+        "ia3": lambda: peft.IA3Config(**ia3_modules(cfg, model), modules_to_save=cfg.modules_to_save or None),
+        "prefix": lambda: peft.PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens),
+        "prompt": lambda: peft.PromptTuningConfig(
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            **(dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=cfg.prompt_init_text, tokenizer_name_or_path=model.name_or_path)
+               if cfg.prompt_init_text else {}),
+        ),
+        "loha": lambda: peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, **layers),
+        "lokr": lambda: peft.LoKrConfig(r=cfg.r, alpha=cfg.alpha, **layers),
+        "vera": lambda: peft.VeraConfig(r=cfg.r, vera_dropout=cfg.dropout, **layers),
+        "oft": lambda: peft.OFTConfig(r=0, oft_block_size=cfg.block_size, module_dropout=cfg.dropout, **layers),
+    }[PEFT_CONFIGS[cfg.method]]()
+    built.task_type = task_type
+    return built
+
+
+def ia3_modules(cfg: PeftConfig, model) -> dict:
+    """IA3's targets and, among them, its feedforward modules, as leaf names: PEFT expands all-linear into full
+    module paths but keeps its default feedforward list as leaf names, and its reloaded config then fails its own
+    subset check."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+
+    head = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()).rsplit(".", 1)[-1]
+    targets = [n for n in linear_module_names(model) if n != head] if cfg.target_modules == "all-linear" else cfg.target_modules
+    feedforward = cfg.feedforward_modules or [n for n in FEEDFORWARD.get(model.config.model_type, []) if n in targets]
+    if not feedforward:
+        raise TunesmithError(
+            f"peft.feedforward_modules: PEFT knows no feedforward modules of a {model.config.model_type!r} model among "
+            f"{', '.join(targets)}; name the MLP's down-projection (IA3 scales its input, the others' output)"
+        )
+    outside = [n for n in feedforward if n not in targets]
+    if outside:
+        raise TunesmithError(f"peft.feedforward_modules: {', '.join(outside)} must be among peft.target_modules ({', '.join(targets)})")
+    return dict(target_modules=targets, feedforward_modules=feedforward)
+
+
+# peft.method -> the PEFT config family that builds it (qlora is LoRA on a quantised base).
+PEFT_CONFIGS = {"lora": "lora", "qlora": "lora", "ia3": "ia3", "prefix": "prefix", "prompt": "prompt",
+                "loha": "loha", "lokr": "lokr", "vera": "vera", "oft": "oft"}
 
 
 def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
@@ -83,7 +155,8 @@ def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
         return model
     from peft import prepare_model_for_kbit_training
 
-    check_target_modules(model, cfg.target_modules, cfg.modules_to_save)
+    if cfg.method in LAYER_METHODS:
+        check_target_modules(model, cfg.target_modules, cfg.modules_to_save)
     if cfg.method == "qlora":
         # Casts norms to fp32 and enables input grads so checkpointed 4-bit layers backpropagate.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -91,12 +164,150 @@ def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
 
 
 def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: str = "CAUSAL_LM"):
-    """Full fine-tuning returns the model as is; LoRA/QLoRA return a PeftModel with only adapters trainable."""
+    """Full fine-tuning returns the model as is; `adapter` adds tunesmith's bottleneck adapters to it; the other
+    methods return a PeftModel. Only the adapter's parameters are left trainable."""
     if cfg.method == "none":
         return model
+    if cfg.method == "adapter":
+        from tunesmith.models import bottleneck
+
+        if task_type != "CAUSAL_LM":
+            raise TunesmithError("peft.method 'adapter' trains language models (method sft); a reward model takes a PEFT method, e.g. lora")
+        return bottleneck.add_adapters(model, cfg, gradient_checkpointing)
     from peft import get_peft_model
 
-    return get_peft_model(prepare_base(model, cfg, gradient_checkpointing), lora_config(cfg, task_type))
+    config = peft_config(cfg, model, task_type)
+    try:
+        wrapped = get_peft_model(prepare_base(model, cfg, gradient_checkpointing), config)
+    except (ValueError, TypeError) as err:  # PEFT's own refusals: a layer type or shape the method cannot take
+        raise TunesmithError(f"peft.method {cfg.method!r}: PEFT cannot wrap this model: {err}") from None
+    if cfg.init in ("pissa", "olora"):
+        keep_initial_adapter(wrapped)
+    return wrapped
+
+
+def keep_initial_adapter(model) -> None:
+    """PiSSA and OLoRA move part of each base weight into the adapter. The adapter is saved against the original
+    base (rank 2r: trained minus initial), which PEFT computes from the initial adapter kept here."""
+    import tempfile
+
+    config = model.peft_config["default"]
+    folder = tempfile.TemporaryDirectory(prefix="tunesmith-initial-adapter-")
+    init, config.init_lora_weights = config.init_lora_weights, True  # reloaded as plain LoRA, not decomposed again
+    model.save_pretrained(folder.name)
+    config.init_lora_weights = init
+    model.initial_adapter = folder  # deleted with the model
+
+
+def save_adapter(model, folder, cfg: PeftConfig, base_path: str, state_dict: dict | None = None) -> None:
+    """The adapter's weights and config, pointing at `base_path` (the hub id, or the local converted folder).
+    `state_dict`: the whole model's weights gathered from the ranks that each hold a shard (FSDP, ZeRO-3)."""
+    if cfg.method == "adapter":
+        from tunesmith.models import bottleneck
+
+        if state_dict is not None:
+            raise TunesmithError("peft.method adapter does not train sharded (train.distributed fsdp or deepspeed_zero3); use ddp or deepspeed_zero2")
+        bottleneck.save(model, folder, cfg, base_path)
+        return
+    model.peft_config["default"].base_model_name_or_path = base_path
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    if cfg.method in ("lora", "qlora") and cfg.init in ("pissa", "olora"):
+        model.save_pretrained(folder, path_initial_model_for_weight_conversion=model.initial_adapter.name, **extra)
+    else:
+        model.save_pretrained(folder, **extra)
+
+
+def adapter_kind(folder) -> str:
+    """'bottleneck' for tunesmith's adapters, else PEFT's type (LORA, IA3, PREFIX_TUNING, ...)."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    return config.get("tunesmith_adapter") or config["peft_type"]
+
+
+def load_adapters(base, adapters: dict[str, str]):
+    """`base` with the adapters {name: folder} on it, ready for `use_adapter`. Adapters of one kind only: PEFT
+    keeps one kind of layer per model (and bottleneck adapters are tunesmith's)."""
+    kinds = {name: adapter_kind(folder) for name, folder in adapters.items()}
+    if len(set(kinds.values())) > 1:
+        raise TunesmithError(
+            "adapters of different kinds cannot be served on one base: "
+            + ", ".join(f"{name} is {kind.lower()}" for name, kind in kinds.items())
+            + "; serve each kind from its own server"
+        )
+    first, *rest = adapters
+    if kinds[first] == "bottleneck":
+        from tunesmith.models import bottleneck
+
+        for name, folder in adapters.items():
+            bottleneck.load(base, folder, name)
+        return base
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, adapters[first], adapter_name=first)
+    for name in rest:
+        model.load_adapter(adapters[name], adapter_name=name)
+    return model
+
+
+def load_adapter(base, folder):
+    """The saved adapter in `folder` (any method) on `base`, for inference."""
+    return load_adapters(base, {"default": folder})
+
+
+def use_adapter(model, name: str | None):
+    """A context in which `model` (from load_adapters) runs with adapter `name`, or with none (the base)."""
+    import contextlib
+
+    from peft import PeftModel
+
+    from tunesmith.models import bottleneck
+
+    if not isinstance(model, PeftModel):
+        return bottleneck.active(model, name)
+    if name is None:
+        return model.disable_adapter()
+    model.set_adapter(name)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class VirtualTokens:
+    """A prompt or prefix tuning adapter's virtual tokens before a batch of rows, for a decoding loop that runs the
+    base model itself (tunesmith.serve.batch): they sit at positions 0..count-1, the rows' tokens from count on."""
+
+    count: int
+    embeddings: object = None   # prompt tuning: (B, count, H), put before the rows' token embeddings
+    cache: object = None        # prefix tuning: a DynamicCache holding count keys and values per layer
+
+
+def virtual_tokens(model, name: str | None, rows: int, width: int) -> VirtualTokens | None:
+    """What adapter `name` (active: see use_adapter) puts before `rows` rows of `width` tokens; None for an adapter
+    without virtual tokens, or for the base (name None)."""
+    from peft import PeftModel
+
+    if name is None or not isinstance(model, PeftModel) or not model.peft_config[name].is_prompt_learning:
+        return None
+    count = model.peft_config[name].num_virtual_tokens
+    if model.peft_config[name].peft_type == "PREFIX_TUNING":
+        return VirtualTokens(count, cache=model.get_prompt(batch_size=rows, max_cache_len=width + count))
+    return VirtualTokens(count, embeddings=model.get_prompt(batch_size=rows))
+
+
+def use_lora_plus(trainer, cfg: PeftConfig) -> None:
+    """LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the optimizer the recipe names, with the B matrices in a group
+    at lr × lora_plus_ratio. Set before training, so the Trainer keeps it (and resumes its state)."""
+    if cfg.lora_plus_ratio is None:
+        return
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    kwargs.pop("lr", None)
+    trainer.optimizer = create_loraplus_optimizer(
+        trainer.model, optimizer_cls, lr=trainer.args.learning_rate, loraplus_lr_ratio=cfg.lora_plus_ratio,
+        weight_decay=trainer.args.weight_decay, **kwargs,
+    )
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -22,8 +22,10 @@ class Batch:
         return len(self.jobs)
 
 
-def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list) -> Batch:
-    """Run the prompts, left-padded, through the model: a batch ready to sample its first tokens."""
+def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list, virtual=None) -> Batch:
+    """Run the prompts, left-padded, through the model: a batch ready to sample its first tokens. `virtual`
+    (tunesmith.models.peft.VirtualTokens): a prompt or prefix tuning adapter's tokens, put before every row
+    (and its padding), as in training, where they came before each unpadded row."""
     import torch
 
     device = model.device
@@ -31,7 +33,18 @@ def prefill(model, prompts: list[list[int]], pad_id: int, jobs: list) -> Batch:
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    inputs = {"input_ids": ids}
+    if virtual is not None:
+        n = virtual.count
+        mask = torch.cat([mask.new_ones(len(prompts), n), mask], dim=1)  # (B, n + T)
+        positions = positions + n
+        if virtual.cache is not None:  # prefix tuning: keys and values already in the cache
+            inputs["past_key_values"] = virtual.cache
+        else:  # prompt tuning: embeddings before the tokens'
+            tokens = model.get_input_embeddings()(ids)
+            inputs = {"inputs_embeds": torch.cat([virtual.embeddings.to(tokens.dtype), tokens], dim=1)}
+            positions = torch.cat([torch.arange(n, device=device).expand(len(prompts), n), positions], dim=1)
+    out = model(**inputs, attention_mask=mask, position_ids=positions, use_cache=True)
     return Batch(jobs, out.past_key_values, mask, positions[:, -1], out.logits[:, -1, :])
 
 

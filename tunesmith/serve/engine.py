@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tunesmith.models.peft import load_adapters, use_adapter, virtual_tokens
 from tunesmith.serve.batch import Batch, can_join, concat, prefill, select, step
 from tunesmith.serve.catalog import Catalog, ServedModel
 from tunesmith.serve.sampling import Sampling, next_token, seeded
@@ -106,6 +107,11 @@ class TransformersEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.adapter_names = adapter_names   # served name -> PEFT adapter name, for models with an adapter
+        # What the decoding loop runs: the transformers model, with PEFT's layers in it but not its wrapper, whose
+        # forward would put prompt or prefix tuning's virtual tokens before every single decoded token.
+        from tunesmith.models.lm_loss import base_of
+
+        self.decoder = base_of(model)
         self.max_batch = max_batch
         self.batch_wait = batch_wait         # seconds the first waiting request waits for others to join it
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -128,11 +134,7 @@ class TransformersEngine:
         adapters = [m for m in catalog.models.values() if m.adapter]
         names = {m.name: f"adapter{i}" for i, m in enumerate(adapters)}  # PEFT names cannot hold dots
         if adapters:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapters[0].adapter, adapter_name=names[adapters[0].name])
-            for m in adapters[1:]:
-                model.load_adapter(m.adapter, adapter_name=names[m.name])
+            model = load_adapters(model, {names[m.name]: m.adapter for m in adapters})
         if torch.cuda.is_available() and catalog.base.quantization in (None, "none"):
             model = model.to("cuda")
         model.eval()
@@ -236,14 +238,15 @@ class TransformersEngine:
     def _weights_for(self, model: ServedModel):
         if not self.adapter_names:
             return contextlib.nullcontext()
-        if model.adapter is None:
-            return self.model.disable_adapter()
-        self.model.set_adapter(self.adapter_names[model.name])
-        return contextlib.nullcontext()
+        return use_adapter(self.model, self.adapter_names[model.name] if model.adapter else None)
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         self.counts["batches"] += 1
-        return prefill(self.model, [job.context() for job in jobs], self.tokenizer.pad_token_id, jobs)
+        contexts = [job.context() for job in jobs]
+        served = jobs[0].request.model
+        name = self.adapter_names[served.name] if served.adapter else None
+        virtual = virtual_tokens(self.model, name, len(jobs), max(map(len, contexts)))
+        return prefill(self.decoder, contexts, self.tokenizer.pad_token_id, jobs, virtual)
 
     def _decode(self, jobs: list[Job]) -> None:
         """Decode until every row is done; between steps, finished rows leave and waiting ones join."""
@@ -272,7 +275,7 @@ class TransformersEngine:
         self._in_flight = jobs  # whatever fails beyond this reaches them all
         try:
             if batch is not None:
-                step(self.model, batch, [job.tokens[-1] for job in batch.jobs])
+                step(self.decoder, batch, [job.tokens[-1] for job in batch.jobs])
             return concat(batch, self._prefill(joiners)) if joiners else batch
         except Exception as err:
             if len(jobs) == 1:

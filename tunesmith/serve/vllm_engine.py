@@ -35,9 +35,14 @@ class VLLMEngine:
         from transformers import AutoConfig
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
+        from tunesmith.errors import TunesmithError
         from tunesmith.models.load import torch_dtype
+        from tunesmith.models.peft import adapter_kind
 
         adapters = [m for m in catalog.models.values() if m.adapter]
+        other = [f"{m.name} ({adapter_kind(m.adapter).lower()})" for m in adapters if adapter_kind(m.adapter) != "LORA"]
+        if other:
+            raise TunesmithError(f"vLLM serves LoRA adapters only, not {', '.join(other)}: use --engine transformers")
         rank = max((m.rank for m in adapters), default=8)
         args = AsyncEngineArgs(
             model=catalog.base_path,
