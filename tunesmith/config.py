@@ -294,7 +294,7 @@ class TrainConfig(_Section):
     token_weights: TokenWeights | None = Field(
         None, description="sft: up-weight chosen tokens in the loss (words, regex, or a per-row weight column); the eval loss stays unweighted."
     )
-    compile: bool = Field(False, description="torch.compile the model before training (slow first steps; pays off on long GPU runs).")
+    compile: bool = Field(False, description="sft: torch.compile the model before training (slow first steps; pays off on long GPU runs; not benchmarked on CPU).")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
         "adamw", description="Optimiser. The 8-bit and paged ones need bitsandbytes support for the device."
@@ -570,6 +570,8 @@ class Recipe(_Section):
     def _check_method_sections(self) -> None:
         if self.train.token_weights is not None and self.method != "sft":
             raise ValueError(f"train.token_weights: weighs the sft loss, but method is {self.method!r}; remove it")
+        if self.train.compile and self.method != "sft":
+            raise ValueError(f"train.compile: applies to method sft for now, but method is {self.method!r}; remove it")
         for section in METHOD_SECTIONS:
             if section != self.method and getattr(self, section) is not None:
                 raise ValueError(f"{section}: settings of method {section}, but method is {self.method!r}; remove the section or set method: {section}")

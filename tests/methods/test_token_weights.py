@@ -151,3 +151,19 @@ def test_token_weights_belong_to_sft(tmp_path):
     with pytest.raises(ConfigError, match="train.token_weights: weighs the sft loss, but method is 'dpo'"):
         validate({"name": "w", "method": "dpo", "model": {"path": "m"}, "data": {"train": "d.jsonl"},
                   "train": {"token_weights": {"words": ["x"]}}, "output_dir": str(tmp_path)})
+
+
+def test_compile_belongs_to_sft_and_reaches_the_trainer(stories_path, weighted_file, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="train.compile: applies to method sft for now, but method is 'dpo'"):
+        validate({"name": "w", "method": "dpo", "model": {"path": "m"}, "data": {"train": "d.jsonl"},
+                  "train": {"compile": True}, "output_dir": str(tmp_path)})
+    class Built(Exception):
+        pass
+
+    def fit(trainer, s):  # the trainer is built; training itself (compiling on CPU) takes minutes
+        raise Built(trainer.args.torch_compile)
+
+    monkeypatch.setattr(sft, "fit", fit)
+    with pytest.raises(Built) as built:
+        sft.train(recipe(stories_path, weighted_file, tmp_path / "run", {"words": ["Seoul"]}, compile=True))
+    assert built.value.args == (True,)

@@ -91,6 +91,7 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
         | dict(
             per_device_train_batch_size=recipe.train.batch_size if plan.mode == "random" else 1,  # a planned batch is one item
             include_num_input_tokens_seen="all" if packed else "non_padding",  # packed rows have no padding, and no attention mask to count it by
+            torch_compile=recipe.train.compile,
         ),
         max_length=None,  # lengths were enforced, and counted, in prepare_data
         packing=False,  # tunesmith packs (tunesmith.data.batching)
