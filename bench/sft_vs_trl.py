@@ -164,6 +164,7 @@ def trl_run(name: str, r, meter: Meter) -> None:
 
     source, tokenizer, template = load_tokenizer_and_template(r)
     rows, _, _ = prepare_data(r.data, tokenizer, template, r.train.seed)
+    rows = [{"input_ids": x["input_ids"], "labels": x["labels"]} for x in rows]
     model, _, _ = load_model(r.model, source)
     model = wrap_model(model, r.peft, False)
     packing = name == "trl_packing"

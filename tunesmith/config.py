@@ -312,6 +312,34 @@ class GenerationEvalConfig(_Section):
         return self
 
 
+class TokenWeights(_Section):
+    """sft: tokens that count more in the loss. A trained token's weight is `weight` where a phrase or the regex
+    matches it (1 elsewhere), times its row's `column` value; the loss is the weighted mean over trained tokens."""
+
+    words: list[str] = Field(
+        [], description="Words or phrases to up-weight, each matched as a whole token sequence (as written, and after a space) among the trained tokens."
+    )
+    regex: str | None = Field(None, description="A regular expression over each trained span's text; the tokens that overlap a match are up-weighted.")
+    weight: float = Field(2.0, gt=0, description="The weight of the tokens words or regex match.")
+    column: str | None = Field(None, description="A data column holding each row's weight (a number >= 0), multiplying all its trained tokens.")
+
+    @model_validator(mode="after")
+    def _says_what_to_weigh(self) -> TokenWeights:
+        if not (self.words or self.regex or self.column):
+            raise ValueError("give words, regex or column (what to weigh)")
+        if any(not w.strip() for w in self.words):
+            raise ValueError("words: an empty phrase matches nothing; remove it")
+        if self.regex is not None:
+            try:
+                if re.compile(self.regex).match(""):
+                    raise ValueError(f"regex: {self.regex!r} matches the empty string; make it match at least one character")
+            except re.error as err:
+                raise ValueError(f"regex: {self.regex!r} is not a valid regular expression: {err}") from None
+        if self.weight != 2.0 and not (self.words or self.regex):
+            raise ValueError("weight: applies to the tokens words or regex match; give words or regex, or remove it")
+        return self
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimiser steps.")
@@ -352,6 +380,10 @@ class TrainConfig(_Section):
         "(recipes/distributed/fsdp.json); deepspeed_zero2/3: ZeRO-2 (gradients and optimiser state sharded) or ZeRO-3 "
         "(weights too), recipes/distributed/zero2.json / zero3.json.",
     )
+    token_weights: TokenWeights | None = Field(
+        None, description="sft: up-weight chosen tokens in the loss (words, regex, or a per-row weight column); the eval loss stays unweighted."
+    )
+    compile: bool = Field(False, description="sft: torch.compile the model before training (slow first steps; pays off on long GPU runs; not benchmarked on CPU).")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
         "adamw", description="Optimiser. The 8-bit and paged ones need bitsandbytes support for the device."
@@ -625,6 +657,10 @@ class Recipe(_Section):
         return self
 
     def _check_method_sections(self) -> None:
+        if self.train.token_weights is not None and self.method != "sft":
+            raise ValueError(f"train.token_weights: weighs the sft loss, but method is {self.method!r}; remove it")
+        if self.train.compile and self.method != "sft":
+            raise ValueError(f"train.compile: applies to method sft for now, but method is {self.method!r}; remove it")
         for section in METHOD_SECTIONS:
             if section != self.method and getattr(self, section) is not None:
                 raise ValueError(f"{section}: settings of method {section}, but method is {self.method!r}; remove the section or set method: {section}")

@@ -73,14 +73,15 @@ CHUNK_LOGITS = 2**24
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                         softcap: float | None = None) -> torch.Tensor:
+                         softcap: float | None = None, token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over N tokens of -log softmax(softcap(hidden @ weight.T + bias))[target], the cross-entropy of an output
     layer, without ever holding the (N, V) logits: a chunk of tokens at a time, whose logits become their gradient
     at once. Same loss and gradients as the plain computation (float32 logits), up to summation order.
     hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) with no ignored entries; softcap: Gemma 2's
-    final_logit_softcapping, cap * tanh(logits / cap). On CUDA with Liger Kernel installed, its fused kernel does
-    the same (arXiv:2410.10989)."""
-    if hidden.is_cuda:
+    final_logit_softcapping, cap * tanh(logits / cap); token_weights (N,): each token's term is multiplied by its
+    weight (train.token_weights). On CUDA with Liger Kernel installed, its fused kernel does the same
+    (arXiv:2410.10989); it has no per-token weights, so weighted tokens take the chunked path there too."""
+    if hidden.is_cuda and token_weights is None:
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         except ImportError:
@@ -88,7 +89,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
         else:
             return LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=softcap)(weight, hidden, targets, bias)
     grads = torch.is_grad_enabled()
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap,
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap, token_weights,
                                      (grads and hidden.requires_grad, grads and weight.requires_grad, grads and bias is not None and bias.requires_grad))
 
 
@@ -97,7 +98,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     by the incoming gradient later): the logits of one chunk are all that is held at a time."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, softcap, needs):
+    def forward(ctx, hidden, weight, bias, targets, softcap, token_weights, needs):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype  # as lm_head computes
         w = weight.to(dtype)
@@ -115,13 +116,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 capped = torch.tanh(z / softcap)
                 z = capped * softcap
             lse = torch.logsumexp(z, dim=-1)                                                # (C,)
-            total += (lse - z.gather(1, y[:, None])[:, 0]).sum()
+            tw = None if token_weights is None else token_weights[start : start + chunk].float()  # (C,)
+            ce = lse - z.gather(1, y[:, None])[:, 0]                                        # (C,)
+            total += (ce if tw is None else ce * tw).sum()
             if not any(needs):
                 continue
             g = z.sub_(lse[:, None]).exp_()                      # softmax, in place of the logits
             g[torch.arange(len(y), device=g.device), y] -= 1     # d(lse - z_y)/dz = softmax - onehot(y)
             if softcap is not None:
                 g.mul_(1 - capped * capped)                      # d(cap * tanh(x / cap))/dx
+            if tw is not None:
+                g.mul_(tw[:, None])
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk] = (g.to(dtype) @ w).to(hidden.dtype)
             if grad_weight is not None:
@@ -135,4 +140,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         scaled = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-        return scaled[0], scaled[1], scaled[2], None, None, None
+        return scaled[0], scaled[1], scaled[2], None, None, None, None
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """Sum over trained positions of weight * -log softmax(logits)[next label]: the weighted loss from a model's
+    own logits, for models the chunked loss does not serve. logits (B, T, V), labels (B, T) with -100 where not
+    trained, token_weights (B, T); position t predicts label t + 1, whose weight it takes."""
+    targets, weights = labels[:, 1:], token_weights[:, 1:].float()
+    trained = targets != -100
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1][trained].float(), targets[trained], reduction="none")
+    return (ce * weights[trained]).sum()

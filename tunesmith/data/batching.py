@@ -92,12 +92,12 @@ def group_by_length(lengths: list[int], budget: int, seed: int) -> list[list[int
 
 
 def batches_dataset(rows: list[dict], batches: list[list[int]]):
-    """The planned batches as a dataset whose item k holds the rows of batch k: {"input_ids": [[...], ...], "labels": [[...], ...]}."""
+    """The planned batches as a dataset whose item k holds the rows of batch k: {"input_ids": [[...], ...], "labels": [[...], ...]},
+    and "weights" when the rows carry token weights (tunesmith.data.token_weights)."""
     from datasets import Dataset
 
-    return Dataset.from_list(
-        [{"input_ids": [rows[i]["input_ids"] for i in b], "labels": [rows[i]["labels"] for i in b]} for b in batches]
-    )
+    keys = [key for key in ("input_ids", "labels", "weights") if rows and key in rows[0]]
+    return Dataset.from_list([{key: [rows[i][key] for i in b] for key in keys} for b in batches])
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Collator:
     varlen: bool = False  # pass sequence boundaries as FlashAttention's varlen kernels read them
 
     def __call__(self, items: list[dict]) -> dict:
-        rows = [{"input_ids": ids, "labels": labels} for item in items for ids, labels in zip(item["input_ids"], item["labels"])]
+        keys = [key for key in ("input_ids", "labels", "weights") if key in items[0]]
+        rows = [dict(zip(keys, values)) for item in items for values in zip(*(item[key] for key in keys))]
         return self.pack(rows) if self.packed else self.pad(rows)
 
     def pack(self, rows: list[dict]) -> dict:
@@ -119,6 +120,8 @@ class Collator:
         labels = torch.tensor([t for row in rows for t in first_masked(row["labels"])])[None]  # (1, T)
         positions = torch.cat([torch.arange(len(row["input_ids"])) for row in rows])[None]     # (1, T)
         batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
+        if "weights" in rows[0]:
+            batch["weights"] = torch.tensor([w for row in rows for w in first_masked(row["weights"], 0.0)])[None]  # (1, T)
         if self.varlen:
             lengths = torch.tensor([len(row["input_ids"]) for row in rows])
             cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
@@ -133,13 +136,17 @@ class Collator:
         ids = torch.full((len(rows), width), self.pad_token_id)
         labels = torch.full((len(rows), width), -100)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
+        weights = torch.zeros((len(rows), width)) if "weights" in rows[0] else None
         for k, row in enumerate(rows):
             n = len(row["input_ids"])
             ids[k, :n] = torch.tensor(row["input_ids"])
             labels[k, :n] = torch.tensor(first_masked(row["labels"]))
             mask[k, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            if weights is not None:
+                weights[k, :n] = torch.tensor(first_masked(row["weights"], 0.0))
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return batch if weights is None else batch | {"weights": weights}
 
 
-def first_masked(labels: list[int]) -> list[int]:
-    return [-100, *labels[1:]]
+def first_masked(labels: list, masked=-100) -> list:
+    return [masked, *labels[1:]]

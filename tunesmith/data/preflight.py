@@ -95,4 +95,25 @@ def render_markdown(report: DataReport) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + token_weight_lines(report.token_weights))
+
+
+def token_weight_lines(w: dict) -> list[str]:
+    """What train.token_weights weighs: the share of trained tokens, matches per word, the first weighted example."""
+    if not w:
+        return []
+    rules = [f"words (×{w['weight']:g}): " + ", ".join(f"{word!r} {n:,} matches" for word, n in w["words"].items())] if w["words"] else []
+    rules += [f"regex {w['regex']!r} (×{w['weight']:g})"] if w["regex"] else []
+    rules += [f"column {w['column']!r} (each row's weight times all its trained tokens)"] if w["column"] else []
+    lines = ["## Token weights", "", *[f"- {rule}" for rule in rules],
+             f"- weighted: {w['weighted_tokens']:,} of {w['trained_tokens']:,} trained tokens ({100 * w['share']:.1f}%); "
+             "the loss is their weighted mean (the eval loss stays unweighted)"]
+    unmatched = [word for word, n in w["words"].items() if n == 0]
+    if unmatched:
+        lines.append(f"- note: no trained token matches {', '.join(map(repr, unmatched))}")
+    if w["first_example"]:
+        lines += ["", f"The first example with weighted tokens ({w['first_example_where']}): each run of them between ⟪ and ⟫, then its weight.",
+                  "", "```text", w["first_example"], "```", ""]
+    else:
+        lines += ["- note: no trained token is weighted: check the words, the regex or the column"]
+    return lines

@@ -192,7 +192,7 @@ def tokenize_split(
         report.with_eos += has_stop
         report.trained_tokens += sum(label != -100 for label in tok.labels)
         lengths.append(len(tok.input_ids))
-        rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+        rows.append({"input_ids": tok.input_ids, "labels": tok.labels, "where": example.where})
     report.kept = len(rows)
     report.lengths = length_stats(lengths)
     return rows

@@ -42,6 +42,7 @@ class DataReport:
     sources: list[dict] = field(default_factory=list)  # a mixture's sources: path, task, weight, read, kept, train, eval
     tasks: dict[str, dict[str, int]] = field(default_factory=dict)  # a mixture's task -> {train, eval} examples
     batching: dict = field(default_factory=dict)  # sft: how the training rows are batched (tunesmith.data.batching)
+    token_weights: dict = field(default_factory=dict)  # sft with train.token_weights (tunesmith.data.token_weights)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,6 +23,7 @@ import torch
 from transformers import set_seed
 
 from tunesmith import distributed
+from tunesmith import losses
 from tunesmith.config import Recipe
 from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_batches
 from tunesmith.errors import ConfigError
@@ -95,6 +96,7 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
         | dict(
             per_device_train_batch_size=recipe.train.batch_size if plan.mode == "random" else 1,  # a planned batch is one item
             include_num_input_tokens_seen="all" if packed else "non_padding",  # packed rows have no padding, and no attention mask to count it by
+            torch_compile=recipe.train.compile,
         ),
         max_length=None,  # lengths were enforced, and counted, in prepare_data
         packing=False,  # tunesmith packs (tunesmith.data.batching)
@@ -145,13 +147,31 @@ class PlannedBatches:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Summed over the trained tokens and divided by num_items_in_batch, their count over every micro-batch
         of the optimiser step (the Trainer counts them before the first): gradient accumulation then gives the
-        gradient of the whole step's batch, not a mean of micro-batch means. In evaluation, over this batch."""
-        extra = {"chunked_loss": True} if self.chunked_loss else {}
-        outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch, **extra)
-        loss = outputs.loss
+        gradient of the whole step's batch, not a mean of micro-batch means. In evaluation, over this batch.
+        With train.token_weights, each token's loss is multiplied by its weight and num_items_in_batch is the
+        sum of the weights: a weighted mean over the step's trained tokens."""
+        inputs = dict(inputs)
+        weights = inputs.pop("weights", None)  # (B, T), 0 where not trained
+        if weights is not None and not self.chunked_loss:
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            total = losses.weighted_cross_entropy(outputs.logits, inputs["labels"], weights)
+            loss = total / (weights[:, 1:].sum() if num_items_in_batch is None else num_items_in_batch)
+        else:
+            extra = ({"chunked_loss": True} if self.chunked_loss else {}) | ({"token_weights": weights} if weights is not None else {})
+            outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch, **extra)
+            loss = outputs.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counted every rank's tokens; DDP averages
         return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """The step's trained tokens, or with token weights the sum of their weights (see compute_loss)."""
+        if "weights" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = sum(batch["weights"][:, 1:].sum() for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
 
 
 class EpochSeededPermutation(torch.utils.data.Sampler):

@@ -18,6 +18,7 @@ from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
+from tunesmith.data.token_weights import weigh_rows
 from tunesmith.errors import ConfigError, Interrupted, RunFinished, TunesmithError
 from tunesmith.eval.experiments import flatten
 from tunesmith.experiments.pruning import trial_callbacks
@@ -279,6 +280,8 @@ def load_tokenizer_and_template(recipe: Recipe):
 def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, batching=None):
     """Load, check and tokenize the data, plan the batches; save and print the report before any model is loaded."""
     train_rows, eval_rows, data_report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
+    if recipe.train.token_weights is not None:
+        data_report.token_weights = weigh_rows(recipe.train.token_weights, tokenizer, recipe.data.train, train_rows)
     plan = plan_batches_into(data_report, recipe, train_rows, batching)
     write_data_report(run, data_report)
     template.save(run.path / "template.json")

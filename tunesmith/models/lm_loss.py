@@ -42,15 +42,18 @@ def add_chunked_loss(model) -> str | None:
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2 and 3
     forward = base.forward
 
-    def chunked_forward(self, *args, chunked_loss=False, labels=None, num_items_in_batch=None, **kwargs):
+    def chunked_forward(self, *args, chunked_loss=False, labels=None, num_items_in_batch=None, token_weights=None, **kwargs):
         if not chunked_loss:
             return forward(*args, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts label t+1
         targets = labels[:, 1:].to(hidden.device)
         trained = targets != -100
+        weights = None if token_weights is None else token_weights[:, 1:].to(hidden.device)[trained]  # (N,)
         out = self.get_output_embeddings()
-        total = linear_cross_entropy(hidden[trained], out.weight, out.bias, targets[trained], softcap)
-        return CausalLMOutput(loss=total / (trained.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch))
+        total = linear_cross_entropy(hidden[trained], out.weight, out.bias, targets[trained], softcap, weights)
+        if num_items_in_batch is None:  # evaluation: this batch's own trained tokens (or their weights)
+            num_items_in_batch = trained.sum().clamp(min=1) if weights is None else weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
+        return CausalLMOutput(loss=total / num_items_in_batch)
 
     base.forward = types.MethodType(chunked_forward, base)
     return None

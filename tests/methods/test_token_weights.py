@@ -1,0 +1,169 @@
+"""train.token_weights: the logged loss is the weighted cross-entropy computed by hand, whichever loss path and
+batching compute it, and the preflight shows what is weighted."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.config import validate
+from tunesmith.data.prepare import prepare_data
+from tunesmith.data.templates import resolve_template
+from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.methods import sft
+
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Korea", "Seoul"), ("Italy", "Rome"), ("Spain", "Madrid"),
+            ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi")]
+
+
+@pytest.fixture(scope="module")
+def weighted_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "capitals.jsonl"
+    rows = [{"question": f"Capital of {c}?", "answer": f"The capital of {c} is {a}, {a} in {k + 2} words.", "w": 0.5 + k % 3}
+            for k, (c, a) in enumerate(CAPITALS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def recipe(model, data_file, out, weights, **train):
+    return validate({
+        "name": "w",
+        "model": {"path": str(model), "dtype": "float32"},
+        "data": {"train": str(data_file), "max_length": 128, "template": "chatml"},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 1, "lr": 1e-2, "warmup": 0, "scheduler": "constant", "logging_steps": 1, "save_steps": 5,
+                  "token_weights": weights, **train},
+        "output_dir": str(out),
+    })
+
+
+def by_hand(model_path, r, weigh) -> float:
+    """sum(w * ce) / sum(w) over every trained token of every example, each example run alone through the base
+    model (LoRA starts as the identity); weigh(ids, labels, k) gives example k's weight per token."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rows, _, _ = prepare_data(r.data, tokenizer, resolve_template("chatml", tokenizer), seed=r.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    total = weight = 0.0
+    with torch.no_grad():
+        for k, row in enumerate(rows):
+            ids = torch.tensor([row["input_ids"]])
+            logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            w = weigh(row["input_ids"], row["labels"], int(row["where"].rsplit(":", 1)[1]) - 1)
+            for t in range(1, len(ids[0])):
+                if row["labels"][t] != -100:
+                    total += -logprobs[t - 1, row["labels"][t]].item() * w[t]
+                    weight += w[t]
+    return total / weight
+
+
+def word_weights(tokenizer, word, up):
+    """up where the ids of " word" (SentencePiece writes the space) occur among trained labels, else 1."""
+    seqs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (word, " " + word)]
+
+    def weigh(ids, labels, k):
+        w = [1.0] * len(ids)
+        for seq in seqs:
+            for at in range(len(ids) - len(seq) + 1):
+                if ids[at : at + len(seq)] == seq and -100 not in labels[at : at + len(seq)]:
+                    w[at : at + len(seq)] = [up] * len(seq)
+        return w
+
+    return weigh
+
+
+def first_loss(run):
+    return next(r["loss"] for r in run.metrics() if "loss" in r)
+
+
+@pytest.mark.parametrize("train", [{"max_tokens_per_batch": 4096}, {"packing": False, "group_by_length": False, "batch_size": 8}, {"max_tokens_per_batch": 200, "grad_accum": 8}],
+                         ids=["one-packed-row", "one-padded-batch", "packed-rows-accumulated"])
+def test_the_logged_loss_is_the_hand_computed_weighted_cross_entropy(stories_path, weighted_file, tmp_path, train):
+    weights = {"words": ["Seoul", "capital of"], "weight": 3.0, "column": "w"}
+    r = recipe(stories_path, weighted_file, tmp_path / "run", weights, **train)
+    run = sft.train(r)
+    tokenizer = AutoTokenizer.from_pretrained(stories_path)
+    seoul, capital = word_weights(tokenizer, "Seoul", 3.0), word_weights(tokenizer, "capital of", 3.0)
+    column = [0.5 + k % 3 for k in range(len(CAPITALS))]
+
+    def weigh(ids, labels, k):
+        return [column[k] * max(a, b) for a, b in zip(seoul(ids, labels, k), capital(ids, labels, k))]
+
+    expected = by_hand(stories_path, r, weigh)
+    assert first_loss(run) == pytest.approx(expected, abs=1e-5)
+    unweighted = by_hand(stories_path, r, lambda ids, labels, k: [1.0] * len(ids))
+    assert abs(expected - unweighted) > 1e-3  # the weights changed the loss: the test sees them
+
+    report = json.loads((run.path / "data_report.json").read_text())["token_weights"]
+    assert report["words"]["Seoul"] == 2 and report["words"]["capital of"] == len(CAPITALS)
+    assert report["share"] == 1.0  # every row's weight is not 1 (0.5, 1.5, 2.5 times the words' 3)
+    text = (run.path / "data_report.md").read_text()
+    assert "## Token weights" in text and "⟪" in text
+
+
+def test_the_models_own_logits_give_the_same_weighted_loss(stories_path, weighted_file, tmp_path, monkeypatch):
+    weights = {"regex": r"[A-Z][a-z]+", "weight": 4.0}
+    chunked = sft.train(recipe(stories_path, weighted_file, tmp_path / "chunked", weights, max_tokens_per_batch=4096))
+    monkeypatch.setattr(sft.lm_loss, "add_chunked_loss", lambda model: "planted")
+    own = sft.train(recipe(stories_path, weighted_file, tmp_path / "own", weights, max_tokens_per_batch=4096))
+    assert first_loss(own) == pytest.approx(first_loss(chunked), abs=1e-5)
+    report = json.loads((own.path / "data_report.json").read_text())["token_weights"]
+    assert 0 < report["share"] < 1
+    # The capitalised words of the first example's reply, and nothing else, are marked.
+    marked = report["first_example"]
+    assert "⟪The⟫×4" in marked.replace(" ", "") or "⟪▁The⟫×4" in marked
+
+
+def test_a_regex_weighs_the_tokens_that_overlap_its_matches(smol_tokenizer):
+    from tunesmith.config import TokenWeights
+    from tunesmith.data.token_weights import weigh_rows
+
+    text = "Answer: 1234 apples"
+    ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    labels = [-100, -100] + ids[2:]  # "Answer:" untrained
+    row = {"input_ids": ids, "labels": labels, "where": "x.jsonl:1"}
+    weigh_rows(TokenWeights(regex=r"\d+", weight=5.0), smol_tokenizer, [], [row])
+    pieces = [smol_tokenizer.decode([i]) for i in ids]
+    digits = [k for k, p in enumerate(pieces) if any(c.isdigit() for c in p)]
+    assert digits and all(row["weights"][k] == 5.0 for k in digits)
+    assert [w for k, w in enumerate(row["weights"]) if k not in digits] == [0.0, 0.0] + [1.0] * (len(ids) - 2 - len(digits))
+
+
+def test_a_row_without_a_weight_in_the_column_is_refused_with_its_line(stories_path, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "a?", "answer": "b", "w": 1}) + "\n" + json.dumps({"question": "c?", "answer": "d"}) + "\n")
+    with pytest.raises(TunesmithError, match=r"d.jsonl:2: w: train.token_weights.column: expected a number >= 0, found None"):
+        sft.train(recipe(stories_path, data, tmp_path / "run", {"column": "w"}))
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({}, "train.token_weights: give words, regex or column"),
+    ({"regex": "("}, "is not a valid regular expression"),
+    ({"regex": "x*"}, "matches the empty string"),
+    ({"column": "w", "weight": 3.0}, "train.token_weights.weight: applies to the tokens words or regex match"),
+])
+def test_token_weights_that_weigh_nothing_are_refused(weights, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        recipe("m", "d.jsonl", tmp_path, weights)
+
+
+def test_token_weights_belong_to_sft(tmp_path):
+    with pytest.raises(ConfigError, match="train.token_weights: weighs the sft loss, but method is 'dpo'"):
+        validate({"name": "w", "method": "dpo", "model": {"path": "m"}, "data": {"train": "d.jsonl"},
+                  "train": {"token_weights": {"words": ["x"]}}, "output_dir": str(tmp_path)})
+
+
+def test_compile_belongs_to_sft_and_reaches_the_trainer(stories_path, weighted_file, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="train.compile: applies to method sft for now, but method is 'dpo'"):
+        validate({"name": "w", "method": "dpo", "model": {"path": "m"}, "data": {"train": "d.jsonl"},
+                  "train": {"compile": True}, "output_dir": str(tmp_path)})
+    class Built(Exception):
+        pass
+
+    def fit(trainer, s):  # the trainer is built; training itself (compiling on CPU) takes minutes
+        raise Built(trainer.args.torch_compile)
+
+    monkeypatch.setattr(sft, "fit", fit)
+    with pytest.raises(Built) as built:
+        sft.train(recipe(stories_path, weighted_file, tmp_path / "run", {"words": ["Seoul"]}, compile=True))
+    assert built.value.args == (True,)
