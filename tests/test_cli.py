@@ -282,7 +282,6 @@ def test_chat_help_lists_every_slash_command():
 
 def test_eval_subcommands_are_found_after_top_level_options():
     from tunesmith.cli import with_eval_subcommand
-    from tunesmith.curate.cli import with_label_subcommand
 
     args = build_parser().parse_args(with_eval_subcommand(["--verbose", "eval", "select", "--models", "a", "--data", "d"]))
     assert args.verbose and args.models == "a"

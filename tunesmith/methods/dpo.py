@@ -245,7 +245,7 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
     )
     extra = {"ref_model": reference}
     if recipe.peft.method != "none":
-        extra["peft_config"] = lora_config(recipe.peft)  # TRL wraps; its reference is then the adapters-off policy
+        extra["peft_config"] = peft_config(recipe.peft, model)  # TRL wraps; its reference is then the adapters-off policy
     trainer = type("DPOTrainer", (PairBatches, DPOTrainer), {"_prepare_dataset": keep_tokenized})(
         model=prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing),
         args=args,

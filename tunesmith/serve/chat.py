@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.serve.protocol import APIError, ChatRequest, NamedToolChoice
+from tunesmith.serve.protocol import ChatRequest, NamedToolChoice
 from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, Family, ToolStream, family_of, forced_calls, forced_schema
 
 
