@@ -88,7 +88,7 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     if run.tracker is not None and not resume:
         run.tracker.log_params(data_params(data_report))
-    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan, recipe.peft)
+    return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan, peft=recipe.peft)
 
 
 def fit(trainer, s: Started):
