@@ -65,7 +65,7 @@ def run(row: str, work: Path, steps: int) -> dict:
     recipe = write_recipe(row, work, steps)
     estimate, tokens = plan_peak(recipe)
     proc = subprocess.run([sys.executable, __file__, "--child", str(recipe)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{row} failed:\n{proc.stderr[-3000:]}")
