@@ -60,6 +60,9 @@ class Setup:
 
 # What the CUDA context and the caching allocator take beyond the tensors (nvidia-smi against max_memory_allocated).
 CUDA_RUNTIME = 1 * GiB
+# What a first training step adds to a CPU process's resident memory beyond the tensors: PyTorch's kernels paged in,
+# the autograd and OpenMP threads (measured by bench/plan_vs_measured.py on its smallest rows).
+CPU_RUNTIME = 160 * MiB
 
 
 @dataclass
@@ -148,15 +151,20 @@ def estimate(p: Profile, s: Setup) -> Estimate:
     if s.cuda:
         e.parts.append(("CUDA runtime", CUDA_RUNTIME, "context and allocator slack (outside max_memory_allocated)"))
         e.peak += CUDA_RUNTIME
+    else:
+        e.parts.append(("CPU runtime", CPU_RUNTIME, "kernels paged in and threads started by the first step"))
+        e.peak += CPU_RUNTIME
     return e
 
 
 def activation_per_token(p: Profile, s: Setup) -> float:
+    """Bytes per token at the start of backward, plus backward's working set: the gradients of one layer's
+    intermediate tensors, about the size of what that layer saved."""
     layer = p.act_layer + p.act_layer_per_seq * s.seq
     if s.checkpointing:
         # Each layer's input is kept; backward recomputes one layer at a time, holding its activations once.
-        return p.act_outside + p.layers * p.act_input + layer
-    return p.act_outside + p.layers * layer
+        return p.act_outside + p.layers * p.act_input + 2 * layer
+    return p.act_outside + (p.layers + 1) * layer
 
 
 def activation_bytes(p: Profile, s: Setup) -> int:
