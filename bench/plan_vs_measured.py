@@ -69,8 +69,9 @@ def run(row: str, work: Path, steps: int) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{row} failed:\n{proc.stderr[-3000:]}")
-    print(f"done: {row}", file=sys.stderr)
-    return {"row": row, "tokens": tokens, "estimate": estimate, "measured": json.loads(lines[-1][7:])["measured"]}
+    measured = json.loads(lines[-1][7:])["measured"]
+    print(f"done: {row}: estimate {estimate / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+    return {"row": row, "tokens": tokens, "estimate": estimate, "measured": measured}
 
 
 def write_recipe(row: str, work: Path, steps: int) -> Path:

@@ -26,14 +26,17 @@ UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb":
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "plan",
-        help="estimate a recipe's peak memory from the model's config (no weights): fits or not, and what to change",
-        description="Estimate the peak training memory of a recipe from the model's config alone (no weights are read): "
-        "weights, adapters, gradients, optimizer states, activations and the loss, for the recipe's batch and length; "
-        "whether it fits the device, the largest micro-batch that does, and what to change. With --table: full, LoRA "
-        "and QLoRA for 7B, 13B and 70B models (or --model IDs).",
-    )
+    from tunesmith.cli import command
+
+    p = command(sub, "plan", "will a recipe fit? its peak memory from the config",
+                "tunesmith plan recipes/quickstart.yaml --device rtx-4090\n"
+                "tunesmith plan recipes/sft_full.yaml train.batch_size=4 --memory 24GiB\n"
+                "tunesmith plan recipes/sft_full.yaml --device h100-80gb --world-size 8 --distributed fsdp\n"
+                "tunesmith plan --table --model meta-llama/Llama-3.1-8B --max-length 4096",
+                "Estimates the peak training memory of a recipe from the model's config alone (no weights are read): "
+                "weights, adapters, gradients, optimizer states, activations and the loss, for the recipe's batch and "
+                "length; whether it fits the device, the largest micro-batch that does, and what to change. With --table: "
+                "full, LoRA and QLoRA for 7B, 13B and 70B models (or the --model ones).")
     p.add_argument("recipe", nargs="?", help="the recipe to plan")
     p.add_argument("overrides", nargs="*", help="dotted overrides, as for train: train.batch_size=4")
     where = p.add_mutually_exclusive_group()
@@ -47,10 +50,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", action="append", default=[], metavar="ID",
                    help="with --table: a hub id, model folder or .gguf file (repeatable); offline, shipped configs: "
                    "see tunesmith/plan/configs")
-    p.add_argument("--max-length", type=int, default=2048, help="with --table: tokens per example")
-    p.add_argument("--batch-size", type=int, default=1, help="with --table: examples per micro-batch")
+    p.add_argument("--max-length", type=int, default=2048, help="with --table: tokens per example (default: 2048)")
+    p.add_argument("--batch-size", type=int, default=1, help="with --table: examples per micro-batch (default: 1)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --table: whether training recomputes activations")
+                   help="with --table: whether training recomputes activations (default: True)")
     p.set_defaults(func=cmd_plan)
 
 
