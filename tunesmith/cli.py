@@ -15,6 +15,7 @@ import warnings
 from tunesmith import __version__
 from tunesmith.curate import cli as data_cli  # `tunesmith data <verb>`: the group owns its parser and commands
 from tunesmith.errors import Interrupted, RunFinished, TunesmithError
+from tunesmith.plan import cli as plan_cli  # `tunesmith plan`: the package owns its parser and command
 
 
 def cmd_train(args) -> None:
@@ -523,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiments.add_parser(sub)
     data_cli.add_parser(sub)
+    plan_cli.add_parser(sub)
     return parser
 
 
