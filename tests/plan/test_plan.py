@@ -179,3 +179,24 @@ def test_the_table_plans_7b_from_the_shipped_config(capsys):
     full, lora, qlora = (float(cell.rstrip("G*")) for cell in row.split()[2:5])
     assert "6.74B" in row and qlora < lora < full
     assert row.split()[2].endswith("*") and not row.split()[4].endswith("*")  # full does not fit 40 GB; QLoRA does
+
+
+def test_the_recipes_engine_is_planned_for_unless_the_flags_say_otherwise(config_only, tmp_path, capsys):
+    path = recipe(tmp_path, config_only, distributed="fsdp")
+    assert main(["plan", str(path), "--device", "cpu"]) == 2
+    assert "the recipe's train.distributed fsdp: shards across processes; give --world-size" in capsys.readouterr().err
+    main(["plan", str(path), "--device", "cpu", "--world-size", "4"])
+    assert "4 processes (fsdp)" in capsys.readouterr().out
+    main(["plan", str(path), "--device", "cpu", "--world-size", "4", "--distributed", "ddp"])
+    assert "4 processes (ddp)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["adapter", "ia3", "prefix", "oft"])
+def test_every_peft_method_is_planned_with_its_own_parameters(method, config_only, tmp_path, capsys):
+    p = measure(tiny_config(config_only), "float32", peft=PeftConfig(method=method))
+    assert 0 < sum(n for n, _, _ in p.trainable) < PARAMS and p.adapter_bytes > 0
+    assert p.weight_bytes == 4 * PARAMS  # the base alone: the adapter's parameters are counted apart
+    path = recipe(tmp_path, config_only)
+    path.write_text(path.read_text().replace("peft: {method: none}", f"peft: {{method: {method}}}"))
+    assert main(["plan", str(path), "--device", "cpu"]) == 0
+    assert f"(method sft, peft.method {method})" in capsys.readouterr().out

@@ -74,6 +74,8 @@ def cmd_plan(args) -> None:
     from tunesmith.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, check_files=False)
+    if args.distributed is None and recipe.train.distributed != "none":
+        world, distributed = parse_world(args.world_size, recipe.train.distributed, "the recipe's train.distributed")
     print(plan_recipe(recipe, args.recipe, device, capacity, world, distributed))
 
 
@@ -108,12 +110,12 @@ def ram() -> int:
     raise TunesmithError("--device cpu: cannot read the memory size from /proc/meminfo; give --memory")
 
 
-def parse_world(world_size: int | None, distributed: str | None) -> tuple[int, str]:
+def parse_world(world_size: int | None, distributed: str | None, named: str = "--distributed") -> tuple[int, str]:
     if world_size is not None and world_size <= 0:
         raise TunesmithError(f"--world-size: {world_size} is not a whole number > 0")
     world = world_size or 1
     if distributed and world == 1:
-        raise TunesmithError(f"--distributed {distributed}: shards across processes; give --world-size (the number of GPUs)")
+        raise TunesmithError(f"{named} {distributed}: shards across processes; give --world-size (the number of GPUs)")
     return world, distributed or ("ddp" if world > 1 else "none")
 
 
@@ -221,7 +223,7 @@ def plan_recipe(recipe, path: str, device: str, capacity: int, world: int, distr
     setup = setup_of(case, device, world, distributed)
     result = estimate(profile, setup)
     trainable = sum(n for n, _, _ in profile.trainable)
-    adapters = {"none": "full fine-tuning", "lora": f"LoRA r={case.peft.r}", "qlora": f"QLoRA r={case.peft.r}"}[case.peft.method]
+    adapters = {"none": "full fine-tuning", "lora": f"LoRA r={case.peft.r}", "qlora": f"QLoRA r={case.peft.r}"}.get(case.peft.method, f"peft.method {case.peft.method}")
     weights = dtype if case.quantization == "none" else f"{case.quantization} ({case.model.quant_type if case.quantization == '4bit' else 'LLM.int8'}), computing in {dtype}"
     lines = [
         f"plan: {path} (method {recipe.method}, {adapters})",

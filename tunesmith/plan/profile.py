@@ -134,18 +134,25 @@ def measure(config, dtype: str, quantization: str = "none", double_quant: bool =
         else:
             base_weights += param.numel() * param.element_size()
     adapters = peft is not None and peft.method != "none"
+    wrapped = adapters and peft.method != "adapter"  # a PeftModel; tunesmith's bottleneck adapters hook the model itself
     if adapters:
         from peft import get_peft_model
 
-        from tunesmith.models.peft import check_target_modules, lora_config
+        from tunesmith.models.peft import check_target_modules, peft_config
 
-        check_target_modules(model, peft.target_modules, peft.modules_to_save)
         model.requires_grad_(False)
-        model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if head == "reward" else "CAUSAL_LM"))
+        if peft.method == "adapter":
+            from tunesmith.models import bottleneck
+
+            model = bottleneck.add_adapters(model, peft, False)
+        else:
+            check_target_modules(model, peft.target_modules, peft.modules_to_save)
+            shapes_only = peft.model_copy(update={"init": "default"})  # pissa/olora's SVD needs the weights; the shapes are LoRA's
+            model = get_peft_model(model, peft_config(shapes_only, model, "SEQ_CLS" if head == "reward" else "CAUSAL_LM"))
     model.train()
     params = list(model.parameters())
     trainable = tuple((p.numel(), p.shape[0] if p.dim() > 1 else 1, p.element_size()) for p in params if p.requires_grad)
-    body = model.get_base_model().base_model if adapters else model.base_model
+    body = model.get_base_model().base_model if wrapped else model.base_model
     text = config.get_text_config()
     layers = _decoder_layers(body, text.num_hidden_layers)
     short, long = (_saved_per_token(body, layers, params, tokens) for tokens in (32, 64))
