@@ -167,3 +167,14 @@ def test_compile_belongs_to_sft_and_reaches_the_trainer(stories_path, weighted_f
     with pytest.raises(Built) as built:
         sft.train(recipe(stories_path, weighted_file, tmp_path / "run", {"words": ["Seoul"]}, compile=True))
     assert built.value.args == (True,)
+
+
+def test_the_multi_process_filler_carries_a_zero_weight_beside_weighted_rows():
+    from tunesmith.data.batching import Collator, batches_dataset
+    from tunesmith.methods.sft import filler_like
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "weights": [0.0, 2.0, 1.0]}]
+    data = batches_dataset([*rows, filler_like(rows)], [[0], [1]])
+    packed = Collator(pad_token_id=0, packed=True)([data[1]])
+    assert packed["weights"].tolist() == [[0.0]] and packed["labels"].tolist() == [[-100]]
+    assert "weights" not in filler_like([{"input_ids": [5], "labels": [5]}])

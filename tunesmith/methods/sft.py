@@ -109,7 +109,7 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
     trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=batches_dataset([*s.train_rows, distributed.FILLER], plan.batches + fillers),
+        train_dataset=batches_dataset([*s.train_rows, filler_like(s.train_rows)], plan.batches + fillers),
         eval_dataset=batches_dataset(s.eval_rows, [[i] for i in range(len(s.eval_rows))]) if s.eval_rows else None,
         data_collator=Collator(pad_id, packed=packed, varlen=varlen),
         processing_class=s.tokenizer,
@@ -172,6 +172,11 @@ class PlannedBatches:
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
         return total
+
+
+def filler_like(rows: list[dict]) -> dict:
+    """The filler item, with a zero token weight where the rows carry token weights (one batch, one set of keys)."""
+    return distributed.FILLER | ({"weights": [0.0]} if rows and "weights" in rows[0] else {})
 
 
 class EpochSeededPermutation(torch.utils.data.Sampler):
