@@ -111,7 +111,7 @@ def test_train_bad_value_exits_2_with_error_line(tmp_path, capsys):
     assert main(["train", str(recipe)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ")
-    assert "peft.method: 'lorra' is not one of 'none', 'lora' or 'qlora'" in captured.err
+    assert "peft.method: 'lorra' is not one of 'none', 'lora', 'qlora', 'adapter', 'ia3', 'prefix', 'prompt', 'loha', 'lokr', 'vera' or 'oft'" in captured.err
     assert "Traceback" not in captured.err
     assert captured.out == ""
 
