@@ -79,3 +79,21 @@ def test_a_model_not_cached_offline_is_one_line(tmp_path, capsys, monkeypatch):
     source.write_text('{"text": "안녕"}\n', encoding="utf-8")
     assert main(["data", "translate", str(source), "--src", "ko", "--tgt", "en", "--model", "nobody/no-such-translator", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert capsys.readouterr().err == "error: nobody/no-such-translator: not in the local cache, and the hub is offline (HF_HUB_OFFLINE): give a local model folder\n"
+
+
+def test_a_long_text_is_translated_sentence_by_sentence_and_put_back_together(tmp_path, monkeypatch):
+    fake, _ = fake_translator(monkeypatch)
+    long_one = "가나다 " * 60 + "라마"  # one 242-character sentence: cut at a space, no piece over 200 characters
+    pieces = {("가나다 " * 50).strip(): "ABC " * 49 + "ABC", ("가나다 " * 10).strip() + " 라마": "tail",
+              "배송이 늦어요.": "The delivery is late.", "빨리 보내 주세요!": "Please send it quickly!"}
+    for ko, en in pieces.items():
+        monkeypatch.setitem(KO_EN, ko, en)
+    text = f"배송이 늦어요. 빨리 보내 주세요!\n\n{long_one}"
+    source = tmp_path / "long.jsonl"
+    source.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "long.en.jsonl"
+    assert main(["data", "translate", str(source), "--src", "ko", "--tgt", "en", "--field", "text", "--out", str(out)]) == 0
+    assert all(len(piece) <= 200 for call in fake.calls for piece in call) and len(fake.calls[0]) == 4
+    assert read(out)[0]["text"] == "The delivery is late. Please send it quickly!\n\n" + "ABC " * 49 + "ABC tail"
+    report = json.loads(Path(f"{out}.report.json").read_text(encoding="utf-8"))
+    assert "texts translated in several sentences" in json.dumps(report, ensure_ascii=False)

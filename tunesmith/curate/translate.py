@@ -44,7 +44,7 @@ def translate(input: str, out: str, fields: TextFields, src: str, tgt: str, mode
             except DataError as err:
                 bad(err, on_bad_row, counts)
         texts = [text for _, slots in found for _, text in slots if text.strip()]
-        translated = iter(t[0] for t in translator(texts, 1, batch_size, num_beams=num_beams)) if texts else iter(())
+        translated = iter(sentence_by_sentence(texts, translator, batch_size, num_beams, counts))
         written = []
         for row, slots in found:
             changes = {path: next(translated) for path, text in slots if text.strip()}
@@ -58,3 +58,24 @@ def translate(input: str, out: str, fields: TextFields, src: str, tgt: str, mode
     report = job.run_chunked(rows, read, process, batch_size, chunk_rows)
     print(f"translate {src}->{tgt}: {report['read']} rows read, {report['written']['out']} written to {out}; report: {report['report']}", file=sys.stderr)
     return report
+
+
+def sentence_by_sentence(texts: list[str], translator, batch_size: int, num_beams: int, counts: Counts) -> list[str]:
+    """Each text translated a sentence at a time (tunesmith.curate.projection.segments: at most 200 characters),
+    the whitespace between sentences kept: a translator's window never cuts a long text short, and a sentence's
+    translation fits in max_new_tokens."""
+    from tunesmith.curate.projection import segments
+
+    spans = [segments(text) for text in texts]
+    pieces = [text[start:end] for text, cut in zip(texts, spans) for start, end in cut]
+    done = iter(t[0] for t in translator(pieces, 1, batch_size, num_beams=num_beams)) if pieces else iter(())
+    joined = []
+    for text, cut in zip(texts, spans):
+        parts, last = [], 0
+        for start, end in cut:
+            parts += [text[last:start], next(done)]
+            last = end
+        joined.append("".join(parts) + text[last:])
+        if len(cut) > 1:
+            counts.add("texts translated in several sentences")
+    return joined
