@@ -4,6 +4,7 @@ transformers path on tiny models built in-process (a seq2seq model with SmolLM2'
 import json
 from pathlib import Path
 
+import pytest
 
 import tunesmith.curate.seq2seq as seq2seq
 from tunesmith.cli import main
@@ -89,3 +90,14 @@ def test_paraphrase_with_a_causal_lm_samples_one_answer_per_variant(tiny_llama_w
     assert all(p["prompt"] and p["prompt"] != p["completion"] for p in pairs)
     assert main([*args, "--out", str(tmp_path / "again.jsonl")]) == 0
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()  # seeded sampling
+
+
+def test_a_text_longer_than_the_models_window_is_refused_not_cut(tiny_seq2seq):
+    from tunesmith.curate.seq2seq import Seq2Seq
+    from tunesmith.errors import TunesmithError
+
+    model = Seq2Seq.load(str(tiny_seq2seq), max_new_tokens=4)
+    model.tokenizer.model_max_length = 8
+    assert len(model(["short"])[0]) == 1
+    with pytest.raises(TunesmithError, match="tokens is longer than the 8 this model reads"):
+        model(["a much longer text than eight tokens of this tiny model, surely"])

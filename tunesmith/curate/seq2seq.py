@@ -82,7 +82,8 @@ class Seq2Seq:
         outputs = []
         for start in range(0, len(texts), batch_size):
             batch = [self.prefix + t for t in texts[start : start + batch_size]]
-            inputs = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True).to(self.model.device)
+            self.check_window(batch)
+            inputs = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.model.device)
             kwargs = {"max_new_tokens": self.max_new_tokens, "num_return_sequences": num_return}
             if temperature > 0:
                 torch.manual_seed(seed + start)  # each batch from the seed and its place: resumable runs draw alike
@@ -96,3 +97,15 @@ class Seq2Seq:
             decoded = [t.strip() for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
             outputs += [decoded[i : i + num_return] for i in range(0, len(decoded), num_return)]
         return outputs
+
+    def check_window(self, batch: list[str]) -> None:
+        """A text longer than the model reads would be cut short: refused, never truncated silently."""
+        window = self.tokenizer.model_max_length
+        if window is None or window > 1_000_000:  # no limit recorded
+            return
+        longest = max(len(ids) for ids in self.tokenizer(batch)["input_ids"])
+        if longest > window:
+            raise TunesmithError(
+                f"{self.name}: a text of {longest} tokens is longer than the {window} this model reads, and would be cut "
+                f"short; split long texts (e.g. a sentence per row) first"
+            )
