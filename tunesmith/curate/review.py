@@ -25,20 +25,14 @@ from tunesmith.curate.label import sft_row
 from tunesmith.curate.ner import flat
 from tunesmith.curate.rows import Counts, TextFields, row_id
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.sheet import key_path, read_keyed_sheet, read_sheet_rows
 
 KEEP = {"yes": True, "y": True, "1": True, "true": True, "o": True, "": True, "no": False, "n": False, "0": False, "false": False, "x": False}
 HELP = "keep: yes or no; label: one of the run's labels; start/end: characters of the text, or empty to find the entity"
 
 
-def key_path(sheet: str | Path) -> Path:
-    sheet = Path(sheet)
-    return sheet.with_name(sheet.stem + ".key.json")
-
-
 def write_key(sheet: str, labelled: str, fields: TextFields, labels: list[str], review_below: float) -> Path:
     """What import-sheet needs besides the sheet: the labelled file, the text column, the labels, the rows sent."""
-    from tunesmith.eval.sheet import read_sheet_rows
-
     _, lines = read_sheet_rows(Path(sheet))
     key = {"sheet": Path(sheet).name, "labelled": str(Path(labelled).resolve()), "field": fields.fields[0] if fields.fields else None,
            "columns": fields.columns, "labels": labels, "review_below": review_below, "rows": list(dict.fromkeys(line["id"] for line in lines))}
@@ -48,19 +42,9 @@ def write_key(sheet: str, labelled: str, fields: TextFields, labels: list[str], 
 
 
 def import_sheet(sheet: str, out: str, into: str | None, key_file: str | None, to_sft: str | None, overwrite: bool) -> dict:
-    from tunesmith.eval.sheet import read_sheet_rows
-
     sheet_path = Path(sheet).expanduser()
-    if not sheet_path.is_file():
-        raise TunesmithError(f"{sheet}: no such file")
     key_file = Path(key_file) if key_file else key_path(sheet_path)
-    if not key_file.is_file():
-        raise TunesmithError(f"{key_file}: key file not found (data label wrote it next to the sheet; pass --key PATH)")
-    try:
-        key = json.loads(key_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TunesmithError(f"{key_file}: not the JSON key file data label wrote ({err})") from None
-    header, lines = read_sheet_rows(sheet_path)
+    key, header, lines = read_keyed_sheet(sheet_path, key_file)
     lost = [c for c in ("id", "text", "entity", "label", "start", "end", "keep") if c not in header]
     if lost:
         raise TunesmithError(f"{sheet}: column{'s' if len(lost) > 1 else ''} {', '.join(lost)} missing from the header row (keep the header as it was written)")

@@ -97,10 +97,8 @@ class Ratings:
         return lines
 
 
-def read_ratings(sheet: str | Path, key_file: str | Path | None = None) -> Ratings:
-    """Every rating, checked: a number from 1 to 5, in a column and a row the key file knows. Positions are
-    `sheet:row`, the row as a spreadsheet numbers it (the header is row 1; a cell may hold several lines)."""
-    sheet = Path(sheet)
+def read_keyed_sheet(sheet: Path, key_file: str | Path | None = None) -> tuple[dict, list[str], list]:
+    """A filled sheet and the JSON key file written next to it (or `key_file`): (key, header, rows)."""
     if not sheet.is_file():
         raise TunesmithError(f"{sheet}: no such file")
     key_file = Path(key_file) if key_file else key_path(sheet)
@@ -110,7 +108,14 @@ def read_ratings(sheet: str | Path, key_file: str | Path | None = None) -> Ratin
         key = json.loads(key_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TunesmithError(f"{key_file}: not the JSON key file tunesmith wrote ({err})") from None
-    header, rows = read_sheet_rows(sheet)
+    return (key, *read_sheet_rows(sheet))
+
+
+def read_ratings(sheet: str | Path, key_file: str | Path | None = None) -> Ratings:
+    """Every rating, checked: a number from 1 to 5, in a column and a row the key file knows. Positions are
+    `sheet:row`, the row as a spreadsheet numbers it (the header is row 1; a cell may hold several lines)."""
+    sheet = Path(sheet)
+    key, header, rows = read_keyed_sheet(sheet, key_file)
     letters = sorted({letter for order in key["rows"].values() for letter in order})
     lost = [f"rating_{x}" for x in letters if f"rating_{x}" not in header] + ([] if "id" in header else ["id"])
     if lost:
