@@ -1,6 +1,8 @@
 """--backend ray against a real local Ray instance (ray.init with 2 CPUs), not a mock: jobs run as Ray tasks, in
 their own folder, with their exit code and error kept."""
 
+import signal
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -13,10 +15,13 @@ from tunesmith.experiments.worker import Worker  # noqa: E402
 
 @pytest.fixture
 def local_ray(project):
-    """Started after `project` set PYTHONPATH, so that Ray's workers import this checkout's tunesmith."""
+    """Started after `project` set PYTHONPATH, so that Ray's workers import this checkout's tunesmith. ray.init sets
+    its own SIGTERM handler in this process (sys.exit); the tests after these get the handler they had before."""
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    signal.signal(signal.SIGTERM, handler)
 
 
 @pytest.mark.slow  # a local Ray instance takes ~15 s to start on 2 CPU cores

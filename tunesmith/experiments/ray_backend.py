@@ -88,6 +88,7 @@ class RayCluster:
         except ImportError:
             raise TunesmithError("--backend ray needs Ray: pip install 'tunesmith[ray]'") from None
         self.started = not ray.is_initialized()
+        self.sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with its own (sys.exit); close() puts it back
         if self.started:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -126,3 +127,4 @@ class RayCluster:
 
         if self.started:
             ray.shutdown()
+            signal.signal(signal.SIGTERM, self.sigterm)
