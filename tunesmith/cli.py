@@ -50,7 +50,12 @@ def cmd_train(args) -> None:
     except RunFinished as done:
         print(done, file=sys.stderr)
     except Interrupted as stop:
-        stop.command = shlex.join(["tunesmith", "train", args.recipe, *args.overrides])
+        from tunesmith import distributed
+
+        nproc = os.environ.get(distributed.NPROC)  # a rank of train --nproc N: resumed the same way
+        stop.command = shlex.join(["tunesmith", "train", args.recipe, *args.overrides, *(["--nproc", nproc] if nproc else [])])
+        if stop.saved:
+            distributed.interrupted_under_launch()
         raise
 
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from tunesmith.errors import ConfigError, TunesmithError
@@ -198,4 +201,41 @@ def launch(nproc: int, argv: list[str]) -> int:
     if world_size() > 1:
         raise TunesmithError("train --nproc: this already runs under a launcher (WORLD_SIZE is set); leave out --nproc")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "tunesmith.cli", "train", *argv]
-    return subprocess.call(command)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as folder:
+        status = Path(folder) / "status"
+        # torchrun gives the ranks 30 s after a signal before it kills them: too short to end a step and save a
+        # large model's checkpoint.
+        variables = {NPROC: str(nproc), STATUS: str(status),
+                     "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "900")}
+        code = run_launcher(command, os.environ | variables)
+        # torchrun exits 1 when its ranks stopped, whatever their codes; rank 0 says when they stopped with a
+        # checkpoint, so that this ends as a one-process run would (130: interrupted, continue with --resume).
+        return 130 if code and status.is_file() and status.read_text() == "interrupted" else code
+
+
+NPROC = "TUNESMITH_NPROC"  # set by launch() for its ranks: how to say "continue with ... --nproc N --resume"
+STATUS = "TUNESMITH_LAUNCH_STATUS"  # set by launch(): the file rank 0 writes "interrupted" into when it stopped saved
+
+
+def interrupted_under_launch() -> None:
+    """In a rank launch() started, once training stopped at a signal with its checkpoint saved."""
+    if rank() == 0 and (status := os.environ.get(STATUS)):
+        Path(status).write_text("interrupted", encoding="utf-8")
+
+
+def run_launcher(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Runs torchrun and waits for it, passing SIGTERM on: torchrun hands it to every rank, which saves a checkpoint
+    at the end of its step and stops (`kill`, a scheduler or a queue worker signal this process alone; left at its
+    default, this process would die and leave torchrun training on, orphaned). Ctrl-C reaches torchrun from the
+    terminal by itself: here it is not passed on again, as a second one would stop the ranks without saving. A
+    SIGKILL'd launcher takes torchrun down with a SIGTERM (the parent-death signal), so the ranks still save."""
+    from tunesmith.experiments.worker import die_with_parent
+
+    process = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -145,3 +145,12 @@ def test_a_stopped_run_can_be_queued_to_continue_with_changed_settings(project, 
     assert queue_add(str(recipe), "train.lr=1e-3", "--resume", "--allow-changes") == 0
     job = JobQueue().get(1)
     assert job.resume and job.argv[2:] == ["train.lr=1e-3", "name=capitals", "--allow-changes"]
+
+
+def test_a_train_job_asking_for_several_devices_trains_one_process_on_each(project, stories_path, capsys):
+    recipe = write_recipe(project, stories_path)
+    assert queue_add(str(recipe), "--gpus", "2", "--name", "two") == 0
+    assert queue_add(str(recipe), "--name", "one") == 0
+    two, one = JobQueue(create=False).get(1), JobQueue(create=False).get(2)
+    assert two.argv[-2:] == ["--nproc", "2"] and two.gpus == 2  # DDP (or train.distributed's engine), not DataParallel
+    assert "--nproc" not in one.argv

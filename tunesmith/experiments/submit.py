@@ -14,7 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from tunesmith import checkpoints
+from tunesmith import checkpoints, distributed
 from tunesmith.errors import TunesmithError
 from tunesmith.experiments.store import Job, JobQueue, NewJob
 from tunesmith.runs import RunDir
@@ -81,6 +81,8 @@ def train_job(words: list[str], options: argparse.Namespace) -> NewJob:
     # The job runs a copy of the recipe under its own file name; the run's name is fixed here, as it was checked.
     argv = ["train", recipe_path, *[o for o in overrides if not o.startswith("name=")], f"name={recipe.name}"]
     argv += [f for f in flags if f in ("--allow-changes", "--verbose")]  # --resume: added by the worker when there is a run to resume
+    if options.gpus > 1 and recipe.method in distributed.METHODS:  # one process per device (DDP, or train.distributed's engine)
+        argv += ["--nproc", str(options.gpus)]
     return new_job(options, recipe.name, argv, run_dir=str(run.path), resume=resume)
 
 
