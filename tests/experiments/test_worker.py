@@ -3,9 +3,12 @@ process): errors kept, --after order, --on-done and webhooks, several workers on
 
 import http.server
 import json
+import socket
 import subprocess
 import sys
 import threading
+
+import pytest
 
 from tests.experiments.conftest import write_recipe
 from tunesmith.cli import main
@@ -102,6 +105,23 @@ def test_worker_options_that_do_not_go_together_are_refused(project, capsys):
     assert "--ray-address goes with --backend ray" in capsys.readouterr().err
     assert main(["queue", "work", "--devices", "0,x"]) == 2
     assert "--devices: '0,x': give CUDA device ids (0,1,2,3) or cpu" in capsys.readouterr().err
+    assert main(["queue", "work", "--workers", "0", "--exit-when-empty"]) == 2  # not taken for "the default"
+    assert "--workers: 0: at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["99999", "0"])
+def test_the_dashboard_refuses_a_port_that_is_not_one(project, capsys, port):
+    assert main(["dashboard", "--port", port]) == 2
+    assert f"--port {port}: not a port; give one from 1 to 65535" in capsys.readouterr().err
+
+
+def test_the_dashboard_says_when_its_port_is_taken(project, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--port", str(port)]) == 2
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there" in capsys.readouterr().err
 
 
 def test_a_retried_train_job_resumes_whenever_its_run_has_checkpoints(project, stories_path):

@@ -1,10 +1,14 @@
 """The serve command's defaults, and that `tunesmith --help` does not pay for the server's imports."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tunesmith.cli import build_parser
+from tunesmith.errors import TunesmithError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,3 +29,12 @@ def test_help_imports_no_server_or_model_library():
     assert done.returncode == 0, done.stderr
     assert "--adapter NAME=RUN" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("port, message", [(99999, "--port 99999: not a port; give one from 1 to 65535"),
+                                           (-1, "--port -1: not a port"), (0, "--port 0: not a port")])
+def test_a_port_that_is_not_one_is_refused_before_any_model_loads(port, message):
+    from tunesmith.serve.server import check_address
+
+    with pytest.raises(TunesmithError, match=re.escape(message)):
+        check_address("127.0.0.1", port)

@@ -143,7 +143,7 @@ def cmd_add(args) -> None:
     from tunesmith.experiments.submit import add_job
 
     def reparse(tail: list[str]) -> list[str]:
-        tail_parser = argparse.ArgumentParser(add_help=False)
+        tail_parser = argparse.ArgumentParser(prog="tunesmith queue add RECIPE.yaml [key=value ...]", add_help=False)
         add_options(tail_parser)
         _, rest = tail_parser.parse_known_args(tail, namespace=args)
         args.after = job_ids(args.after)
@@ -348,12 +348,12 @@ def worker_setup(args):
             raise TunesmithError(f"--cpus-per-job: {args.cpus_per_job:g}: give a number of CPUs > 0")
         backend = RayCluster(args.ray_address, args.cpus_per_job, gpus=args.devices != "cpu")
         devices = None
-        workers = args.workers or backend.slots()
+        workers = backend.slots() if args.workers is None else args.workers
     else:
         if args.ray_address:
             raise TunesmithError("--ray-address goes with --backend ray")
         devices = parse_devices(args.devices)
-        workers = args.workers or (len(devices) if devices else 1)
+        workers = (len(devices) if devices else 1) if args.workers is None else args.workers
     if workers < 1:
         raise TunesmithError(f"--workers: {workers}: at least 1")
     return workers, devices, backend

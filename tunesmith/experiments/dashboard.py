@@ -112,6 +112,9 @@ def sweeps(runs: Path, link) -> list[dict]:
 def serve_dashboard(host: str, port: int, queue_folder: Path, runs: Path) -> None:
     import uvicorn
 
+    from tunesmith.serve.server import check_address
+
+    check_address(host, port)
     print(f"dashboard on http://{host}:{port} (queue {queue_folder}, runs {runs}); Ctrl-C stops it")
     uvicorn.run(build_app(queue_folder, runs, Path.cwd()), host=host, port=port, log_level="warning")
 

@@ -117,6 +117,8 @@ def graceful_server(config, graceful_timeout: float):
 
 def check_address(host: str, port: int) -> None:
     """That the server can listen at host:port, before minutes go into loading a model."""
+    if not 0 < port < 65536:  # getaddrinfo would take 99999 as 34463
+        raise TunesmithError(f"--port {port}: not a port; give one from 1 to 65535")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
