@@ -45,21 +45,23 @@ class FakeEngine:
         raise NotImplementedError
 
     def reply(self, prompt: str) -> str:
+        """One call per order the last user turn names ("order A17 and order B2": two)."""
         results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", prompt, re.S)
         if results:
             return f"Your order: {results[-1]}"
         tools = re.findall(r'\n(\{"type": "function".*)', prompt)
-        order = re.findall(r"order (\w+)", prompt)
         if not tools:
             return "I have no tools."
         name = json.loads(tools[0])["function"]["name"]
-        return f'Let me look.\n<tool_call>\n{{"name": "{name}", "arguments": {{"order_id": "{order[-1]}"}}}}\n</tool_call>'
+        orders = re.findall(r"order (\w+)", prompt.rsplit("<|im_start|>user", 1)[-1])
+        calls = "\n".join(f'<tool_call>\n{{"name": "{name}", "arguments": {{"order_id": "{o}"}}}}\n</tool_call>' for o in orders)
+        return f"Let me look.\n{calls}"
 
     async def stream(self, request):
         ids = self.tokenizer(self.reply(self.tokenizer.decode(request.prompt_ids)), add_special_tokens=False)["input_ids"]
-        for n, token in enumerate(ids, 1):
+        for n, token in enumerate(ids[: request.sampling.max_tokens], 1):
             yield Step([token], None, n)
-        yield Step([], "stop", len(ids) + 1)
+        yield Step([], "stop" if len(ids) < request.sampling.max_tokens else "length", min(len(ids) + 1, request.sampling.max_tokens))
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +93,44 @@ def test_openai_client_gets_tool_calls_and_sends_results_back(client):
     assert answer.choices[0].message.content == "Your order: shipped on Monday" and answer.choices[0].finish_reason == "stop"
 
 
-def test_streamed_tool_calls_join_to_the_plain_reply(client):
-    plain = client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP]).choices[0]
-    chunks = list(client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP], stream=True))
-    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
-    assert content == plain.message.content
-    assert deltas[0].id and deltas[0].function.name == "lookup_order" and deltas[0].function.arguments == ""
-    assert "".join(d.function.arguments or "" for d in deltas) == plain.message.tool_calls[0].function.arguments
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+def accumulated(chunks) -> tuple[str, list[dict], list[str]]:
+    """Content, tool calls and finish reasons out of stream chunks, joined as OpenAI's clients join them."""
+    content, calls, reasons = "", [], []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for d in choice.delta.tool_calls or []:
+                if d.id:
+                    assert d.index == len(calls) and d.type == "function" and d.function.arguments == ""
+                    calls.append({"id": d.id, "name": d.function.name, "arguments": ""})
+                else:
+                    assert d.id is None and d.function.name is None
+                calls[d.index]["arguments"] += d.function.arguments or ""
+            reasons += [choice.finish_reason] if choice.finish_reason else []
+    return content, calls, reasons
+
+
+@pytest.mark.parametrize("question, max_tokens", [
+    ("Where is order A17?", None),
+    ("Where are order A17 and order B2?", None),   # two calls in one answer
+    ("Where is order A17?", 29),                    # cut inside the call's arguments
+])
+def test_streamed_tool_calls_join_to_the_plain_reply(client, question, max_tokens):
+    messages = [{"role": "user", "content": question}]
+    plain = client.chat.completions.create(model="tickets", messages=messages, tools=[LOOKUP], max_tokens=max_tokens, seed=3).choices[0]
+    chunks = list(client.chat.completions.create(model="tickets", messages=messages, tools=[LOOKUP], max_tokens=max_tokens, seed=3, stream=True))
+    content, calls, reasons = accumulated(chunks)
+    assert content == plain.message.content == "Let me look."
+    assert [(c["name"], c["arguments"]) for c in calls] == [(c.function.name, c.function.arguments) for c in plain.message.tool_calls]
+    assert reasons == [plain.finish_reason] == ["tool_calls" if max_tokens is None else "length"]
+    # Token by token: each call's arguments came in several chunks, none of them markup.
+    pieces = [d.function.arguments for c in chunks for d in c.choices[0].delta.tool_calls or [] if c.choices and not d.id]
+    assert len(pieces) > 2 * len(calls) and not any("tool_call" in p for p in pieces)
+    if max_tokens is None:
+        assert [json.loads(c["arguments"]) for c in calls] == [{"order_id": o} for o in re.findall(r"order (\w+)", question)]
+    else:   # what a cut call is: its name and the part of its arguments that was written
+        [call] = calls
+        assert call["name"] == "lookup_order" and '{"order_id": "A17"}'.startswith(call["arguments"]) and call["arguments"] != '{"order_id": "A17"}'
 
 
 def test_tool_choice_none_leaves_the_tools_out(client):
@@ -163,6 +194,13 @@ def test_langchain_bind_tools_and_with_structured_output(fake, tiny):
     chat = ChatOpenAI(model="tickets", base_url=fake.url + "/v1", api_key="none", max_retries=0)
     message = chat.bind_tools([lookup_order]).invoke("Where is order B42?")
     assert [(c["name"], c["args"]) for c in message.tool_calls] == [("lookup_order", {"order_id": "B42"})]
+    # Streamed: LangChain's tool-call chunks, joined, give the same calls.
+    chunks = list(chat.bind_tools([lookup_order]).stream("Where are order B42 and order C9?"))
+    joined = chunks[0]
+    for chunk in chunks[1:]:
+        joined += chunk
+    assert [(c["name"], c["args"]) for c in joined.tool_calls] == [("lookup_order", {"order_id": "B42"}), ("lookup_order", {"order_id": "C9"})]
+    assert sum(len(c.tool_call_chunks) for c in chunks) > 4 and joined.response_metadata["finish_reason"] == "tool_calls"
 
     class Order(BaseModel):
         status: str = Field(json_schema_extra={"enum": ["open", "shipped"]})
