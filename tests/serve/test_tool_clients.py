@@ -173,6 +173,48 @@ def test_json_schema_and_forced_calls_on_a_random_model(tiny):
         jsonschema.validate(json.loads(call.function.arguments), LOOKUP["function"]["parameters"])
 
 
+def test_response_format_on_completions_as_on_chat(tiny):
+    """vLLM takes response_format on /v1/completions too: a raw prompt's continuation decoded under the schema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("xgrammar")
+    fmt = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER, "strict": True}}
+    plain = tiny.completions.create(model="tiny_llama0", prompt="Order B42:", temperature=0, max_tokens=60)
+    with pytest.raises(json.JSONDecodeError):   # unconstrained, the random model writes no JSON
+        json.loads(plain.choices[0].text)
+    answers = set()
+    for seed in range(3):
+        completion = tiny.completions.create(model="tiny_llama0", prompt="Order B42:", temperature=1.0, seed=seed, max_tokens=60,
+                                             extra_body={"response_format": fmt})
+        assert completion.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(completion.choices[0].text), ORDER)
+        answers.add(completion.choices[0].text)
+    assert len(answers) > 1   # sampled under the schema, not one fixed answer
+    # Streamed, n=2, and json_object (any object): every choice parses.
+    chunks = list(tiny.completions.create(model="tiny_llama0", prompt="Order B42:", temperature=1.0, seed=5, max_tokens=60, n=2, stream=True,
+                                          extra_body={"response_format": fmt}))
+    texts = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(2)]
+    for text in texts:
+        jsonschema.validate(json.loads(text), ORDER)
+    anything = tiny.completions.create(model="tiny_llama0", prompt="Order B42:", temperature=0, max_tokens=120,
+                                       extra_body={"response_format": {"type": "json_object"}}).choices[0]
+    assert anything.text.startswith("{") and (anything.finish_reason == "length" or isinstance(json.loads(anything.text), dict))
+
+
+def test_bad_schemas_are_the_same_400_on_chat_and_completions(tiny):
+    pytest.importorskip("xgrammar")
+    fmt = {"type": "json_schema", "json_schema": {"name": "broken", "schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}
+    errors = []
+    for call in (lambda: tiny.chat.completions.create(model="tiny_llama0", messages=USER, response_format=fmt),
+                 lambda: tiny.completions.create(model="tiny_llama0", prompt="Order", extra_body={"response_format": fmt})):
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        errors.append((caught.value.param, caught.value.body["message"]))
+    assert errors[0] == errors[1] and errors[0][0] == "response_format" and "cannot be used for decoding" in errors[0][1]
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        tiny.completions.create(model="tiny_llama0", prompt="Order", extra_body={"response_format": {"type": "json_schema"}})
+    assert caught.value.param == "response_format.json_schema"
+
+
 def test_logprobs_through_the_client(tiny):
     reply = tiny.chat.completions.create(model="tiny_llama0", messages=USER, logprobs=True, top_logprobs=3, max_tokens=5, temperature=0)
     content = reply.choices[0].logprobs.content

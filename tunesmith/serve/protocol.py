@@ -216,7 +216,16 @@ class Sampled(_Body):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class ChatRequest(Sampled):
+class Structured(Sampled):
+    """A reply that may be asked to be JSON (chat and completions, as vLLM takes it on both)."""
+
+    response_format: ResponseFormat | None = None
+
+    def json_reply(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
+
+
+class ChatRequest(Structured):
     model: str
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -228,7 +237,6 @@ class ChatRequest(Sampled):
     # The pre-tools API (functions / function_call) is accepted only when off: clients send `tools` today.
     functions: Annotated[list | None, only_off(None, [])] = None
     function_call: Annotated[Any, only_off(None, "none")] = None
-    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _tools_fit_together(self):
@@ -252,11 +260,8 @@ class ChatRequest(Sampled):
         """Whether tools are offered to the model (tools given and tool_choice not 'none')."""
         return bool(self.tools) and self.tool_choice != "none"
 
-    def json_reply(self) -> bool:
-        return self.response_format is not None and self.response_format.type != "text"
 
-
-class CompletionRequest(Sampled):
+class CompletionRequest(Structured):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)   # OpenAI's default for completions
