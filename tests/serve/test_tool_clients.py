@@ -213,6 +213,13 @@ def test_bad_schemas_are_the_same_400_on_chat_and_completions(tiny):
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         tiny.completions.create(model="tiny_llama0", prompt="Order", extra_body={"response_format": {"type": "json_schema"}})
     assert caught.value.param == "response_format.json_schema"
+    # A tool whose (valid) schema xgrammar cannot use: a 400 on tools when the call is forced under it; with
+    # tool_choice auto the schema only goes into the prompt, so the request is answered.
+    odd = {"type": "function", "function": {"name": "odd", "parameters": fmt["json_schema"]["schema"]}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        tiny.chat.completions.create(model="tiny_llama0", messages=USER, tools=[odd], tool_choice="required")
+    assert caught.value.param == "tools" and "cannot be used for decoding" in caught.value.body["message"]
+    assert tiny.chat.completions.create(model="tiny_llama0", messages=USER, tools=[odd], max_tokens=4).choices[0].finish_reason in ("stop", "length")
 
 
 def test_logprobs_through_the_client(tiny):
@@ -222,6 +229,28 @@ def test_logprobs_through_the_client(tiny):
     assert all(t.logprob == t.top_logprobs[0].logprob for t in content)   # greedy: the chosen token is the most likely
     completion = tiny.completions.create(model="tiny_llama0", prompt="Once", logprobs=2, max_tokens=4, temperature=0)
     assert len(completion.choices[0].logprobs.token_logprobs) == 4 and all(len(t) <= 2 for t in completion.choices[0].logprobs.top_logprobs)
+
+
+def test_logprobs_with_n_and_with_streamed_tools(tiny):
+    """Combinations a client may send: each choice of n gets its own logprobs, and a stream with tools and logprobs
+    carries the same tokens, logprobs and calls as the plain reply of the same seed."""
+    reply = tiny.chat.completions.create(model="tiny_llama0", messages=USER, logprobs=True, top_logprobs=2, n=2, max_tokens=6, temperature=1.0, seed=4)
+    tokens = [[t.token for t in c.logprobs.content] for c in reply.choices]
+    assert [len(t) for t in tokens] == [6, 6] and tokens[0] != tokens[1] and reply.usage.completion_tokens == 12
+    completion = tiny.completions.create(model="tiny_llama0", prompt="Once", logprobs=1, n=2, max_tokens=4, temperature=1.0, seed=4)
+    assert [len(c.logprobs.token_logprobs) for c in completion.choices] == [4, 4]
+    assert [c.text for c in completion.choices] == ["".join(c.logprobs.tokens) for c in completion.choices]
+    for choice in ("auto", "required"):
+        ask = dict(model="tiny_llama0", messages=USER, tools=[LOOKUP], tool_choice=choice, parallel_tool_calls=False, logprobs=True, top_logprobs=1,
+                   max_tokens=40, temperature=1.0, seed=2)
+        plain = tiny.chat.completions.create(**ask).choices[0]
+        chunks = list(tiny.chat.completions.create(**ask, stream=True))
+        content, calls, reasons = accumulated(chunks)
+        streamed = [(t.token, t.logprob) for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+        assert streamed == [(t.token, t.logprob) for t in plain.logprobs.content] and streamed
+        assert content == (plain.message.content or "") and reasons == [plain.finish_reason]
+        assert [(c["name"], c["arguments"]) for c in calls] == [(c.function.name, c.function.arguments) for c in plain.message.tool_calls or []]
+        assert choice == "auto" or [c["name"] for c in calls] == ["lookup_order"]
 
 
 def test_langchain_bind_tools_and_with_structured_output(fake, tiny):

@@ -125,10 +125,28 @@ class Message(_Body):
         return out
 
 
+def _valid_schema(schema: dict) -> dict:
+    from tunesmith.data.tools import schema_problem
+
+    problem = schema_problem(schema)
+    if problem is not None:
+        at, reason = problem
+        raise ValueError(f"not a valid JSON schema{' at ' + at.lstrip('.') if at else ''}: {reason}")
+    return schema
+
+
+def _object_schema(schema: dict) -> dict:
+    if schema.get("type", "object") != "object":
+        raise ValueError(f"must describe a JSON object (\"type\": \"object\"), not {json.dumps(schema['type'])}: a call's arguments are an object")
+    return schema
+
+
 class FunctionSpec(_Body):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")   # OpenAI's rule for names
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: Annotated[dict[str, Any], AfterValidator(_valid_schema), AfterValidator(_object_schema)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
     strict: bool | None = None   # the call's arguments are always constrained to `parameters` when forced
 
 
@@ -148,7 +166,7 @@ class NamedToolChoice(_Body):
 
 class JsonSchemaFormat(_Body):
     name: str = Field(min_length=1, max_length=64)
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: Annotated[dict[str, Any], AfterValidator(_valid_schema)] = Field(default_factory=dict, alias="schema")
     description: str | None = None
     strict: bool | None = None   # always enforced: the reply is decoded under the schema either way
 
