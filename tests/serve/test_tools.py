@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tunesmith.serve.text import TextStream
-from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_calls, forced_schema
+from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_family, forced_schema
 
 WEATHER = {"type": "function", "function": {"name": "get_current_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}}}}}
@@ -110,9 +110,23 @@ def test_forced_replies_are_calls_of_real_tools():
     schema = forced_schema(TOOLS, None, parallel=False)
     assert schema["maxItems"] == 1 and schema["items"]["anyOf"][0]["properties"]["name"] == {"const": "get_current_weather"}
     assert forced_schema(TOOLS, "get_current_weather", parallel=True) == WEATHER["function"]["parameters"]
-    [call] = forced_calls('[{"name": "get_current_weather", "parameters": {"city": "Seoul"}}]', None, FAMILIES["hermes"])
-    assert (call.name, json.loads(call.arguments)) == ("get_current_weather", {"city": "Seoul"})
-    assert forced_calls('{"city": "Se', "get_current_weather", FAMILIES["hermes"]) is None   # cut by max_tokens
+
+
+
+@pytest.mark.parametrize("named, reply, calls", [
+    (None, '[{"name":"get_current_weather","parameters":{"city":"Seoul"}},{"name":"get_current_weather","parameters":{}}]',
+     [("get_current_weather", '{"city":"Seoul"}'), ("get_current_weather", "{}")]),
+    ("get_current_weather", '{"city":"Seoul","days":3}', [("get_current_weather", '{"city":"Seoul","days":3}')]),
+    ("get_current_weather", '{"city":"Se', [("get_current_weather", '{"city":"Se')]),   # cut by max_tokens: the call stands
+])
+def test_forced_replies_stream_their_calls_as_they_are_decoded(named, reply, calls):
+    for step in (1, 3, len(reply)):
+        stream = ToolStream(forced_family(FAMILIES["mistral"], named), TOOLS)
+        pieces = [d for i in range(0, len(reply), step) for d in stream.add(reply[i : i + step])] + stream.finish()
+        assert [(c.name, c.arguments) for c in stream.calls] == calls and not any(isinstance(p, ContentDelta) for p in pieces)
+        assert all(len(c.id) == 9 for c in stream.calls)   # the template family's ids
+        if step == 1:
+            assert sum(1 for p in pieces if isinstance(p, CallDelta) and p.index == 0) > 3
 
 
 def test_special_marker_tokens_survive_decoding_only_when_kept(smol_tokenizer):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunesmith.serve.protocol import ChatRequest, NamedToolChoice, Structured
-from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, Family, ToolStream, family_of, forced_calls, forced_schema
+from tunesmith.serve.tools import FAMILIES, ContentDelta, Family, ToolStream, family_of, forced_family, forced_schema
 
 
 @dataclass
@@ -67,11 +67,11 @@ class Choice:
     content: str = ""
     tokens: list = field(default_factory=list)   # engine.TokenLogprob of every token, for the whole reply
     _stream: ToolStream | None = None
-    _held: str = ""                 # a forced reply's text, parsed when it ends
 
     def __post_init__(self):
-        if self.plan.family is not None and not self.plan.forced:
-            self._stream = ToolStream(self.plan.family, self.plan.tools, self.plan.max_calls)
+        if self.plan.family is not None:
+            family = forced_family(self.plan.family, self.plan.named) if self.plan.forced else self.plan.family
+            self._stream = ToolStream(family, self.plan.tools, self.plan.max_calls)
 
     @property
     def done(self) -> bool:
@@ -79,10 +79,7 @@ class Choice:
 
     def add(self, text: str, scores: list) -> list[dict]:
         """Chunk deltas for new text (and the logprobs of the tokens behind it, put on the first delta)."""
-        if self.plan.forced:
-            self._held += text
-            pieces = []
-        elif self._stream is not None:
+        if self._stream is not None:
             pieces = self._stream.add(text)
         else:
             pieces = [ContentDelta(text)] if text else []
@@ -90,13 +87,7 @@ class Choice:
 
     def finish(self, reason: str) -> tuple[list[dict], str]:
         """The last deltas and the finish reason (tool_calls when the reply ended in calls)."""
-        if self.plan.forced:
-            calls = forced_calls(self._held, self.plan.named, self.plan.family)
-            if calls is None:   # cut by max_tokens: what there is, as text
-                pieces = [ContentDelta(self._held)] if self._held else []
-            else:
-                pieces = [d for i, c in enumerate(calls) for d in (CallDelta(i, c.id, c.name), CallDelta(i, arguments=c.arguments))]
-        elif self._stream is not None:
+        if self._stream is not None:
             pieces = self._stream.finish()
         else:
             pieces = []

@@ -13,11 +13,12 @@ call's id and name first, then its arguments); a whole reply is the same stream 
 section that is not a well-formed call comes back as content, never dropped.
 
 With tool_choice `required` or a named function, the reply is decoded under a JSON schema instead (vLLM's way:
-an array of {"name", "parameters"}, or the named function's arguments), parsed by `forced_calls`.
+an array of {"name", "parameters"}, or the named function's arguments), read as it streams by `forced_family`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -41,7 +42,7 @@ class Family:
     name: str
     markers: tuple[str, ...]      # where a tool-call section begins
     take: Callable                # (section, final, tools) -> ([(name, arguments dict)], characters used)
-    leading_json: bool = False    # a reply whose first character is '{' is a call section (Llama 3)
+    leading: tuple[str, ...] = ()  # a reply that begins with one of these is a call section (Llama 3's '{')
     short_ids: bool = False       # Mistral's templates want 9-character alphanumeric call ids
     special_texts: tuple[str, ...] = ()   # marker tokens that decoding must keep although they are special
 
@@ -350,9 +351,10 @@ def _mistral_v11(section: str, i: int, final: bool) -> _Read:
     return _Read(call=partial, end=len(section)) if final else _Read(open=partial)
 
 
-def _mistral_list(section: str, i: int, final: bool, calls: list) -> tuple[_Read | None, int]:
-    """v0.3's JSON list of call objects at i ('['), each out as soon as it is complete: the open call and where
-    the list ends (None while it is still open); complete calls are added to `calls`."""
+def _call_list(section: str, i: int, final: bool, calls: list, keys=("arguments", "parameters")) -> tuple[_Read | None, int | None]:
+    """A JSON list of call objects at i ('['; Mistral v0.3's, a forced reply's), each out as soon as it is
+    complete: the open call and where the list ends (None while it is still open); complete calls are added to
+    `calls`."""
     j, first = i + 1, True
     while True:
         j = _skip_space(section, j)
@@ -367,7 +369,7 @@ def _mistral_list(section: str, i: int, final: bool, calls: list) -> tuple[_Read
         try:
             if section[j] != "{":
                 raise NotACall("[TOOL_CALLS] is not followed by a list of calls")
-            read = _json_call(section, j, final)
+            read = _json_call(section, j, final, keys)
         except NotACall:
             if first:
                 raise
@@ -389,7 +391,7 @@ def take_mistral(section: str, final: bool, tools) -> Taken:
             return Taken(calls, used=used, pending=True)
         try:
             if i < len(section) and section[i] == "[":
-                read, end = _mistral_list(section, i, final, calls)
+                read, end = _call_list(section, i, final, calls)
                 if end is None:
                     return Taken(calls, open=read.open if read else None, used=used, pending=True)
             else:
@@ -408,7 +410,7 @@ def take_mistral(section: str, final: bool, tools) -> Taken:
 FAMILIES = {
     "hermes": Family("hermes", ("<tool_call>",), take_hermes),
     "qwen": Family("qwen", ("<tool_call>",), take_qwen),
-    "llama3": Family("llama3", ("<|python_tag|>",), take_llama3, leading_json=True, special_texts=("<|python_tag|>",)),
+    "llama3": Family("llama3", ("<|python_tag|>",), take_llama3, leading=("{",), special_texts=("<|python_tag|>",)),
     "mistral": Family("mistral", ("[TOOL_CALLS]",), take_mistral, short_ids=True, special_texts=("[TOOL_CALLS]", "[ARGS]")),
 }
 
@@ -485,7 +487,7 @@ class ToolStream:
                     if not stripped and not final:
                         return out
                     self._started = True
-                    if self.family.leading_json and stripped.startswith("{"):
+                    if stripped.startswith(self.family.leading):
                         self._text, self._in_calls = stripped, True
                         continue
                 at = min((i for i in (self._text.find(m) for m in self.family.markers) if i >= 0), default=-1)
@@ -554,11 +556,37 @@ def forced_schema(tools: list[dict], named: str | None, parallel: bool) -> dict:
     return {"type": "array", "items": items, "minItems": 1, **({} if parallel else {"maxItems": 1})}
 
 
-def forced_calls(text: str, named: str | None, family: Family) -> list[Call] | None:
-    """The calls of a reply decoded under `forced_schema`; None when it is not one (cut by max_tokens)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    pairs = [(named, value)] if named is not None else [(item["name"], item["parameters"]) for item in value]
-    return [Call(name, json.dumps(arguments, ensure_ascii=False), family.new_id()) for name, arguments in pairs]
+def take_forced_list(section: str, final: bool, tools) -> Taken:
+    """tool_choice required: the reply is a list of {"name", "parameters"} (forced_schema)."""
+    i = _skip_space(section, 0)
+    if i == len(section):
+        if final:
+            raise NotACall("an empty reply")
+        return Taken(pending=True)
+    calls = []
+    read, end = _call_list(section, i, final, calls, keys=("parameters",))
+    if end is None:
+        return Taken(calls, open=read.open if read else None, pending=True)
+    return Taken(calls, used=end)
+
+
+def take_named(name: str, section: str, final: bool, tools) -> Taken:
+    """A named tool_choice: the whole reply is the function's arguments, a call from its first character."""
+    i = _skip_space(section, 0)
+    if i == len(section) or section[i] != "{":
+        if final or i < len(section):
+            raise NotACall("the reply is not an arguments object")
+        return Taken(pending=True)
+    end = _value_end(section, i)
+    if end is not None:
+        return Taken([(name, section[i:end])], used=end)
+    partial = (name, section[i:])
+    return Taken([partial], used=len(section)) if final else Taken(open=partial, pending=True)
+
+
+def forced_family(family: Family, named: str | None) -> Family:
+    """How a reply decoded under forced_schema is read, streamed like any other: the named function's arguments,
+    or the list of calls. Ids as the template's family makes them."""
+    if named is not None:
+        return Family(family.name, (), functools.partial(take_named, named), leading=("{",), short_ids=family.short_ids)
+    return Family(family.name, (), take_forced_list, leading=("[",), short_ids=family.short_ids)
