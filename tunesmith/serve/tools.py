@@ -33,7 +33,7 @@ from tunesmith.serve.text import held_back
 @dataclass
 class Call:
     name: str
-    arguments: str   # JSON text of an object
+    arguments: str   # JSON text of an object (as far as it was written, in a call cut off by max_tokens)
     id: str
 
 
@@ -41,7 +41,7 @@ class Call:
 class Family:
     name: str
     markers: tuple[str, ...]      # where a tool-call section begins
-    take: Callable                # (section, final, tools) -> ([(name, arguments dict)], characters used)
+    take: Callable                # (section, final, tools) -> Taken
     leading: tuple[str, ...] = ()  # a reply that begins with one of these is a call section (Llama 3's '{')
     short_ids: bool = False       # Mistral's templates want 9-character alphanumeric call ids
     special_texts: tuple[str, ...] = ()   # marker tokens that decoding must keep although they are special
