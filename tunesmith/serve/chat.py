@@ -87,11 +87,7 @@ class Choice:
 
     def finish(self, reason: str) -> tuple[list[dict], str]:
         """The last deltas and the finish reason (tool_calls when the reply ended in calls)."""
-        if self._stream is not None:
-            pieces = self._stream.finish()
-        else:
-            pieces = []
-        deltas = self._deltas(pieces, [])
+        deltas = self._deltas(self._stream.finish() if self._stream is not None else [], [])
         if self.calls and reason == "stop":
             reason = "tool_calls"
         return deltas, reason
