@@ -76,6 +76,9 @@ def test_malformed_json_is_400(http):
         ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
          "tool_choice", "no tool named 'g'"),
         ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id", "required in tool messages"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "call_2", "content": "42"}]},
+         "messages.2.tool_call_id", "'call_2' is not the id of a call made by an earlier assistant message (calls made: call_1)"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
          "messages.0.tool_calls.0.function.arguments", "not valid JSON"),
         ({"messages": [{"role": "user", "content": None}]}, "messages.0.content", "required (null only for an assistant message with tool_calls)"),

@@ -456,7 +456,7 @@ def validation_error(errors: list[dict]):
         loc = [p for p in loc if p not in ("str", "int", "float", "bool", "dict", "list") and "[" not in p]
         message = e["msg"].removeprefix("Value error, ")
         # A check across fields (protocol's model validators) names its field first: "tool_choice: ...".
-        named = re.match(r"([a-z_]+): ", message) if e["type"] == "value_error" else None
+        named = re.match(r"([a-z_]+(?:\.[a-z0-9_]+)*): ", message) if e["type"] == "value_error" else None
         if named:
             loc, message = [*loc, named.group(1)], message[named.end():]
         param = param or (".".join(loc) or None)

@@ -274,6 +274,20 @@ class ChatRequest(Structured):
             )
         return self
 
+    @model_validator(mode="after")
+    def _results_answer_calls(self):
+        """A tool result names a call an earlier assistant message made (a template would render it against
+        the wrong call, or none)."""
+        made: list[str] = []
+        for k, message in enumerate(self.messages):
+            made += [c.id for c in message.tool_calls or []]
+            if message.role == "tool" and message.tool_call_id not in made:
+                raise ValueError(
+                    f"messages.{k}.tool_call_id: {message.tool_call_id!r} is not the id of a call made by an earlier assistant "
+                    f"message (calls made: {', '.join(made) or 'none'})"
+                )
+        return self
+
     def calls_tools(self) -> bool:
         """Whether tools are offered to the model (tools given and tool_choice not 'none')."""
         return bool(self.tools) and self.tool_choice != "none"
