@@ -25,14 +25,23 @@ LOOKUP = {"type": "function", "function": {"name": "lookup_order", "description"
           "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "maxLength": 8}}, "required": ["order_id"]}}}
 
 
+# Calls of one tool, one per order, as each parser family's models write them.
+CALLS = {
+    "hermes": lambda name, orders: "\n".join(f'<tool_call>\n{{"name": "{name}", "arguments": {{"order_id": "{o}"}}}}\n</tool_call>' for o in orders),
+    "qwen": lambda name, orders: "\n".join(f"<tool_call>\n<function={name}>\n<parameter=order_id>\n{o}\n</parameter>\n</function>\n</tool_call>" for o in orders),
+    "llama3": lambda name, orders: "<|python_tag|>" + "; ".join(f'{{"name": "{name}", "parameters": {{"order_id": "{o}"}}}}' for o in orders),
+    "mistral": lambda name, orders: "[TOOL_CALLS][" + ", ".join(f'{{"name": "{name}", "arguments": {{"order_id": "{o}"}}}}' for o in orders) + "]",
+}
+
+
 class FakeEngine:
     """Answers from the prompt: a call of the first tool the template wrote when the last turn is the user's,
     a sentence about the tool result once one is in the prompt."""
 
     name, context_length = "fake", 4096
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, family: str = "hermes"):
+        self.tokenizer, self.family = tokenizer, family
 
     async def start(self): ...
 
@@ -54,8 +63,7 @@ class FakeEngine:
             return "I have no tools."
         name = json.loads(tools[0])["function"]["name"]
         orders = re.findall(r"order (\w+)", prompt.rsplit("<|im_start|>user", 1)[-1])
-        calls = "\n".join(f'<tool_call>\n{{"name": "{name}", "arguments": {{"order_id": "{o}"}}}}\n</tool_call>' for o in orders)
-        return f"Let me look.\n{calls}"
+        return f"Let me look.\n{CALLS[self.family](name, orders)}"
 
     async def stream(self, request):
         ids = self.tokenizer(self.reply(self.tokenizer.decode(request.prompt_ids)), add_special_tokens=False)["input_ids"]
@@ -64,13 +72,16 @@ class FakeEngine:
         yield Step([], "stop" if len(ids) < request.sampling.max_tokens else "length", min(len(ids) + 1, request.sampling.max_tokens))
 
 
+def fake_server(tokenizer, base, family: str = "hermes", tool_parser: str | None = None) -> LiveServer:
+    template = resolve_template(str(TEMPLATE), tokenizer)
+    catalog = Catalog(ModelConfig(path=str(base)), ModelSource("local", str(base), str(base)),
+                      {"tickets": ServedModel("tickets", template)}, default="tickets")
+    return LiveServer(build_app(FakeEngine(tokenizer, family), catalog, tokenizer, tool_parser=tool_parser), None, catalog)
+
+
 @pytest.fixture(scope="module")
 def fake(smol_tokenizer, tiny_llama):
-    template = resolve_template(str(TEMPLATE), smol_tokenizer)
-    catalog = Catalog(ModelConfig(path=str(tiny_llama)), ModelSource("local", str(tiny_llama), str(tiny_llama)),
-                      {"tickets": ServedModel("tickets", template)}, default="tickets")
-    app = build_app(FakeEngine(smol_tokenizer), catalog, smol_tokenizer)
-    with LiveServer(app, None, catalog) as server:
+    with fake_server(smol_tokenizer, tiny_llama) as server:
         yield server
 
 
@@ -131,6 +142,22 @@ def test_streamed_tool_calls_join_to_the_plain_reply(client, question, max_token
     else:   # what a cut call is: its name and the part of its arguments that was written
         [call] = calls
         assert call["name"] == "lookup_order" and '{"order_id": "A17"}'.startswith(call["arguments"]) and call["arguments"] != '{"order_id": "A17"}'
+
+
+@pytest.mark.parametrize("family", ["qwen", "llama3", "mistral"])
+def test_every_parser_streams_calls_that_join_to_the_plain_reply(smol_tokenizer, tiny_llama, family):
+    """The server with --tool-parser FAMILY, its fake model writing that family's calls (hermes: the tests above)."""
+    with fake_server(smol_tokenizer, tiny_llama, family, tool_parser=family) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "Where are order A17 and order B2?"}]
+        plain = client.chat.completions.create(model="tickets", messages=messages, tools=[LOOKUP]).choices[0]
+        chunks = list(client.chat.completions.create(model="tickets", messages=messages, tools=[LOOKUP], stream=True))
+    content, calls, reasons = accumulated(chunks)
+    assert content == plain.message.content == "Let me look." and reasons == [plain.finish_reason] == ["tool_calls"]
+    assert [(c["name"], c["arguments"]) for c in calls] == [(c.function.name, c.function.arguments) for c in plain.message.tool_calls]
+    assert [json.loads(c["arguments"]) for c in calls] == [{"order_id": "A17"}, {"order_id": "B2"}]
+    pieces = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if not d.id]
+    assert len(pieces) > 2 * len(calls)
 
 
 def test_tool_choice_none_leaves_the_tools_out(client):
