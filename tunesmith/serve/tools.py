@@ -94,28 +94,24 @@ def _json_at(text: str, start: int) -> tuple[object, int] | None:
 
 
 _SCALAR = re.compile(r"[^,:\]}\s]*")
+# What brackets a JSON value: a whole string (skipped in one match, whatever it holds), a string still open, a bracket.
+_TOKENS = re.compile(r'(?P<string>"[^"\\]*(?:\\.[^"\\]*)*")|(?P<open>")|[\[\]{}]')
 
 
 def _value_end(text: str, start: int) -> int | None:
-    """Where the JSON value at `start` ends, by its brackets and strings (not checked further); None while open."""
+    """Where the JSON value at `start` ends, by its brackets and strings (not checked further); None while open.
+    A section is read again at every token, so this scan runs in the regex engine, not character by character."""
     if text[start] not in '[{"':
         end = _SCALAR.match(text, start).end()
         return None if end == len(text) else end   # 12 may become 123
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-            if not in_string and depth == 0:
-                return i + 1
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+    depth = 0
+    for match in _TOKENS.finditer(text, start):
+        if match.group("open") is not None:
+            return None
+        if match.group("string") is None:
+            depth += 1 if match.group() in "[{" else -1
+        if depth == 0:
+            return match.end()
     return None
 
 
