@@ -44,6 +44,9 @@ CASES = [
     # The reply ended (EOS) before the closing tag.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "서울"}}\n', "", [("get_current_weather", {"city": "서울"})]),
     ("hermes", "The weather in Dallas is sunny.", "The weather in Dallas is sunny.", []),
+    # No closing tag, text instead: the call, then the text as content (not dropped as markup).
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Lima"}}\nI will tell you soon.', "I will tell you soon.",
+     [("get_current_weather", {"city": "Lima"})]),
     ("hermes", '<tool_call>\n{"name": get_current_weather}\n</tool_call>', '<tool_call>\n{"name": get_current_weather}\n</tool_call>', []),
     # Qwen3-Coder: XML parameters, read with the tool's types.
     ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=days>\n3\n</parameter>\n"

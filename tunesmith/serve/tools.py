@@ -223,6 +223,11 @@ def _tagged(section: str, final: bool, body: Callable) -> Taken:
             raise
         if read.call is None:
             return Taken(calls, open=read.open, used=used, pending=True)
+        after = section[read.end :].lstrip() if close < 0 else ""
+        if close < 0 and after and not "</tool_call>".startswith(after):
+            calls.append(read.call)   # no closing tag, text instead: the call ends with its object, the text is content
+            used = read.end
+            continue
         if close < 0 and not final:
             # Complete, but its closing tag is still to come: out now, settled when the tag is in.
             return Taken([*calls, read.call], used=used, pending=True)
@@ -515,7 +520,8 @@ class ToolStream:
                 if final:
                     self._text = ""
                 return out
-            self._in_calls = False   # text after the calls: content again (and maybe more sections)
+            # Text after the calls: content again (and maybe more sections), without the layout before it.
+            self._text, self._in_calls = self._text.lstrip(), False
         return out
 
     def _content(self, text: str) -> list:
