@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tunesmith.serve.text import TextStream
-from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_calls, forced_schema
+from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_family, forced_schema
 
 WEATHER = {"type": "function", "function": {"name": "get_current_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}}}}}
@@ -21,6 +21,12 @@ def parse(family: str, reply: str, step: int | None = None, max_calls=None):
         pieces += stream.add(reply[i : i + (step or len(reply))])
     pieces += stream.finish()
     content = "".join(p.text for p in pieces if isinstance(p, ContentDelta))
+    # What a client accumulates from the deltas is the parser's call, whatever the pieces.
+    joined = [(p.name, "") for p in pieces if isinstance(p, CallDelta) and p.id is not None]
+    for p in pieces:
+        if isinstance(p, CallDelta) and p.id is None:
+            joined[p.index] = (joined[p.index][0], joined[p.index][1] + p.arguments)
+    assert joined == [(c.name, c.arguments) for c in stream.calls]
     calls = [(c.name, json.loads(c.arguments)) for c in stream.calls]
     return content, calls, pieces
 
@@ -32,9 +38,15 @@ CASES = [
     ("hermes", 'I will check both.\n<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Dallas"}}\n</tool_call>\n'
      '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Orlando"}}\n</tool_call>',
      "I will check both.", [("get_current_weather", {"city": "Dallas"}), ("get_current_weather", {"city": "Orlando"})]),
+    # Brackets, quotes and backslashes inside strings do not end the arguments.
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Da}l\\"la\\\\s [x]", "days": 2}}\n</tool_call>', "",
+     [("get_current_weather", {"city": 'Da}l"la\\s [x]', "days": 2})]),
     # The reply ended (EOS) before the closing tag.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "서울"}}\n', "", [("get_current_weather", {"city": "서울"})]),
     ("hermes", "The weather in Dallas is sunny.", "The weather in Dallas is sunny.", []),
+    # No closing tag, text instead: the call, then the text as content (not dropped as markup).
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Lima"}}\nI will tell you soon.', "I will tell you soon.",
+     [("get_current_weather", {"city": "Lima"})]),
     ("hermes", '<tool_call>\n{"name": get_current_weather}\n</tool_call>', '<tool_call>\n{"name": get_current_weather}\n</tool_call>', []),
     # Qwen3-Coder: XML parameters, read with the tool's types.
     ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
@@ -70,10 +82,13 @@ def test_call_deltas_have_openai_stream_shape_and_ids():
     _, _, pieces = parse("hermes", CASES[1][1], step=4)
     calls = [p.as_dict() for p in pieces if isinstance(p, CallDelta)]
     assert calls[0] == {"index": 0, "id": calls[0]["id"], "type": "function", "function": {"name": "get_current_weather", "arguments": ""}}
-    assert calls[1] == {"index": 0, "function": {"arguments": '{"city": "Dallas"}'}}
-    assert calls[2]["index"] == 1 and calls[2]["id"] != calls[0]["id"] and calls[0]["id"].startswith("call_")
+    second = next(i for i, c in enumerate(calls) if c["index"] == 1)
+    # The arguments arrive as they are written, four characters at a time here, not once per call.
+    assert [c["function"]["arguments"] for c in calls[1:second]] == ['{"ci', 'ty":', ' "Da', 'llas', '"}']
+    assert all(set(c) == {"index", "function"} for c in calls[1:second])
+    assert calls[second]["id"] != calls[0]["id"] and calls[0]["id"].startswith("call_")
     # Mistral's templates refuse call ids that are not 9 letters or digits.
-    _, _, pieces = parse("mistral", CASES[11][1])
+    _, _, pieces = parse("mistral", next(c[1] for c in CASES if c[0] == "mistral"))
     assert all(len(p.id) == 9 and p.id.isalnum() for p in pieces if isinstance(p, CallDelta) and p.id)
 
 
@@ -101,9 +116,23 @@ def test_forced_replies_are_calls_of_real_tools():
     schema = forced_schema(TOOLS, None, parallel=False)
     assert schema["maxItems"] == 1 and schema["items"]["anyOf"][0]["properties"]["name"] == {"const": "get_current_weather"}
     assert forced_schema(TOOLS, "get_current_weather", parallel=True) == WEATHER["function"]["parameters"]
-    [call] = forced_calls('[{"name": "get_current_weather", "parameters": {"city": "Seoul"}}]', None, FAMILIES["hermes"])
-    assert (call.name, json.loads(call.arguments)) == ("get_current_weather", {"city": "Seoul"})
-    assert forced_calls('{"city": "Se', "get_current_weather", FAMILIES["hermes"]) is None   # cut by max_tokens
+
+
+
+@pytest.mark.parametrize("named, reply, calls", [
+    (None, '[{"name":"get_current_weather","parameters":{"city":"Seoul"}},{"name":"get_current_weather","parameters":{}}]',
+     [("get_current_weather", '{"city":"Seoul"}'), ("get_current_weather", "{}")]),
+    ("get_current_weather", '{"city":"Seoul","days":3}', [("get_current_weather", '{"city":"Seoul","days":3}')]),
+    ("get_current_weather", '{"city":"Se', [("get_current_weather", '{"city":"Se')]),   # cut by max_tokens: the call stands
+])
+def test_forced_replies_stream_their_calls_as_they_are_decoded(named, reply, calls):
+    for step in (1, 3, len(reply)):
+        stream = ToolStream(forced_family(FAMILIES["mistral"], named), TOOLS)
+        pieces = [d for i in range(0, len(reply), step) for d in stream.add(reply[i : i + step])] + stream.finish()
+        assert [(c.name, c.arguments) for c in stream.calls] == calls and not any(isinstance(p, ContentDelta) for p in pieces)
+        assert all(len(c.id) == 9 for c in stream.calls)   # the template family's ids
+        if step == 1:
+            assert sum(1 for p in pieces if isinstance(p, CallDelta) and p.index == 0) > 3
 
 
 def test_special_marker_tokens_survive_decoding_only_when_kept(smol_tokenizer):
@@ -118,3 +147,70 @@ def test_special_marker_tokens_survive_decoding_only_when_kept(smol_tokenizer):
     kept = TextStream(tokenizer, keep={marker: "[TOOL_CALLS]"})
     text = "".join(kept.add([i]) for i in ids) + kept.flush()
     assert text == '[TOOL_CALLS][{"name": "f", "arguments": {}}]'
+
+
+def feed(family: str, pieces: list[str]):
+    stream = ToolStream(FAMILIES[family], TOOLS)
+    out = [d for piece in pieces for d in stream.add(piece)] + stream.finish()
+    return "".join(p.text for p in out if isinstance(p, ContentDelta)), stream.calls, out
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[3]], ids=lambda c: c[0])
+def test_every_family_streams_the_arguments_of_a_call_as_they_are_written(case):
+    family, reply, _, calls = case
+    _, _, pieces = parse(family, reply, step=1)
+    first = [p for p in pieces if isinstance(p, CallDelta) and p.index == 0]
+    assert first[0].id is not None and first[0].name == calls[0][0] and first[0].as_dict()["function"]["arguments"] == ""
+    args_before_name = reply.index('"arguments"') < reply.index('"name"') if '"name"' in reply and '"arguments"' in reply else False
+    assert len(first) > (2 if not args_before_name else 1)   # more than one piece of arguments
+    # The second call starts only after the first is complete.
+    indexes = [p.index for p in pieces if isinstance(p, CallDelta)]
+    assert indexes == sorted(indexes)
+
+
+def test_markup_split_across_tokens_never_leaks_into_content():
+    content, calls, _ = feed("hermes", ["Sure.", "\n<tool_", "call", ">\n{\"na", 'me": "get_current_weather", "argu', 'ments": {"city": ',
+                                        '"Seoul"}}\n</tool_', "call>"])
+    assert content == "Sure." and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_current_weather", {"city": "Seoul"})]
+    content, calls, _ = feed("mistral", ["[TOOL_", "CALLS]get_current", "_weather[AR", 'GS]{"city": "Rome"}'])
+    assert content == "" and [(c.name, c.arguments) for c in calls] == [("get_current_weather", '{"city": "Rome"}')]
+
+
+@pytest.mark.parametrize("family, pieces", [
+    ("hermes", ["I use <tool", "s> and <tool_call", "ing> in prose."]),
+    ("hermes", ["<tool_call> is the tag I would use."]),
+    ("qwen", ["<tool_call>\n<function", " is not a tag"]),
+    ("mistral", ["[TOOL", "S] are fine; [TOOL_CALLS] is one too"]),
+    ("llama3", ["{not JSON at all"]),
+])
+def test_text_that_only_looks_like_the_start_of_markup_is_content(family, pieces):
+    content, calls, _ = feed(family, pieces)
+    assert content == "".join(pieces) and calls == []
+
+
+def test_a_call_cut_off_inside_its_arguments_stands_with_the_arguments_written():
+    """max_tokens ran out inside a call: the call is out (its name and what was written of its arguments, not
+    JSON) with finish_reason length; cut before its arguments began, the text is content."""
+    from tunesmith.serve.chat import Choice, Plan
+
+    reply = 'Checking.\n<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Dal'
+    choice = Choice(Plan(TOOLS, FAMILIES["hermes"]), tokenizer=None, logprobs=None)
+    deltas = [d for ch in reply for d in choice.add(ch, [])]
+    last, reason = choice.finish("length")
+    deltas += last
+    assert reason == "length" and choice.content == "Checking."
+    assert choice.message()["tool_calls"] == [{"id": choice.calls[0]["id"], "type": "function",
+                                               "function": {"name": "get_current_weather", "arguments": '{"city": "Dal'}}]
+    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if "tool_calls" in d) == '{"city": "Dal'
+    for family, cut in [("hermes", '<tool_call>\n{"name": "get_curr'), ("llama3", '{"name": "get_current_weather", "para'),
+                        ("mistral", "[TOOL_CALLS]get_current_weather[AR")]:
+        content, calls, _ = feed(family, list(cut))
+        assert (content, calls) == (cut, []), family
+
+
+def test_several_calls_in_one_answer_are_indexed_in_order():
+    reply = next(c[1] for c in CASES if c[0] == "llama3" and len(c[3]) == 2)   # two calls after <|python_tag|>
+    _, calls, pieces = parse("llama3", reply, step=3)
+    headers = [p for p in pieces if isinstance(p, CallDelta) and p.id is not None]
+    assert [h.index for h in headers] == [0, 1] and headers[0].id != headers[1].id
+    assert calls == [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]

@@ -244,13 +244,21 @@ def _name(function: dict, path: str, where: str, reason: str) -> str:
     return name
 
 
-def _check_schema(schema, path: str, where: str) -> None:
+def schema_problem(schema: dict) -> tuple[str, str] | None:
+    """Why `schema` is not a valid JSON schema (by its own $schema's metaschema, else 2020-12): where inside it
+    (".properties.a.type") and what is wrong; None when it is valid. Shared by training data and the server."""
     from jsonschema import Draft202012Validator, SchemaError, validators
 
-    if not isinstance(schema, dict):
-        raise DataError(where, path, f"expected a JSON schema object, found {type_name(schema)}", "invalid_tools")
     try:
         validators.validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as err:
-        at = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in err.path)
-        raise DataError(where, path + at, f"not a valid JSON schema: {err.message}", "invalid_tools") from None
+        return "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in err.path), err.message
+    return None
+
+
+def _check_schema(schema, path: str, where: str) -> None:
+    if not isinstance(schema, dict):
+        raise DataError(where, path, f"expected a JSON schema object, found {type_name(schema)}", "invalid_tools")
+    problem = schema_problem(schema)
+    if problem is not None:
+        raise DataError(where, path + problem[0], f"not a valid JSON schema: {problem[1]}", "invalid_tools")

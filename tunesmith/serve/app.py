@@ -2,7 +2,7 @@
 
     POST /v1/chat/completions   messages rendered with the model's own chat template; SSE with stream=true;
                                 tools, response_format and logprobs (chat.py)
-    POST /v1/completions        raw text prompts
+    POST /v1/completions        raw text prompts; response_format and logprobs too
     GET  /v1/models[/{id}]      the base and every adapter
     GET  /health                liveness and engine counters (no API key needed)
     POST /generate              {"prompt" or "messages", "model"?} -> {"text", ...}
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from tunesmith.data.templates import TemplateError, prompt_ids, tool_source
 from tunesmith.eval.generate import require_conversation
 from tunesmith.serve.catalog import Catalog, ServedModel
-from tunesmith.serve.chat import Choice, Plan, completion_logprobs, plan
+from tunesmith.serve.chat import Choice, Plan, completion_logprobs, plan, text_plan
 from tunesmith.serve.engine import Engine, EngineStopped, Request
 from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled
 from tunesmith.serve.sampling import Sampling
@@ -300,7 +300,7 @@ def build_app(
         served = find(body.model)
         prompts = [tokenizer(text)["input_ids"] for text in body.prompts()]
         limits = [budget(len(ids), body.max_tokens, "prompt") for ids in prompts]
-        requests = requests_for(served, prompts, body, limits, body.logprobs)
+        requests = requests_for(served, prompts, body, limits, body.logprobs, await constraint(served, text_plan(body)))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if body.stream:
             return sse(completion_chunks(head, requests, body, prompts), catalog.public)
@@ -456,7 +456,7 @@ def validation_error(errors: list[dict]):
         loc = [p for p in loc if p not in ("str", "int", "float", "bool", "dict", "list") and "[" not in p]
         message = e["msg"].removeprefix("Value error, ")
         # A check across fields (protocol's model validators) names its field first: "tool_choice: ...".
-        named = re.match(r"([a-z_]+): ", message) if e["type"] == "value_error" else None
+        named = re.match(r"([a-z_]+(?:\.[a-z0-9_]+)*): ", message) if e["type"] == "value_error" else None
         if named:
             loc, message = [*loc, named.group(1)], message[named.end():]
         param = param or (".".join(loc) or None)

@@ -6,15 +6,16 @@ tool_choice:
     none                            no tools in the prompt, the reply is text (what OpenAI promises for none)
     required / a named function     the tools go into the prompt and the reply is decoded under a JSON schema
                                     (tools.forced_schema), so it is always a well-formed call of a real tool
-response_format json_object / json_schema: the reply is decoded under that schema (structured.py, or vLLM's).
+response_format json_object / json_schema: the reply is decoded under that schema (structured.py, or vLLM's); on
+/v1/completions too (`text_plan`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.serve.protocol import ChatRequest, NamedToolChoice
-from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, Family, ToolStream, family_of, forced_calls, forced_schema
+from tunesmith.serve.protocol import ChatRequest, NamedToolChoice, Structured
+from tunesmith.serve.tools import FAMILIES, ContentDelta, Family, ToolStream, family_of, forced_family, forced_schema
 
 
 @dataclass
@@ -37,9 +38,7 @@ def plan(body: ChatRequest, template_source: str, parser: str | None) -> Plan:
     """`template_source`: the Jinja text that renders the request's tools (tunesmith.data.templates.tool_source: the
     template's own, or the built-in Hermes format that training used for a template without tool support)."""
     if not body.calls_tools():
-        if body.response_format is not None and body.response_format.type == "json_schema":
-            return Plan(None, None, schema=body.response_format.json_schema.schema_, json_reply=True)
-        return Plan(None, None, json_reply=body.json_reply())
+        return text_plan(body)
     tools = [t.model_dump(exclude_none=True) for t in body.tools]
     family = FAMILIES[parser or family_of(template_source)]
     max_calls = 1 if body.parallel_tool_calls is False else None
@@ -48,6 +47,13 @@ def plan(body: ChatRequest, template_source: str, parser: str | None) -> Plan:
     named = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
     schema = forced_schema(tools, named, parallel=max_calls is None)
     return Plan(tools, family, schema=schema, json_reply=True, forced=True, named=named, max_calls=max_calls, param="tools")
+
+
+def text_plan(body: Structured) -> Plan:
+    """A reply without tools: free text, or decoded under response_format (chat and completions alike)."""
+    if body.response_format is not None and body.response_format.type == "json_schema":
+        return Plan(None, None, schema=body.response_format.json_schema.schema_, json_reply=True)
+    return Plan(None, None, json_reply=body.json_reply())
 
 
 @dataclass
@@ -61,11 +67,11 @@ class Choice:
     content: str = ""
     tokens: list = field(default_factory=list)   # engine.TokenLogprob of every token, for the whole reply
     _stream: ToolStream | None = None
-    _held: str = ""                 # a forced reply's text, parsed when it ends
 
     def __post_init__(self):
-        if self.plan.family is not None and not self.plan.forced:
-            self._stream = ToolStream(self.plan.family, self.plan.tools, self.plan.max_calls)
+        if self.plan.family is not None:
+            family = forced_family(self.plan.family, self.plan.named) if self.plan.forced else self.plan.family
+            self._stream = ToolStream(family, self.plan.tools, self.plan.max_calls)
 
     @property
     def done(self) -> bool:
@@ -73,10 +79,7 @@ class Choice:
 
     def add(self, text: str, scores: list) -> list[dict]:
         """Chunk deltas for new text (and the logprobs of the tokens behind it, put on the first delta)."""
-        if self.plan.forced:
-            self._held += text
-            pieces = []
-        elif self._stream is not None:
+        if self._stream is not None:
             pieces = self._stream.add(text)
         else:
             pieces = [ContentDelta(text)] if text else []
@@ -84,17 +87,7 @@ class Choice:
 
     def finish(self, reason: str) -> tuple[list[dict], str]:
         """The last deltas and the finish reason (tool_calls when the reply ended in calls)."""
-        if self.plan.forced:
-            calls = forced_calls(self._held, self.plan.named, self.plan.family)
-            if calls is None:   # cut by max_tokens: what there is, as text
-                pieces = [ContentDelta(self._held)] if self._held else []
-            else:
-                pieces = [d for i, c in enumerate(calls) for d in (CallDelta(i, c.id, c.name), CallDelta(i, arguments=c.arguments))]
-        elif self._stream is not None:
-            pieces = self._stream.finish()
-        else:
-            pieces = []
-        deltas = self._deltas(pieces, [])
+        deltas = self._deltas(self._stream.finish() if self._stream is not None else [], [])
         if self.calls and reason == "stop":
             reason = "tool_calls"
         return deltas, reason

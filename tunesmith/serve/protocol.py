@@ -125,10 +125,28 @@ class Message(_Body):
         return out
 
 
+def _valid_schema(schema: dict) -> dict:
+    from tunesmith.data.tools import schema_problem
+
+    problem = schema_problem(schema)
+    if problem is not None:
+        at, reason = problem
+        raise ValueError(f"not a valid JSON schema{' at ' + at.lstrip('.') if at else ''}: {reason}")
+    return schema
+
+
+def _object_schema(schema: dict) -> dict:
+    if schema.get("type", "object") != "object":
+        raise ValueError(f"must describe a JSON object (\"type\": \"object\"), not {json.dumps(schema['type'])}: a call's arguments are an object")
+    return schema
+
+
 class FunctionSpec(_Body):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")   # OpenAI's rule for names
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: Annotated[dict[str, Any], AfterValidator(_valid_schema), AfterValidator(_object_schema)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
     strict: bool | None = None   # the call's arguments are always constrained to `parameters` when forced
 
 
@@ -148,7 +166,7 @@ class NamedToolChoice(_Body):
 
 class JsonSchemaFormat(_Body):
     name: str = Field(min_length=1, max_length=64)
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: Annotated[dict[str, Any], AfterValidator(_valid_schema)] = Field(default_factory=dict, alias="schema")
     description: str | None = None
     strict: bool | None = None   # always enforced: the reply is decoded under the schema either way
 
@@ -216,7 +234,16 @@ class Sampled(_Body):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class ChatRequest(Sampled):
+class Structured(Sampled):
+    """A reply that may be asked to be JSON (chat and completions, as vLLM takes it on both)."""
+
+    response_format: ResponseFormat | None = None
+
+    def json_reply(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
+
+
+class ChatRequest(Structured):
     model: str
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -228,7 +255,6 @@ class ChatRequest(Sampled):
     # The pre-tools API (functions / function_call) is accepted only when off: clients send `tools` today.
     functions: Annotated[list | None, only_off(None, [])] = None
     function_call: Annotated[Any, only_off(None, "none")] = None
-    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _tools_fit_together(self):
@@ -248,15 +274,26 @@ class ChatRequest(Sampled):
             )
         return self
 
+    @model_validator(mode="after")
+    def _results_answer_calls(self):
+        """A tool result names a call an earlier assistant message made (a template would render it against
+        the wrong call, or none)."""
+        made: list[str] = []
+        for k, message in enumerate(self.messages):
+            made += [c.id for c in message.tool_calls or []]
+            if message.role == "tool" and message.tool_call_id not in made:
+                raise ValueError(
+                    f"messages.{k}.tool_call_id: {message.tool_call_id!r} is not the id of a call made by an earlier assistant "
+                    f"message (calls made: {', '.join(made) or 'none'})"
+                )
+        return self
+
     def calls_tools(self) -> bool:
         """Whether tools are offered to the model (tools given and tool_choice not 'none')."""
         return bool(self.tools) and self.tool_choice != "none"
 
-    def json_reply(self) -> bool:
-        return self.response_format is not None and self.response_format.type != "text"
 
-
-class CompletionRequest(Sampled):
+class CompletionRequest(Structured):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)   # OpenAI's default for completions

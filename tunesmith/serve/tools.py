@@ -13,11 +13,12 @@ call's id and name first, then its arguments); a whole reply is the same stream 
 section that is not a well-formed call comes back as content, never dropped.
 
 With tool_choice `required` or a named function, the reply is decoded under a JSON schema instead (vLLM's way:
-an array of {"name", "parameters"}, or the named function's arguments), parsed by `forced_calls`.
+an array of {"name", "parameters"}, or the named function's arguments), read as it streams by `forced_family`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -32,7 +33,7 @@ from tunesmith.serve.text import held_back
 @dataclass
 class Call:
     name: str
-    arguments: str   # JSON text of an object
+    arguments: str   # JSON text of an object (as far as it was written, in a call cut off by max_tokens)
     id: str
 
 
@@ -40,8 +41,8 @@ class Call:
 class Family:
     name: str
     markers: tuple[str, ...]      # where a tool-call section begins
-    take: Callable                # (section, final, tools) -> ([(name, arguments dict)], characters used)
-    leading_json: bool = False    # a reply whose first character is '{' is a call section (Llama 3)
+    take: Callable                # (section, final, tools) -> Taken
+    leading: tuple[str, ...] = ()  # a reply that begins with one of these is a call section (Llama 3's '{')
     short_ids: bool = False       # Mistral's templates want 9-character alphanumeric call ids
     special_texts: tuple[str, ...] = ()   # marker tokens that decoding must keep although they are special
 
@@ -55,6 +56,30 @@ class NotACall(ValueError):
     """The section cannot be read as a tool call (and more text will not change that)."""
 
 
+@dataclass
+class Taken:
+    """What a family's reader found in a tool-call section so far, reading it from its start.
+
+    `calls`: the complete calls, (name, arguments JSON text). `open`: the call being written, once its name and the
+    start of its arguments object are in: (name, the arguments so far), each later reading's a continuation of
+    the last. `used`: where the last complete call's markup ends; `pending`: the text after `used` may still
+    become a call as more text arrives."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    open: tuple[str, str] | None = None
+    used: int = 0
+    pending: bool = False
+
+
+@dataclass
+class _Read:
+    """One call read at a position: complete (`call`, ending at `end`), still being written (`open`), or neither yet."""
+
+    call: tuple[str, str] | None = None
+    open: tuple[str, str] | None = None
+    end: int = 0
+
+
 _DECODER = json.JSONDecoder()
 
 
@@ -63,26 +88,31 @@ def _json_at(text: str, start: int) -> tuple[object, int] | None:
     try:
         return _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as err:
-        if _unclosed(text, start):
+        if _value_end(text, start) is None:
             return None   # ran out of text: wait for more
         raise NotACall(f"not JSON: {err.msg}") from None
 
 
-def _unclosed(text: str, start: int) -> bool:
-    """Whether a string or bracket opened at or after `start` is still open at the end of `text`."""
-    depth, in_string, escaped = 0, False, False
-    for ch in text[start:]:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-            if depth <= 0:
-                return False
-    return in_string or depth > 0
+_SCALAR = re.compile(r"[^,:\]}\s]*")
+# What brackets a JSON value: a whole string (skipped in one match, whatever it holds), a string still open, a bracket.
+_TOKENS = re.compile(r'(?P<string>"[^"\\]*(?:\\.[^"\\]*)*")|(?P<open>")|[\[\]{}]')
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """Where the JSON value at `start` ends, by its brackets and strings (not checked further); None while open.
+    A section is read again at every token, so this scan runs in the regex engine, not character by character."""
+    if text[start] not in '[{"':
+        end = _SCALAR.match(text, start).end()
+        return None if end == len(text) else end   # 12 may become 123
+    depth = 0
+    for match in _TOKENS.finditer(text, start):
+        if match.group("open") is not None:
+            return None
+        if match.group("string") is None:
+            depth += 1 if match.group() in "[{" else -1
+        if depth == 0:
+            return match.end()
+    return None
 
 
 def _skip_space(text: str, i: int) -> int:
@@ -91,7 +121,7 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
-def _name_and_arguments(obj, keys=("arguments", "parameters")) -> tuple[str, dict]:
+def _name_and_arguments(obj, keys=("arguments", "parameters")) -> tuple[str, str]:
     if isinstance(obj, dict) and obj.get("type") == "function" and isinstance(obj.get("function"), dict):
         obj = obj["function"]
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
@@ -104,45 +134,146 @@ def _name_and_arguments(obj, keys=("arguments", "parameters")) -> tuple[str, dic
             raise NotACall("arguments are not JSON") from None
     if not isinstance(arguments, dict):
         raise NotACall("arguments must be an object")
-    return obj["name"], arguments
+    return obj["name"], json.dumps(arguments, ensure_ascii=False)
 
 
-def _tagged(section: str, final: bool, body: Callable) -> tuple[list, int, bool]:
-    """Calls in <tool_call>...</tool_call> tags; the last may lack its closing tag when the reply ended there."""
+def _json_call(text: str, start: int, final: bool, keys=("arguments", "parameters")) -> _Read:
+    """The call object {"name": ..., "arguments": {...}} at `start` ('{'), its keys in any order.
+
+    Once the name and the '{' of the arguments are in, the call is the model's: its arguments stream as the
+    model writes them (their text, untouched) and the call stands even if the reply is cut off inside them
+    (`final`). Before that point, anything that cannot be a call is NotACall; an object of another shape (a
+    {"type": "function", "function": ...} wrapper, arguments as a JSON string) is read once it is complete."""
+    name, arguments, i = None, None, start + 1
+    while True:
+        i = _skip_space(text, i)
+        if name is not None and arguments is not None:
+            a, b = arguments
+            if b is None:
+                b = _value_end(text, a)
+            end = None if b is None else _value_end(text, start)
+            if end is not None:
+                return _Read(call=(name, text[a:b]), end=end)
+            partial = text[a : len(text) if b is None else b]
+            return _Read(call=(name, partial), end=len(text)) if final else _Read(open=(name, partial))
+        if i == len(text):
+            break
+        if text[i] == "}":
+            found = _json_at(text, start)
+            return _Read(call=_name_and_arguments(found[0], keys), end=found[1])
+        if text[i] == "," and i > start + 1:
+            i = _skip_space(text, i + 1)
+            if i == len(text):
+                break
+        if text[i] != '"':
+            raise NotACall("not a call object")
+        found = _json_at(text, i)
+        if found is None:
+            break
+        key, j = found
+        j = _skip_space(text, j)
+        if j == len(text):
+            break
+        if text[j] != ":":
+            raise NotACall("not a call object")
+        j = _skip_space(text, j + 1)
+        if j == len(text):
+            break
+        if key == "name":
+            if text[j] != '"':
+                raise NotACall("a call's name is a string")
+            found = _json_at(text, j)
+            if found is None:
+                break
+            name, i = found
+        elif key in keys and text[j] == "{" and arguments is None:
+            b = None if name is not None else _value_end(text, j)   # before the name: skipped, read once it is in
+            if name is None and b is None:
+                break
+            arguments, i = (j, b), (j if b is None else b)
+        else:
+            i = _value_end(text, j)
+            if i is None:
+                break
+    if final:
+        raise NotACall("the reply ended inside a call, before its arguments")
+    return _Read()
+
+
+def _tagged(section: str, final: bool, body: Callable) -> Taken:
+    """Calls in <tool_call>...</tool_call> tags; the last may lack its closing tag when the reply ended there.
+    Text inside a tag after a call's object is markup (the model's layout), not content."""
     calls, used = [], 0
     while True:
         i = _skip_space(section, used)
         if not section.startswith("<tool_call>", i):
-            return calls, used, "<tool_call>".startswith(section[i:])
-        start = i + len("<tool_call>")
-        end = section.find("</tool_call>", start)
-        if end < 0 and not final:
-            return calls, used, True
-        inner = section[start:] if end < 0 else section[start:end]
-        calls.append(body(inner.strip()))
-        used = len(section) if end < 0 else end + len("</tool_call>")
+            return Taken(calls, used=used, pending="<tool_call>".startswith(section[i:]))
+        start = _skip_space(section, i + len("<tool_call>"))
+        close = section.find("</tool_call>", start)
+        inner = section if close < 0 else section[:close]
+        try:
+            if start == len(inner):
+                if close < 0 and not final:
+                    return Taken(calls, used=used, pending=True)
+                raise NotACall("an empty <tool_call>")
+            read = body(inner, start, final or close >= 0)
+        except NotACall:
+            if calls:   # the calls before stand; this section ends after them
+                return Taken(calls, used=used)
+            raise
+        if read.call is None:
+            return Taken(calls, open=read.open, used=used, pending=True)
+        after = section[read.end :].lstrip() if close < 0 else ""
+        if close < 0 and after and not "</tool_call>".startswith(after):
+            calls.append(read.call)   # no closing tag, text instead: the call ends with its object, the text is content
+            used = read.end
+            continue
+        if close < 0 and not final:
+            # Complete, but its closing tag is still to come: out now, settled when the tag is in.
+            return Taken([*calls, read.call], used=used, pending=True)
+        calls.append(read.call)
+        used = len(section) if close < 0 else close + len("</tool_call>")
 
 
-def _hermes_body(inner: str, tools) -> tuple[str, dict]:
-    found = _json_at(inner, 0)
-    if found is None or inner[found[1]:].strip():
-        raise NotACall("the tag holds no single JSON object")
-    return _name_and_arguments(found[0])
+def _hermes_body(text: str, start: int, final: bool, tools) -> _Read:
+    if text[start] != "{":
+        raise NotACall("a <tool_call> holds a JSON object")
+    return _json_call(text, start, final)
 
 
-_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.S)
-_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.S)
+_FUNCTION = re.compile(r"<function=([^>\s]+)>")
+_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?")
 
 
-def _qwen_body(inner: str, tools) -> tuple[str, dict]:
-    if not inner.startswith("<function="):
-        return _hermes_body(inner, tools)
-    match = _FUNCTION.fullmatch(inner)
+def _qwen_body(text: str, start: int, final: bool, tools) -> _Read:
+    """Hermes' JSON, or Qwen3-Coder's <function=f><parameter=x>1</parameter></function>: its arguments stream a
+    parameter at a time, as the JSON text json.dumps would write."""
+    if not text.startswith("<function=", start):
+        if "<function=".startswith(text[start:]):
+            if final:
+                raise NotACall("the reply ended inside a call")
+            return _Read()
+        return _hermes_body(text, start, final, tools)
+    match = _FUNCTION.match(text, start)
     if match is None:
-        raise NotACall("not a <function=...> block")
-    name, body = match.groups()
-    types = _parameter_types(tools, name)
-    return name, {key: _typed(value, types.get(key)) for key, value in _PARAMETER.findall(body)}
+        if final or ">" in text[start:] or any(c.isspace() for c in text[start:]):
+            raise NotACall("not a <function=...> block")
+        return _Read()
+    name, types, pieces, i = match.group(1), _parameter_types(tools, match.group(1)), [], match.end()
+    while True:
+        i = _skip_space(text, i)
+        if text.startswith("</function>", i):
+            return _Read(call=(name, "{" + ", ".join(pieces) + "}"), end=i + len("</function>"))
+        parameter = _PARAMETER.match(text, i)
+        close = -1 if parameter is None else text.find("</parameter>", parameter.end())
+        if close < 0:
+            break
+        value = text[parameter.end() : close]
+        value = value[:-1] if value.endswith("\n") else value
+        pieces.append(f"{json.dumps(parameter.group(1), ensure_ascii=False)}: {json.dumps(_typed(value, types.get(parameter.group(1))), ensure_ascii=False)}")
+        i = close + len("</parameter>")
+    partial = (name, "{" + ", ".join(pieces))
+    return _Read(call=partial, end=len(text)) if final else _Read(open=partial)
 
 
 def _parameter_types(tools, name: str) -> dict:
@@ -162,92 +293,125 @@ def _typed(value: str, kind) -> object:
         return value
 
 
-# Each take_<family>(section, final, tools) -> (calls [(name, arguments)], characters used, pending): `pending`
-# when the text after `used` may still become a call as more text arrives.
+# Each take_<family>(section, final, tools) -> Taken, the section read from its start (where the marker is).
 
 
-def take_hermes(section: str, final: bool, tools) -> tuple[list, int, bool]:
-    return _tagged(section, final, lambda inner: _hermes_body(inner, tools))
+def take_hermes(section: str, final: bool, tools) -> Taken:
+    return _tagged(section, final, lambda text, start, complete: _hermes_body(text, start, complete, tools))
 
 
-def take_qwen(section: str, final: bool, tools) -> tuple[list, int, bool]:
-    return _tagged(section, final, lambda inner: _qwen_body(inner, tools))
+def take_qwen(section: str, final: bool, tools) -> Taken:
+    return _tagged(section, final, lambda text, start, complete: _qwen_body(text, start, complete, tools))
 
 
-def take_llama3(section: str, final: bool, tools) -> tuple[list, int, bool]:
+def take_llama3(section: str, final: bool, tools) -> Taken:
     calls, used = [], 0
     i = _skip_space(section, 0)
     if section.startswith("<|python_tag|>", i):
         used = i = i + len("<|python_tag|>")
     while True:
         i = _skip_space(section, i)
-        if section.startswith(";", i):   # between two calls
+        if calls and section.startswith(";", i):   # between two calls
             i = _skip_space(section, i + 1)
         if i == len(section):
-            return calls, used, True
+            return Taken(calls, used=used, pending=True)
         if section[i] != "{":
-            return calls, used, False
-        found = _json_at(section, i)
-        if found is None:
-            if final:
-                raise NotACall("the reply ended inside a call")
-            return calls, used, True
-        calls.append(_name_and_arguments(found[0]))
-        used = i = found[1]
+            return Taken(calls, used=used)
+        try:
+            read = _json_call(section, i, final, keys=("parameters", "arguments"))
+        except NotACall:
+            if calls:
+                return Taken(calls, used=used)
+            raise
+        if read.call is None:
+            return Taken(calls, open=read.open, used=used, pending=True)
+        calls.append(read.call)
+        used = i = read.end
 
 
 _MISTRAL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _mistral_v11(section: str, i: int) -> tuple[tuple[str, dict], int] | None:
-    """(name, arguments) of `name[ARGS]{...}` or `name{...}` at i, and where it ends; None while incomplete."""
+def _mistral_v11(section: str, i: int, final: bool) -> _Read:
+    """`name[ARGS]{...}` or `name{...}` at i: the arguments stream once their '{' is in."""
     match = _MISTRAL_NAME.match(section, i)
     j = match.end() if match else i
     if section.startswith("[ARGS]", j):
         j += len("[ARGS]")
-    elif "[ARGS]".startswith(section[j:]):
-        return None
+    elif "[ARGS]".startswith(section[j:]) and not final:
+        return _Read()
     j = _skip_space(section, j)
-    if j == len(section):
-        return None
-    if match is None or section[j] != "{":
+    if j == len(section) and not final:
+        return _Read()
+    if match is None or j == len(section) or section[j] != "{":
         raise NotACall("[TOOL_CALLS] is not followed by a function name and its arguments")
-    found = _json_at(section, j)
-    if found is None:
-        return None
-    if not isinstance(found[0], dict):
-        raise NotACall("the arguments are not an object")
-    return (match.group(0), found[0]), found[1]
+    end = _value_end(section, j)
+    if end is not None:
+        return _Read(call=(match.group(0), section[j:end]), end=end)
+    partial = (match.group(0), section[j:])
+    return _Read(call=partial, end=len(section)) if final else _Read(open=partial)
 
 
-def take_mistral(section: str, final: bool, tools) -> tuple[list, int, bool]:
+def _call_list(section: str, i: int, final: bool, calls: list, keys=("arguments", "parameters")) -> tuple[_Read | None, int | None]:
+    """A JSON list of call objects at i ('['; Mistral v0.3's, a forced reply's), each out as soon as it is
+    complete: the open call and where the list ends (None while it is still open); complete calls are added to
+    `calls`."""
+    j, first = i + 1, True
+    while True:
+        j = _skip_space(section, j)
+        if j == len(section):
+            return None, (j if final else None)
+        if section[j] == "]":
+            return None, j + 1
+        if section[j] == "," and not first:
+            j = _skip_space(section, j + 1)
+            if j == len(section):
+                return None, (j if final else None)
+        try:
+            if section[j] != "{":
+                raise NotACall("[TOOL_CALLS] is not followed by a list of calls")
+            read = _json_call(section, j, final, keys)
+        except NotACall:
+            if first:
+                raise
+            return None, j   # the calls before stand; the list ends after them
+        if read.call is None:
+            return read, None
+        calls.append(read.call)
+        j, first = read.end, False
+
+
+def take_mistral(section: str, final: bool, tools) -> Taken:
     calls, used = [], 0
     while True:
         i = _skip_space(section, used)
         if not section.startswith("[TOOL_CALLS]", i):
-            return calls, used, False
+            return Taken(calls, used=used, pending="[TOOL_CALLS]".startswith(section[i:]))
         i = _skip_space(section, i + len("[TOOL_CALLS]"))
-        if i < len(section) and section[i] == "[":   # v0.3: a JSON list of calls
-            found = _json_at(section, i)
-            if found is not None and not isinstance(found[0], list):
-                raise NotACall("[TOOL_CALLS] is not followed by a list")
-            pairs = [] if found is None else [_name_and_arguments(obj) for obj in found[0]]
-        else:                                         # v11+: name, maybe [ARGS], then the arguments object
-            found = _mistral_v11(section, i)
-            pairs = [] if found is None else [found[0]]
-            found = None if found is None else (None, found[1])
-        if found is None:
-            if final:
-                raise NotACall("the reply ended inside a call")
-            return calls, used, True
-        calls += pairs
-        used = found[1]
+        if i == len(section) and not final:
+            return Taken(calls, used=used, pending=True)
+        try:
+            if i < len(section) and section[i] == "[":
+                read, end = _call_list(section, i, final, calls)
+                if end is None:
+                    return Taken(calls, open=read.open if read else None, used=used, pending=True)
+            else:
+                read = _mistral_v11(section, i, final)
+                if read.call is None:
+                    return Taken(calls, open=read.open, used=used, pending=True)
+                calls.append(read.call)
+                end = read.end
+        except NotACall:
+            if calls:
+                return Taken(calls, used=used)
+            raise
+        used = end
 
 
 FAMILIES = {
     "hermes": Family("hermes", ("<tool_call>",), take_hermes),
     "qwen": Family("qwen", ("<tool_call>",), take_qwen),
-    "llama3": Family("llama3", ("<|python_tag|>",), take_llama3, leading_json=True, special_texts=("<|python_tag|>",)),
+    "llama3": Family("llama3", ("<|python_tag|>",), take_llama3, leading=("{",), special_texts=("<|python_tag|>",)),
     "mistral": Family("mistral", ("[TOOL_CALLS]",), take_mistral, short_ids=True, special_texts=("[TOOL_CALLS]", "[ARGS]")),
 }
 
@@ -287,15 +451,22 @@ class CallDelta:
 
 @dataclass
 class ToolStream:
-    """Text deltas in, content and call deltas out. `done` turns true once max_calls calls are out."""
+    """Text deltas in, content and call deltas out. `done` turns true once max_calls calls are out.
+
+    A call goes out as it is written: its id and name once its arguments have begun, then each new piece of
+    the arguments. A section is read again from its start as text arrives (sections are a few hundred
+    characters), and what was already handed out is skipped."""
 
     family: Family
     tools: list[dict]
     max_calls: int | None = None
     calls: list[Call] = field(default_factory=list)
-    _text: str = ""                 # text not yet handed out
+    _text: str = ""                 # text not yet handed out (in a section: the section from its start)
     _in_calls: bool = False         # inside a tool-call section
     _started: bool = False          # a non-space character has arrived
+    _out: int = 0                   # complete calls of this section handed out
+    _layout: str = ""               # the space before the section: content again if it is no call
+    _open: Call | None = None       # the call being handed out, its arguments so far
 
     @property
     def done(self) -> bool:
@@ -317,7 +488,7 @@ class ToolStream:
                     if not stripped and not final:
                         return out
                     self._started = True
-                    if self.family.leading_json and stripped.startswith("{"):
+                    if stripped.startswith(self.family.leading):
                         self._text, self._in_calls = stripped, True
                         continue
                 at = min((i for i in (self._text.find(m) for m in self.family.markers) if i >= 0), default=-1)
@@ -328,35 +499,48 @@ class ToolStream:
                     out += self._content(self._text[:cut])
                     self._text = self._text[cut:]
                     return out
-                out += self._content(self._text[:at].rstrip())
-                self._text, self._in_calls = self._text[at:], True
+                before = self._text[:at].rstrip()
+                out += self._content(before)
+                self._layout, self._text, self._in_calls = self._text[len(before) : at], self._text[at:], True
             try:
-                found, used, pending = self.family.take(self._text, final, self.tools)
+                taken = self.family.take(self._text, final, self.tools)
             except NotACall:
-                out += self._content(self._text)   # not a call after all: the model's text, shown as it is
+                out += self._content(self._layout + self._text)   # not a call after all: the model's text, as it is
                 self._text, self._in_calls = "", False
                 return out
-            for name, arguments in found:
+            for name, arguments in taken.calls[self._out :]:
                 if not self.done:
-                    out += self._call(name, arguments)
-            self._text = self._text[used:]
+                    out += self._call(name, arguments, complete=True)
+            if taken.open is not None and not self.done:
+                out += self._call(*taken.open, complete=False)
+            if taken.pending and not final:
+                return out
+            self._text, self._out = self._text[taken.used :], 0
             if not self._text.strip():
                 if final:
                     self._text = ""
                 return out
-            if pending and not final:
-                return out
-            self._in_calls = False   # text after the calls: content again (and maybe more sections)
+            # Text after the calls: content again (and maybe more sections), without the layout before it.
+            self._text, self._in_calls = self._text.lstrip(), False
         return out
 
     def _content(self, text: str) -> list:
         return [ContentDelta(text)] if text else []
 
-    def _call(self, name: str, arguments: dict) -> list:
-        call = Call(name, json.dumps(arguments, ensure_ascii=False), self.family.new_id())
-        self.calls.append(call)
-        index = len(self.calls) - 1
-        return [CallDelta(index, call.id, name), CallDelta(index, arguments=call.arguments)]
+    def _call(self, name: str, arguments: str, complete: bool) -> list:
+        """The deltas that bring the call being written up to `arguments` (its header first, if not yet out)."""
+        out = []
+        if self._open is None:
+            self._open = Call(name, "", self.family.new_id())
+            out.append(CallDelta(len(self.calls), self._open.id, name))
+        new = arguments[len(self._open.arguments) :]   # a reading continues the one before
+        if new:
+            out.append(CallDelta(len(self.calls), arguments=new))
+        self._open.arguments = arguments
+        if complete:
+            self.calls.append(self._open)
+            self._open, self._out = None, self._out + 1
+        return out
 
 
 def forced_schema(tools: list[dict], named: str | None, parallel: bool) -> dict:
@@ -374,11 +558,37 @@ def forced_schema(tools: list[dict], named: str | None, parallel: bool) -> dict:
     return {"type": "array", "items": items, "minItems": 1, **({} if parallel else {"maxItems": 1})}
 
 
-def forced_calls(text: str, named: str | None, family: Family) -> list[Call] | None:
-    """The calls of a reply decoded under `forced_schema`; None when it is not one (cut by max_tokens)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    pairs = [(named, value)] if named is not None else [(item["name"], item["parameters"]) for item in value]
-    return [Call(name, json.dumps(arguments, ensure_ascii=False), family.new_id()) for name, arguments in pairs]
+def take_forced_list(section: str, final: bool, tools) -> Taken:
+    """tool_choice required: the reply is a list of {"name", "parameters"} (forced_schema)."""
+    i = _skip_space(section, 0)
+    if i == len(section):
+        if final:
+            raise NotACall("an empty reply")
+        return Taken(pending=True)
+    calls = []
+    read, end = _call_list(section, i, final, calls, keys=("parameters",))
+    if end is None:
+        return Taken(calls, open=read.open if read else None, pending=True)
+    return Taken(calls, used=end)
+
+
+def take_named(name: str, section: str, final: bool, tools) -> Taken:
+    """A named tool_choice: the whole reply is the function's arguments, a call from its first character."""
+    i = _skip_space(section, 0)
+    if i == len(section) or section[i] != "{":
+        if final or i < len(section):
+            raise NotACall("the reply is not an arguments object")
+        return Taken(pending=True)
+    end = _value_end(section, i)
+    if end is not None:
+        return Taken([(name, section[i:end])], used=end)
+    partial = (name, section[i:])
+    return Taken([partial], used=len(section)) if final else Taken(open=partial, pending=True)
+
+
+def forced_family(family: Family, named: str | None) -> Family:
+    """How a reply decoded under forced_schema is read, streamed like any other: the named function's arguments,
+    or the list of calls. Ids as the template's family makes them."""
+    if named is not None:
+        return Family(family.name, (), functools.partial(take_named, named), leading=("{",), short_ids=family.short_ids)
+    return Family(family.name, (), take_forced_list, leading=("[",), short_ids=family.short_ids)
