@@ -232,3 +232,26 @@ def test_a_loss_that_turns_non_finite_stops_the_run_and_saves_no_final_weights(s
     weights = load_file(run.checkpoints / "checkpoint-1" / "adapter_model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert run.status() == "incomplete (resumable from step 1)"
+
+
+def test_a_run_resumed_at_its_lowered_last_step_trains_nothing_more(stories_path, data_file, straight, tmp_path, capsys):
+    """train.max_steps lowered to the checkpoint's step: the Trainer alone would train one step more."""
+    out = tmp_path / "run"
+    shutil.copytree(straight.path, out)
+    shutil.rmtree(out / "adapter")
+    for step in (6, 8):
+        shutil.rmtree(out / "checkpoints" / f"checkpoint-{step}")
+    (out / "report.md").unlink()
+    recipe = recipe_file(tmp_path, raw_recipe(stories_path, data_file, out))
+    capsys.readouterr()
+
+    assert main(["train", recipe, "--resume", "--allow-changes", "train.max_steps=3"]) == 2
+    assert "--resume: checkpoint-4 is at step 4, past the run's last step (3, from train.max_steps or train.epochs)" in capsys.readouterr().err
+    assert not (out / "adapter").exists()
+
+    assert main(["train", recipe, "--resume", "--allow-changes", "train.max_steps=4"]) == 0
+    steps_logged = [r["step"] for r in RunDir(out).metrics() if "loss" in r]
+    assert steps_logged == [1, 2, 3, 4]
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    at_4 = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert saved.keys() == at_4.keys() and all(torch.equal(saved[k], at_4[k]) for k in saved)  # checkpoint-4, untrained further

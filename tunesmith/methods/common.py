@@ -277,6 +277,29 @@ class StopOnInterrupt(TrainerCallback):
     on_evaluate = on_step_end
 
 
+class NothingLeft(Exception):
+    """A resumed run whose checkpoint is at its last step already: there is no step to train."""
+
+
+class StopAtTheLastStep(TrainerCallback):
+    """A run resumed from a checkpoint at its last step (train.max_steps lowered to it with --allow-changes) trains
+    nothing: the Trainer would train one step more before it compares the step with max_steps. A checkpoint past
+    the last step cannot end where the recipe says."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > state.max_steps:
+            raise TunesmithError(
+                f"--resume: {self.checkpoint.name} is at step {state.global_step}, past the run's last step "
+                f"({state.max_steps}, from train.max_steps or train.epochs): ask for at least {state.global_step} steps, "
+                "or start the run again"
+            )
+        if state.global_step == state.max_steps:
+            raise NothingLeft
+
+
 class ProgressBar(TrainerCallback):
     """A tqdm bar over optimiser steps with the latest logged loss (shown as soon as it is logged) and training
     tokens/s, and a second bar over the batches of each evaluation."""

@@ -25,7 +25,9 @@ from tunesmith.experiments.pruning import trial_callbacks
 from tunesmith.methods.common import (
     InterruptRequest,
     MetricsLogger,
+    NothingLeft,
     ProgressBar,
+    StopAtTheLastStep,
     StopOnInterrupt,
     StopOnNonFinite,
     WriteProgress,
@@ -99,10 +101,16 @@ def fit(trainer, s: Started):
         use_lora_plus(trainer, s.peft)
     request = InterruptRequest()
     trainer.add_callback(StopOnInterrupt(request))
+    if s.resume_from:
+        trainer.add_callback(StopAtTheLastStep(s.resume_from))
     started = time.perf_counter()
     try:
         with request:
             result = trainer.train(resume_from_checkpoint=str(s.resume_from) if s.resume_from else None)
+    except NothingLeft:  # the weights are the checkpoint's, loaded before the first step
+        from transformers.trainer_utils import TrainOutput
+
+        result = TrainOutput(trainer.state.global_step, float("nan"), {})
     except KeyboardInterrupt:
         raise interrupted(s.run, trainer.state.global_step, saved=False) from None
     finally:
