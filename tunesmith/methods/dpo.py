@@ -50,7 +50,7 @@ from tunesmith.methods.steps import (callbacks_for, console, describe, example_t
                                      start, write_data_report)
 from tunesmith.models import attention, lm_loss, logprobs
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, peft_config, prepare_base, wrap_model
+from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir
 
 
@@ -129,6 +129,8 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
         callbacks=callbacks_for(recipe, run, callbacks),
         **extra,
     )
+    if "peft_config" in extra:  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
+        original_reference(trainer.model, recipe.peft)
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
 
@@ -256,6 +258,7 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
         callbacks=callbacks_for(recipe, s.run, callbacks),
         **extra,
     )
+    original_reference(trainer.model, recipe.peft)  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
 
