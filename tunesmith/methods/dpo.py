@@ -317,7 +317,10 @@ class PlannedPairs:
         return EpochSeededPermutation(len(dataset), self.args.data_seed)
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
-        return sum(int(batch["pairs"]) for batch in batch_samples)
+        pairs = torch.tensor(sum(int(batch["pairs"]) for batch in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            pairs = self.accelerator.gather(pairs).sum()  # every rank's pairs: compute_loss scales back by the ranks
+        return pairs
 
 
 class PairBatches(PlannedPairs):
