@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's tunesmith, not an installed one
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

@@ -174,3 +174,33 @@ def test_the_shipped_accelerate_configs_load_and_name_their_command(name):
         assert config.fsdp_config["fsdp_version"] == 2 and config.fsdp_config["fsdp_reshard_after_forward"] is True
     else:
         assert (ROOT / config.deepspeed_config["deepspeed_config_file"]) == CONFIGS / f"{name}.json"
+
+
+def test_dpo_on_two_processes_trains_as_one_with_the_same_global_batch(stories_path, tmp_path):
+    """Packed pairs (tunesmith's DPO loss): the loss of a step is the mean over every rank's pairs, so two processes
+    of one row each step as one process accumulating two rows."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Capital of {c}?", "chosen": a, "rejected": f"Not {a}, {k}."}) + "\n"
+                            for k, (c, a) in enumerate(CAPITALS * 2)), encoding="utf-8")
+
+    def raw(out, **train):
+        r = raw_recipe(stories_path, data, out, **train)
+        r["method"], r["dpo"] = "dpo", {"beta": 0.5}
+        r["train"] |= {"max_tokens_per_batch": 150, "max_steps": 3}  # one pair a row: 10 rows
+        return r
+
+    from tunesmith.methods import dpo
+
+    one = dpo.train(validate(raw(tmp_path / "one", grad_accum=2)))
+    recipe_file = tmp_path / "two.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw(tmp_path / "two")), encoding="utf-8")
+    torchrun_train(recipe_file)
+    two = tmp_path / "two"
+    assert json.loads((two / "data_report.json").read_text())["batching"]["batches"] == 10
+    reference = steps(one.path)
+    assert [r["step"] for r in steps(two)] == [r["step"] for r in reference] == [1, 2, 3]
+    for a, b in zip(steps(two), reference):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-5)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-5)
+    wa, wb = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (two, one.path))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5

@@ -4,6 +4,9 @@ training. Most tests run the trials' jobs with a stand-in worker that writes the
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -154,22 +157,41 @@ def test_results_table_best_recipe_and_report(project, base, capsys):
     assert sorted(p.name for p in (folder / "plots").glob("*.png")) == ["history.png", "importances.png", "parallel.png"]
 
 
-def test_a_trial_falling_behind_is_pruned_at_an_evaluation(project, base, monkeypatch):
+def trial_behind_the_others(project, base):
+    """(the study, $TUNESMITH_TRIAL of a new trial in it) after two earlier trials that did far better at step 2
+    than stories260K's first steps do: the median pruner stops the new one at its first evaluation."""
     import optuna
 
-    path = write_sweep(project, base, pruner="median", startup_trials=2)
-    sweep = load_sweep(path)
+    sweep = load_sweep(write_sweep(project, base, pruner="median", startup_trials=2))
     study = open_study(sweep)
-    for value in (0.5, 0.6):  # two earlier trials that did far better at step 2 than stories260K's first steps do
+    for value in (0.5, 0.6):
         study.add_trial(optuna.trial.create_trial(params={"train.lr": 1e-2, "peft.r": 4}, distributions={
             "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True), "peft.r": optuna.distributions.CategoricalDistribution([2, 4, 8])},
             value=value, intermediate_values={2: value, 4: value}))
     trial = study.ask()
     spec = {"storage": sweep.storage_url, "study": sweep.name, "trial_id": trial._trial_id, "objective": "eval_loss", "pruner": "median", "startup_trials": 2}
-    monkeypatch.setenv(TRIAL_ENV, json.dumps(spec))
+    return study, json.dumps(spec)
+
+
+def test_a_trial_falling_behind_is_pruned_at_an_evaluation(project, base, monkeypatch):
+    study, spec = trial_behind_the_others(project, base)
+    monkeypatch.setenv(TRIAL_ENV, spec)
     run = sft.train(load_recipe(base, ["train.eval_steps=2", "output_dir=runs/pruned"]))
     assert json.loads((run.path / PRUNED).read_text())["step"] == 2
     assert max(r["step"] for r in run.metrics()) == 2 and run.finished  # stopped at its first evaluation, weights saved
+    assert study.trials[-1].intermediate_values.keys() == {2}
+
+
+def test_a_pruned_trial_on_two_processes_stops_both(project, base):
+    """Rank 0 alone asks the study; had it alone stopped, the other rank would wait on it at the next step forever."""
+    study, spec = trial_behind_the_others(project, base)
+    done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(base), "train.eval_steps=2", "train.max_steps=6",
+                           "output_dir=runs/pruned", "--nproc", "2"], env=os.environ | {TRIAL_ENV: spec}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = RunDir(project / "runs" / "pruned")
+    assert json.loads((run.path / PRUNED).read_text())["step"] == 2
+    assert max(r["step"] for r in run.metrics()) == 2 and run.finished
     assert study.trials[-1].intermediate_values.keys() == {2}
 
 

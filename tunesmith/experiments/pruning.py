@@ -14,6 +14,7 @@ import sys
 
 from transformers import TrainerCallback
 
+from tunesmith import distributed
 from tunesmith.runs import RunDir
 
 TRIAL_ENV = "TUNESMITH_TRIAL"
@@ -46,11 +47,17 @@ class ReportToStudy(TrainerCallback):
         self.trial = optuna.trial.Trial(optuna.load_study(study_name=study, storage=storage, pruner=make_pruner(pruner, startup_trials)), trial_id)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.objective)
-        if value is None or not state.is_world_process_zero:
+        value = (metrics or {}).get(self.objective)  # the global metric, the same on every rank
+        if value is None:
             return
-        self.trial.report(value, state.global_step)
-        if self.trial.should_prune():
+        prune = False
+        if state.is_world_process_zero:
+            self.trial.report(value, state.global_step)
+            prune = self.trial.should_prune()
+        # Rank 0 asks the study; every rank stops at this step, or the others would wait on it at the next one forever.
+        if not distributed.any_rank(prune):
+            return
+        if state.is_world_process_zero:
             self.run.write_json(PRUNED, {"step": state.global_step, self.objective: value})
             print(f"\npruned at step {state.global_step}: {self.objective} {value:.4g} falls behind the sweep's other trials", file=sys.stderr)
-            control.should_training_stop = True
+        control.should_training_stop = True

@@ -50,7 +50,7 @@ from tunesmith.methods.steps import (callbacks_for, console, describe, example_t
                                      start, write_data_report)
 from tunesmith.models import attention, lm_loss, logprobs
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, peft_config, prepare_base, wrap_model
+from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base, wrap_model
 from tunesmith.runs import RunDir
 
 
@@ -129,6 +129,8 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
         callbacks=callbacks_for(recipe, run, callbacks),
         **extra,
     )
+    if "peft_config" in extra:  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
+        original_reference(trainer.model, recipe.peft)
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
 
@@ -256,6 +258,7 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
         callbacks=callbacks_for(recipe, s.run, callbacks),
         **extra,
     )
+    original_reference(trainer.model, recipe.peft)  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
 
@@ -314,7 +317,10 @@ class PlannedPairs:
         return EpochSeededPermutation(len(dataset), self.args.data_seed)
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
-        return sum(int(batch["pairs"]) for batch in batch_samples)
+        pairs = torch.tensor(sum(int(batch["pairs"]) for batch in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            pairs = self.accelerator.gather(pairs).sum()  # every rank's pairs: compute_loss scales back by the ranks
+        return pairs
 
 
 class PairBatches(PlannedPairs):

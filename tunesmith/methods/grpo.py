@@ -27,7 +27,7 @@ from tunesmith.data.templates import install_template
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, start
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, peft_config, prepare_base
+from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base
 from tunesmith.runs import RunDir
 
 
@@ -82,5 +82,6 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reward_funcs: list, tokeni
         callbacks=callbacks_for(recipe, run, callbacks),
         **extra,
     )
+    original_reference(trainer.model, recipe.peft)  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer

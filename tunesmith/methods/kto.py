@@ -24,7 +24,7 @@ from tunesmith.config import Recipe
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
 from tunesmith.models.load import load_model
-from tunesmith.models.peft import count_parameters, peft_config, prepare_base
+from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base
 from tunesmith.runs import RunDir
 
 
@@ -71,6 +71,7 @@ def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, trai
         callbacks=callbacks_for(recipe, run, callbacks),
         **extra,
     )
+    original_reference(trainer.model, recipe.peft)  # TRL wrapped the model: under PiSSA/OLoRA its adapters-off self is not the original
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the progress bar
     return trainer
 

@@ -41,7 +41,7 @@ from tunesmith.models.lm_loss import base_of
 from tunesmith.models.load import load_model
 from tunesmith.models.logprobs import check as check_logprobs
 from tunesmith.models.logprobs import head_logprobs
-from tunesmith.models.peft import count_parameters, wrap_model
+from tunesmith.models.peft import count_parameters, rewrites_base, wrap_model
 from tunesmith.models.reward import load_reward_model, score
 from tunesmith.runs import RunDir
 
@@ -53,7 +53,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, a
 
     set_seed(recipe.train.seed)  # adapters and value head draw from the global RNG
     model, _, _ = load_model(recipe.model, s.source)
-    policy = wrap_model(model, recipe.peft, recipe.train.gradient_checkpointing)
+    policy = wrap_model(model, recipe.peft, recipe.train.gradient_checkpointing, reference=reference_mode(recipe) == "adapters_off")
     for module in policy.modules():  # dropout would make the first update's ratio differ from 1 (TRL does the same)
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -202,7 +202,10 @@ class Loop:
     def reference_logprobs(self, batch: dict) -> torch.Tensor:
         if self.reference is not None:
             return forward(self.reference, None, batch, self.cfg.temperature, self.chunked)[0]
-        with self.policy.disable_adapter():
+        from trl.trainer.utils import use_adapter
+
+        # Under PiSSA/OLoRA the adapters-off policy is the residual model; the frozen "ref" adapter restores the original.
+        with use_adapter(self.policy, "ref") if rewrites_base(self.recipe.peft) else self.policy.disable_adapter():
             return forward(self.policy, None, batch, self.cfg.temperature, self.chunked)[0]
 
     def update(self, rollout: dict) -> dict:

@@ -138,16 +138,38 @@ def sequence_logprobs(model, inputs: dict, sequences: int) -> tuple[torch.Tensor
     """(S,) summed log-probs of the scored tokens (labels != -100) of each of `sequences` sequences, and (S,) how many
     tokens each has scored. `inputs` hold input_ids and labels (B, T) and either attention_mask (padded rows) or
     position_ids (packed rows); model is a causal LM, with or without PEFT adapters."""
-    base = base_of(model)
     model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids") or k.startswith(("cu_seq_lens", "max_length"))}
-    hidden = base.base_model(**model_inputs, use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H): t predicts t+1
+    hidden = last_hidden_state(model, model_inputs)[:, :-1]  # (B, T-1, H): t predicts t+1
     targets = inputs["labels"][:, 1:]
     scored = targets != -100
-    values = head_logprobs(model, hidden[scored], targets[scored])
+    values = head_logprobs(ddp_unwrapped(model), hidden[scored], targets[scored])
     which = sequence_index(inputs)[:, 1:][scored]
     sums = torch.zeros(sequences, dtype=values.dtype, device=values.device).index_add(0, which, values)
     counts = torch.zeros(sequences, dtype=torch.long, device=values.device).index_add(0, which, torch.ones_like(which))
     return sums, counts
+
+
+def last_hidden_state(model, inputs: dict) -> torch.Tensor:
+    """(B, T, H) the decoder's output, without the logits. Under DDP it runs through the wrapper's forward, with
+    the wrapped model's forward stood in for by its decoder's: DDP all-reduces the gradients of what its own
+    forward ran, and nothing of a forward that goes around it."""
+    inner = ddp_unwrapped(model)
+    if inner is model:
+        return base_of(model).base_model(**inputs, use_cache=False).last_hidden_state
+    patched = inner.__dict__.pop("forward", None)  # tunesmith.models.lm_loss's chunked loss patches it so
+    inner.forward = lambda **kwargs: base_of(inner).base_model(**kwargs)
+    try:
+        return model(**inputs, use_cache=False).last_hidden_state
+    finally:
+        del inner.forward
+        if patched is not None:
+            inner.forward = patched
+
+
+def ddp_unwrapped(model):
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def check(model, inputs: dict, sequences: int) -> str | None:

@@ -163,9 +163,10 @@ def prepare_base(model, cfg: PeftConfig, gradient_checkpointing: bool):
     return model
 
 
-def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: str = "CAUSAL_LM"):
+def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: str = "CAUSAL_LM", reference: bool = False):
     """Full fine-tuning returns the model as is; `adapter` adds tunesmith's bottleneck adapters to it; the other
-    methods return a PeftModel. Only the adapter's parameters are left trainable."""
+    methods return a PeftModel. Only the adapter's parameters are left trainable. `reference`: the model's
+    adapters-off self serves as the reference (see add_reference_adapter)."""
     if cfg.method == "none":
         return model
     if cfg.method == "adapter":
@@ -181,8 +182,10 @@ def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: 
         wrapped = get_peft_model(prepare_base(model, cfg, gradient_checkpointing), config)
     except (ValueError, TypeError) as err:  # PEFT's own refusals: a layer type or shape the method cannot take
         raise TunesmithError(f"peft.method {cfg.method!r}: PEFT cannot wrap this model: {err}") from None
-    if cfg.init in ("pissa", "olora"):
+    if rewrites_base(cfg):
         keep_initial_adapter(wrapped)
+        if reference:
+            add_reference_adapter(wrapped)
     return wrapped
 
 
@@ -199,6 +202,28 @@ def keep_initial_adapter(model) -> None:
     model.initial_adapter = folder  # deleted with the model
 
 
+def rewrites_base(cfg: PeftConfig) -> bool:
+    """PiSSA and OLoRA: the base weights become W - B0 A0 (B0 A0: the initial adapter), so the model with its
+    adapters off is no longer the model training started from."""
+    return cfg.method in ("lora", "qlora") and cfg.init in ("pissa", "olora")
+
+
+def add_reference_adapter(model) -> None:
+    """The initial adapter again, frozen, as adapter "ref": base + ref is the original model. TRL's trainers (and
+    tunesmith's DPO and PPO) take the reference from the "ref" adapter when a PeftModel has one, and from the
+    model with its adapters off otherwise, which under PiSSA/OLoRA is the residual W - B0 A0."""
+    model.load_adapter(model.initial_adapter.name, adapter_name="ref", is_trainable=False)
+    model.set_adapter("default")
+
+
+def original_reference(model, cfg: PeftConfig) -> None:
+    """For a model TRL wrapped from peft_config (it knows nothing of tunesmith's keep_initial_adapter): under
+    PiSSA/OLoRA, keep the initial adapter for saving, and make the reference the original model."""
+    if rewrites_base(cfg):
+        keep_initial_adapter(model)
+        add_reference_adapter(model)
+
+
 def save_adapter(model, folder, cfg: PeftConfig, base_path: str, state_dict: dict | None = None) -> None:
     """The adapter's weights and config, pointing at `base_path` (the hub id, or the local converted folder).
     `state_dict`: the whole model's weights gathered from the ranks that each hold a shard (FSDP, ZeRO-3)."""
@@ -211,7 +236,8 @@ def save_adapter(model, folder, cfg: PeftConfig, base_path: str, state_dict: dic
         return
     model.peft_config["default"].base_model_name_or_path = base_path
     extra = {"state_dict": state_dict} if state_dict is not None else {}
-    if cfg.method in ("lora", "qlora") and cfg.init in ("pissa", "olora"):
+    extra["selected_adapters"] = ["default"]  # not the frozen "ref" adapter a preference method may carry
+    if rewrites_base(cfg):
         model.save_pretrained(folder, path_initial_model_for_weight_conversion=model.initial_adapter.name, **extra)
     else:
         model.save_pretrained(folder, **extra)

@@ -185,9 +185,29 @@ def setup_of(case: Case, device: str, world: int, distributed: str):
     tokens = case.tokens_budget if case.tokens_budget else case.batch_size * per_example
     packed = case.budgeted and case.tokens_budget is not None
     loss = "chunked" if case.method == "sft" else "head" if case.method == "reward" else "logits"
-    return Setup(tokens=tokens, seq=tokens if packed and case.model.attn_implementation == "eager" else case.max_length + case.extra_tokens,
+    seq = case.max_length + case.extra_tokens
+    return Setup(tokens=tokens, seq=tokens if packed and case.model.attn_implementation == "eager" else seq,
                  checkpointing=case.checkpointing, optimizer=case.optimizer, grad_accum=case.grad_accum, loss=loss,
-                 reference=case.reference, world_size=world, distributed=distributed, cuda=device != "cpu")
+                 reference=case.reference, world_size=world, distributed=distributed, cuda=device != "cpu",
+                 mask=mask_bytes(case, tokens, tokens if packed else seq, device))
+
+
+def mask_bytes(case: Case, tokens: int, span: int, device: str) -> int:
+    """The attention mask transformers builds before the first layer: a boolean per query and key for sdpa (a
+    packed row's block-diagonal mask too, although packed_sdpa attends one example at a time and never reads it),
+    the compute dtype's additive mask for eager, none for FlashAttention. `span`: the keys each query is masked
+    against (a packed row's whole length, a padded batch's width). A padded batch without padding needs none; it
+    is counted anyway, as the batch with the most padding has one."""
+    attention = case.model.attn_implementation
+    if attention == "flash_attention_2":
+        return 0
+    size = 1 if attention != "eager" else {"float32": 4}.get(compute_dtype(case, device), 2)
+    return tokens * span * size
+
+
+def compute_dtype(case: Case, device: str) -> str:
+    m = case.model
+    return resolve_dtype(m.compute_dtype if case.quantization == "4bit" and m.compute_dtype != "auto" else m.dtype, device)
 
 
 class Profiles:
@@ -200,7 +220,7 @@ class Profiles:
         from tunesmith.plan.profile import measure
 
         m = case.model
-        dtype = resolve_dtype(m.compute_dtype if case.quantization == "4bit" and m.compute_dtype != "auto" else m.dtype, self.device)
+        dtype = compute_dtype(case, self.device)
         key = (dtype, case.quantization, m.double_quant, case.peft.model_dump_json(), m.attn_implementation, case.method == "reward")
         if key not in self.cache:
             self.cache[key] = measure(self.config, dtype, case.quantization, m.double_quant, case.peft, m.attn_implementation,

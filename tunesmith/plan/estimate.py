@@ -3,10 +3,12 @@ and how a recipe trains it (a Setup). Pure arithmetic: no torch.
 
 The peak of a training step, in the order PyTorch allocates it:
   weights (+ a frozen reference copy) and optimizer states live throughout (states from the first step on);
-  forward: the activations autograd saves for backward pile up, layer by layer, and the loss adds its own;
-  backward: each layer frees its activations as its parameters' gradients appear, so with one micro-batch per
-  step the peak is the larger of (activations + the loss + the output layer's gradient, which comes first) and
-  (all gradients + the optimizer's temporaries at its step). With gradient accumulation the gradients of the earlier
+  forward: transformers builds the attention mask first (sdpa and eager: one (T x T) entry per query and key of
+  a row, several copies while it is built), then the activations autograd saves for backward pile up, layer by
+  layer, and the loss adds its own; backward: each layer frees its activations as its parameters' gradients
+  appear (measured on CPU: backward never rose above the end of the forward pass), so with one micro-batch per
+  step the peak is the largest of (the mask being built), (the mask + activations + the loss + the output layer's
+  gradient, which comes first) and (all gradients + the optimizer's temporaries at its step). With gradient accumulation the gradients of the earlier
   micro-batches are held during the next forward: both add up.
 """
 
@@ -56,13 +58,18 @@ class Setup:
     world_size: int = 1
     distributed: str = "none"        # none, ddp, fsdp, deepspeed_zero2, deepspeed_zero3
     cuda: bool = True                # the CUDA context and the foreach optimizer step (CPU steps one tensor at a time)
+    mask: int = 0                    # bytes of the (rows x T x T) attention mask the model builds for the forward pass
 
 
 # What the CUDA context and the caching allocator take beyond the tensors (nvidia-smi against max_memory_allocated).
 CUDA_RUNTIME = 1 * GiB
-# What a first training step adds to a CPU process's resident memory beyond the tensors: PyTorch's kernels paged in,
-# the autograd and OpenMP threads (measured by bench/plan_vs_measured.py on its smallest rows).
-CPU_RUNTIME = 160 * MiB
+# What a CPU process's resident memory holds after the first training step beyond the tensors: PyTorch's kernels
+# paged in, the autograd and OpenMP threads, the Trainer and PEFT set up (measured by bench/plan_vs_measured.py's
+# rows of the tiny model and stories260K, whose tensors are a few MiB: 141-155 MiB).
+CPU_RUNTIME = 144 * MiB
+# Building the mask of a packed row (masking_utils.sdpa_mask over a block-diagonal mask function) holds three
+# (T x T) booleans at once: measured 771 MiB at T=16,384 (T x T = 256 MiB), 256 MiB kept through the forward pass.
+MASK_BUILD = 3
 
 
 @dataclass
@@ -142,10 +149,13 @@ def estimate(p: Profile, s: Setup) -> Estimate:
                         else "a 4/8-bit layer dequantised for its matmul"))
     # foreach AdamW (torch's default on CUDA) computes over all parameters at once: one temporary of their size.
     step = grads if s.cuda and s.optimizer == "adamw" else max((el * size for el, _, size in p.trainable), default=0)
+    if s.mask:
+        e.parts.append(("attention mask", s.mask, f"the (T x T) mask transformers builds for the forward pass ({MASK_BUILD}x while building it)"))
+    forward = max(MASK_BUILD * s.mask, s.mask + activations + loss_saved + loss_transient + head_grad)
     if s.grad_accum > 1:
-        dynamic = grads + activations + loss_saved + loss_transient + head_grad
+        dynamic = grads + forward
     else:
-        dynamic = max(activations + loss_saved + loss_transient + head_grad, grads + step)
+        dynamic = max(forward, grads + step)
     # The gradients are inside `dynamic`: with one micro-batch they never coexist with all the activations.
     e.peak = weights + adapters + states + transient + (weights if s.reference == "copy" else 0) + dynamic
     if s.cuda:
@@ -158,13 +168,15 @@ def estimate(p: Profile, s: Setup) -> Estimate:
 
 
 def activation_per_token(p: Profile, s: Setup) -> float:
-    """Bytes per token at the start of backward, plus backward's working set: the gradients of one layer's
-    intermediate tensors, about the size of what that layer saved."""
+    """Bytes per token at the end of the forward pass: what backward starts from. Backward frees a layer's saved
+    tensors as it goes, faster than the gradients of its intermediates appear (measured on CPU: its resident memory
+    never rose above the end of the forward pass)."""
     layer = p.act_layer + p.act_layer_per_seq * s.seq
     if s.checkpointing:
-        # Each layer's input is kept; backward recomputes one layer at a time, holding its activations once.
-        return p.act_outside + p.layers * p.act_input + 2 * layer
-    return p.act_outside + (p.layers + 1) * layer
+        # Each layer's input is kept; backward recomputes one layer at a time, holding its activations once (measured
+        # on CPU: their gradients fit in what the layer's backward frees as it goes).
+        return p.act_outside + p.layers * p.act_input + layer
+    return p.act_outside + p.layers * layer
 
 
 def activation_bytes(p: Profile, s: Setup) -> int:
