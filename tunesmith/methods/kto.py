@@ -21,8 +21,20 @@ import random
 from transformers import set_seed
 
 from tunesmith.config import Recipe
+from tunesmith.data.batching import plan_batches
 from tunesmith.methods.common import trainer_arguments
-from tunesmith.methods.steps import callbacks_for, describe, finish, first_last, fit, load_reference, reference_mode, start
+from tunesmith.methods.steps import (
+    callbacks_for,
+    console,
+    describe,
+    finish,
+    first_last,
+    fit,
+    load_reference,
+    reference_mode,
+    start,
+    write_data_report,
+)
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base
 from tunesmith.runs import RunDir
@@ -30,6 +42,7 @@ from tunesmith.runs import RunDir
 
 def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, allow_changes: bool = False) -> RunDir:
     s = start(recipe, resume, allow_changes)  # run directory, tokenizer and template, checked examples: before the model loads
+    report_batching(recipe, s)
 
     model, _, _ = load_model(recipe.model, s.source)
     reference = load_reference(recipe, s.source)
@@ -46,6 +59,22 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, a
         f"- KL estimate (train): {first_last(records, 'kl') or '-'}",
         f"- reward margin, desirable minus undesirable (eval): {first_last(records, 'eval_rewards/margins') or 'no eval data'}",
     ])
+
+
+def report_batching(recipe: Recipe, s) -> None:
+    """KTO batches batch_size examples at random, padded, never packed; with train.packing on (the default) that is
+    said on the terminal and in the data report. TRL's KTOTrainer computes the KL estimate in a forward pass of its
+    own over mismatched prompt/reply pairs of the batch, padded, and the losses from padded batches: a packed row
+    would need another trainer, not a collator."""
+    t = recipe.train
+    lengths = [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in s.train_rows]
+    s.data_report.batching = plan_batches(lengths, "random", None, t.batch_size, t.seed).summary(lengths, t.batch_size)
+    if t.packing:
+        why = ("kto trains unpacked: TRL's KTOTrainer pairs each example's prompt with another example's reply of the "
+               "same batch for its KL estimate, and pads both")
+        s.data_report.batching["note"] = f"packing is off: {why} (set train.packing: false to say so)"
+        console.print(f"train.packing: {why}; training on padded batches of {t.batch_size}", markup=False, highlight=False)
+    write_data_report(s.run, s.data_report)
 
 
 def build_trainer(recipe: Recipe, run: RunDir, model, reference, tokenizer, train_rows, eval_rows, callbacks: list | None):
