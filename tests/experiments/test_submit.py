@@ -154,3 +154,23 @@ def test_a_train_job_asking_for_several_devices_trains_one_process_on_each(proje
     two, one = JobQueue(create=False).get(1), JobQueue(create=False).get(2)
     assert two.argv[-2:] == ["--nproc", "2"] and two.gpus == 2  # DDP (or train.distributed's engine), not DataParallel
     assert "--nproc" not in one.argv
+
+
+def test_runs_list_shows_queued_jobs_runs_before_they_begin_and_which_are_running(project, stories_path, capsys):
+    recipe = write_recipe(project, stories_path)
+    assert queue_add(str(recipe), "--name", "first") == 0
+    assert queue_add(str(recipe), "--name", "second") == 0
+    capsys.readouterr()
+    assert main(["runs", "list", "runs"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"queued, not started: job 1 first ({project / 'runs' / 'first'})",
+        f"queued, not started: job 2 second ({project / 'runs' / 'second'})",
+    ]
+    queue = JobQueue()
+    queue.claim("host:1", None)  # job 1 starts: its run directory appears as training begins
+    assert main(["train", str(recipe), "name=first", "train.max_steps=2"]) == 0
+    capsys.readouterr()
+    assert main(["runs", "list", "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "| finished; running as job 1 |" in out
+    assert out.rstrip().splitlines()[-1] == f"queued, not started: job 2 second ({project / 'runs' / 'second'})"

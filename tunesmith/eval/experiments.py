@@ -134,15 +134,33 @@ def plot_losses(runs: list[Path], out: Path) -> None:
 
 def list_runs(folder: str) -> str:
     runs = find_runs(folder)
+    jobs = queue_jobs(folder)
+    waiting = [f"queued, not started: job {j.id} {j.name} ({j.run_dir})" for j in jobs.values() if not is_run_dir(Path(j.run_dir))]
     if not runs:
-        print(f"no runs in {folder}")
+        print("\n".join(waiting) if waiting else f"no runs in {folder}")
         return ""
     headers, rows, n_config = experiment_table(runs, keys=MAIN_KEYS)
     # A run without final weights was stopped (or is still running): it is not a result to compare.
-    headers, rows = [*headers, "status"], [[*row, RunDir(run).status()] for run, row in zip(runs, rows)]
-    text = to_markdown([("table", headers, shown(headers, rows, n_config))]).rstrip()
+    status = [RunDir(run).status() + (f"; {j.state} as job {j.id}" if (j := jobs.get(str(run.resolve()))) else "") for run in runs]
+    headers, rows = [*headers, "status"], [[*row, s] for row, s in zip(rows, status)]
+    text = "\n".join([to_markdown([("table", headers, shown(headers, rows, n_config))]).rstrip(), *waiting])
     print(text)
     return text
+
+
+def queue_jobs(folder: str) -> dict:
+    """The queued and running train jobs of the queue beside these runs (`folder`/queue, or $TUNESMITH_QUEUE) that
+    train into `folder`, by their run directory: so that a queued variant shows before it has begun, and a
+    running one says so."""
+    from tunesmith.experiments.store import JobQueue, default_folder
+
+    for queue_folder in (default_folder(), Path(folder) / "queue"):
+        if (queue_folder / "queue.db").is_file():
+            queue = JobQueue(queue_folder, create=False)
+            here = Path(folder).resolve()
+            return {str(Path(j.run_dir).resolve()): j for j in queue.jobs(("queued", "running"))
+                    if j.run_dir and here in (Path(j.run_dir).resolve(), Path(j.run_dir).resolve().parent)}
+    return {}
 
 
 def compare_runs(paths: list[str], out: str) -> Path:
