@@ -204,3 +204,21 @@ def test_dpo_on_two_processes_trains_as_one_with_the_same_global_batch(stories_p
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-5)
     wa, wb = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (two, one.path))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+
+
+@pytest.mark.parametrize("method, batches, note", [
+    ("dpo", 5, "5 batches over 2 processes: the last step of every epoch trains 1 of the epoch's first batches a second time"),
+    ("reward", 4, None),
+    ("sft", 5, None),  # topped up with fillers instead
+])
+def test_pairs_repeated_to_even_out_the_processes_are_said_in_the_data_report(monkeypatch, method, batches, note):
+    from types import SimpleNamespace
+
+    from tunesmith.methods.steps import plan_batches_into
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    plan = SimpleNamespace(batches=[[i] for i in range(batches)], summary=lambda lengths, batch_size: {"batches": batches})
+    report = SimpleNamespace(batching=None)
+    recipe = SimpleNamespace(method=method, train=SimpleNamespace(batch_size=1))
+    assert plan_batches_into(report, recipe, [], lambda r, rows: plan) is plan
+    assert report.batching.get("note", "").startswith(note) if note else "note" not in report.batching

@@ -302,6 +302,15 @@ def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batch
     plan = batching(recipe, train_rows) if batching else None
     if plan is not None:
         data_report.batching = plan.summary([example_tokens(r) for r in train_rows], recipe.train.batch_size)
+        processes = distributed.world_size()
+        if recipe.method != "sft" and (repeated := -len(plan.batches) % processes):
+            # sft tops an epoch up with empty fillers (methods/sft.py); pairs have none, and accelerate gives every
+            # process a batch by dealing the epoch's first ones out again
+            data_report.batching["note"] = (
+                f"{len(plan.batches)} batches over {processes} processes: the last step of every epoch trains "
+                f"{repeated} of the epoch's first batches a second time (accelerate gives every process a batch); "
+                f"a batch count divisible by {processes} (train.batch_size, train.max_tokens_per_batch) avoids it"
+            )
     return plan
 
 
