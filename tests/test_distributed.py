@@ -176,49 +176,78 @@ def test_the_shipped_accelerate_configs_load_and_name_their_command(name):
         assert (ROOT / config.deepspeed_config["deepspeed_config_file"]) == CONFIGS / f"{name}.json"
 
 
-def test_dpo_on_two_processes_trains_as_one_with_the_same_global_batch(stories_path, tmp_path):
-    """Packed pairs (tunesmith's DPO loss): the loss of a step is the mean over every rank's pairs, so two processes
-    of one row each step as one process accumulating two rows."""
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_pairs_on_two_processes_train_as_one_with_the_same_global_batch(stories_path, tmp_path, method):
+    """Packed pairs (tunesmith's DPO and reward losses): the loss of a step is the mean over every rank's pairs, so two
+    processes of one row each step as one process accumulating two rows, also when the rows hold different numbers
+    of pairs and the epoch's last step tops up the second process with the filler (no pair trains twice)."""
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Capital of {c}?", "chosen": a, "rejected": f"Not {a}, {k}."}) + "\n"
+    data.write_text("".join(json.dumps({"prompt": f"Capital of {c}?", "chosen": a, "rejected": f"Not {a}, {'again ' * k}."}) + "\n"
                             for k, (c, a) in enumerate(CAPITALS * 2)), encoding="utf-8")
 
     def raw(out, **train):
         r = raw_recipe(stories_path, data, out, **train)
-        r["method"], r["dpo"] = "dpo", {"beta": 0.5}
-        r["train"] |= {"max_tokens_per_batch": 150, "max_steps": 3}  # one pair a row: 10 rows
+        r["method"] = method
+        if method == "dpo":
+            r["dpo"] = {"beta": 0.5}
+        r["train"] |= {"max_tokens_per_batch": 300, "epochs": 1}  # 10 pairs of 134-169 tokens: 7 rows of 1 or 2 pairs
         return r
 
-    from tunesmith.methods import dpo
+    from tunesmith.methods import dpo, reward
 
-    one = dpo.train(validate(raw(tmp_path / "one", grad_accum=2)))
+    one = {"dpo": dpo, "reward": reward}[method].train(validate(raw(tmp_path / "one", grad_accum=2)))
     recipe_file = tmp_path / "two.yaml"
     recipe_file.write_text(yaml.safe_dump(raw(tmp_path / "two")), encoding="utf-8")
     torchrun_train(recipe_file)
     two = tmp_path / "two"
-    assert json.loads((two / "data_report.json").read_text())["batching"]["batches"] == 10
+    batching = json.loads((two / "data_report.json").read_text())["batching"]
+    assert batching["batches"] == 7 and "note" not in batching
     reference = steps(one.path)
-    assert [r["step"] for r in steps(two)] == [r["step"] for r in reference] == [1, 2, 3]
+    assert [r["step"] for r in steps(two)] == [r["step"] for r in reference] == [1, 2, 3, 4]
     for a, b in zip(steps(two), reference):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-5)
-        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-5)
-    wa, wb = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (two, one.path))
+    # The last step is one row, alone in one process and beside the filler on two: the filler's stand-in pair counts
+    # in no metric. (Earlier steps' metrics differ: TRL averages them per micro-batch, two processes per pair.)
+    metrics = ["rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen"] if method == "dpo" else ["min_reward", "mean_reward", "max_reward", "margin"]
+    assert {k: pytest.approx(v, abs=1e-5) for k, v in steps(two)[-1].items() if k in metrics} == {k: v for k, v in reference[-1].items() if k in metrics}
+    assert len(metrics) == sum(k in metrics for k in reference[-1])
+    weights = "adapter_model.safetensors"
+    wa, wb = (load_file(run / "adapter" / weights) for run in (two, one.path))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
-@pytest.mark.parametrize("method, batches, note", [
-    ("dpo", 5, "5 batches over 2 processes: the last step of every epoch trains 1 of the epoch's first batches a second time"),
-    ("reward", 4, None),
-    ("sft", 5, None),  # topped up with fillers instead
+@pytest.mark.parametrize("method, mode, note", [
+    ("dpo", "packed", None),  # planned batches, topped up with fillers
+    ("dpo", "random", None),
+    ("reward", "packed", None),
+    ("reward", "random", "5 examples over 2 processes × 2: the last step of every epoch trains 3 of the epoch's first examples a second time"),
+    ("sft", "packed", None),
 ])
-def test_pairs_repeated_to_even_out_the_processes_are_said_in_the_data_report(monkeypatch, method, batches, note):
+def test_what_trl_trainers_repeat_to_even_out_the_processes_is_said_in_the_data_report(monkeypatch, method, mode, note):
     from types import SimpleNamespace
 
     from tunesmith.methods.steps import plan_batches_into
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    plan = SimpleNamespace(batches=[[i] for i in range(batches)], summary=lambda lengths, batch_size: {"batches": batches})
+    plan = SimpleNamespace(mode=mode, batches=[[i] for i in range(5)], summary=lambda lengths, batch_size: {"batches": 5})
     report = SimpleNamespace(batching=None)
-    recipe = SimpleNamespace(method=method, train=SimpleNamespace(batch_size=1))
-    assert plan_batches_into(report, recipe, [], lambda r, rows: plan) is plan
+    recipe = SimpleNamespace(method=method, train=SimpleNamespace(batch_size=2))
+    rows = [{"input_ids": [1, 2]}] * 5
+    assert plan_batches_into(report, recipe, rows, lambda r, rows: plan) is plan
     assert report.batching.get("note", "").startswith(note) if note else "note" not in report.batching
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert plan_batches_into(report, recipe, rows, lambda r, rows: plan) is plan and "note" not in report.batching
+
+
+def test_kto_says_what_trls_batches_repeat_on_several_processes(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from tunesmith.data.report import DataReport
+    from tunesmith.methods import kto
+    from tunesmith.runs import RunDir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    s = SimpleNamespace(train_rows=[{"prompt_ids": [1, 2], "completion_ids": [3]}] * 7, data_report=DataReport(), run=RunDir(tmp_path))
+    kto.report_batching(recipe(batch_size=2, packing=False), s)
+    saved = json.loads((tmp_path / "data_report.json").read_text())["batching"]
+    assert saved["note"].startswith("7 examples over 2 processes × 2: the last step of every epoch trains 1 of the epoch's first examples")

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 import torch
 from transformers import set_seed
 
+from tunesmith import distributed
 from tunesmith.config import REFERENCE_FREE, Recipe
 from tunesmith.data.batching import BatchPlan, Collator, plan_batches
 from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.sft import EpochSeededPermutation
 from tunesmith.methods.steps import (callbacks_for, console, describe, example_tokens, finish, first_last, fit, load_reference, reference_mode,
-                                     start, write_data_report)
+                                     repeats_note, start, write_data_report)
 from tunesmith.models import attention, lm_loss, logprobs
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base, wrap_model
@@ -183,7 +184,8 @@ def check_model(recipe: Recipe, s, model, reference) -> bool:
     pair = s.train_rows[0]
     why = logprobs.check(model, PairCollator(pad_id, packed=False)([pairs_item([pair])]), 2)
     if why:
-        refuse_packing(recipe, s, f"log-probs: computed by TRL's DPOTrainer from the full logits, since {why}")
+        refuse_packing(recipe, s, f"log-probs: computed by TRL's DPOTrainer from the full logits, since {why}",
+                       repeats_note(len(s.train_rows), recipe.train.batch_size))
         return False
     if s.plan.mode == "packed":
         # sdpa one sequence at a time, not over the whole packed row (tunesmith.models.attention)
@@ -198,12 +200,13 @@ def check_model(recipe: Recipe, s, model, reference) -> bool:
     return True
 
 
-def refuse_packing(recipe: Recipe, s, why: str) -> None:
-    """Batch_size pairs at random instead of packed rows, said on the terminal and in the data report."""
+def refuse_packing(recipe: Recipe, s, why: str, repeats: str | None = None) -> None:
+    """Batch_size pairs at random instead of packed rows, said on the terminal and in the data report (with what
+    TRL's trainer repeats on several processes, `repeats`)."""
     t = recipe.train
     s.plan = plan(recipe.model_copy(update={"train": t.model_copy(update={"packing": False})}), s.train_rows)
     s.data_report.batching = s.plan.summary([example_tokens(r) for r in s.train_rows], t.batch_size)
-    s.data_report.batching["note"] = f"packing is off: {why} (set train.packing: false to say so)"
+    s.data_report.batching["note"] = f"packing is off: {why} (set train.packing: false to say so)" + (f"; {repeats}" if repeats else "")
     write_data_report(s.run, s.data_report)
     console.print(why, markup=False, highlight=False)
 
@@ -252,7 +255,7 @@ def build_pair_trainer(recipe: Recipe, s, model, reference, callbacks: list | No
         model=prepare_base(model, recipe.peft, recipe.train.gradient_checkpointing),
         args=args,
         data_collator=collator,
-        train_dataset=Dataset.from_list([pairs_item([train_rows[i] for i in b]) for b in plan.batches]),
+        train_dataset=Dataset.from_list(planned_items(train_rows, plan.batches)),
         eval_dataset=Dataset.from_list([pairs_item([row]) for row in eval_rows]) if eval_rows else None,
         processing_class=s.tokenizer,
         callbacks=callbacks_for(recipe, s.run, callbacks),
@@ -269,6 +272,15 @@ def pairs_item(rows: list[dict]) -> dict:
     return {k: [r[k] for r in rows] for k in keys}
 
 
+def planned_items(rows: list[dict], batches: list[list[int]]) -> list[dict]:
+    """One item per planned batch; on several processes followed by the filler, an item of no pairs, with which
+    PlannedPairs' sampler tops up an epoch's last step, so that no process trains a batch a second time."""
+    items = [pairs_item([rows[i] for i in b]) for b in batches]
+    if distributed.world_size() > 1:
+        items.append({k: [] for k in items[0]})
+    return items
+
+
 @dataclass
 class PairCollator:
     """Items of pairs_item to model inputs: each pair's prompt + chosen and prompt + rejected as sequences 2i and
@@ -281,12 +293,15 @@ class PairCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         pairs = [pair for item in items for pair in zip(item["prompt_ids"], item["chosen_ids"], item["rejected_ids"])]
+        count = len(pairs)
+        if not pairs:  # fillers only (planned_items): a stand-in pair, so this process runs the forward passes the others run
+            pairs = [([self.pad_token_id], [self.pad_token_id], [self.pad_token_id])]
         ids = [prompt + reply for prompt, *replies in pairs for reply in replies]
         labels = [[-100] * len(prompt) + reply for prompt, *replies in pairs for reply in replies]
         batch = Collator(self.pad_token_id, self.packed, self.varlen)([{"input_ids": ids, "labels": labels}])
-        batch["pairs"] = torch.tensor(len(pairs))
+        batch["pairs"] = torch.tensor(count)
         if "ref_logps" in items[0]:
-            batch["ref_logps"] = torch.tensor([x for item in items for pair in item["ref_logps"] for x in pair])
+            batch["ref_logps"] = torch.tensor([x for item in items for pair in item["ref_logps"] for x in pair] or [0.0, 0.0])
         return batch
 
 
@@ -308,13 +323,17 @@ class PlannedPairs:
     """A trainer on planned batches of pairs (dpo, reward): their order, drawn from seed + epoch, and the count of
     pairs of the whole optimiser step (num_items_in_batch, counted by the Trainer before its first micro-batch), by
     which compute_loss divides the summed per-pair losses: gradient accumulation over packed rows of different pair
-    counts then gives the gradient of the whole step's pairs, not a mean of micro-batch means."""
+    counts then gives the gradient of the whole step's pairs, not a mean of micro-batch means. On several processes
+    an epoch's last step is topped up with the filler (planned_items), whose stand-in pair counts for nothing."""
 
     loss_is_scaled_for_ga = True
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        return EpochSeededPermutation(len(dataset), self.args.data_seed)
+        if self.args.world_size == 1:
+            return EpochSeededPermutation(len(dataset), self.args.data_seed)
+        # the last item is the filler; every step deals world_size micro-batches of _train_batch_size items each
+        return EpochSeededPermutation(len(dataset) - 1, self.args.data_seed, self.args.world_size * self._train_batch_size)
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
         pairs = torch.tensor(sum(int(batch["pairs"]) for batch in batch_samples), device=device)
@@ -333,7 +352,8 @@ class PairBatches(PlannedPairs):
 
         mode = "train" if self.model.training else "eval"
         pairs = int(inputs["pairs"])
-        policy, counts = logprobs.sequence_logprobs(model, inputs, 2 * pairs)  # (2P,): chosen, rejected, chosen, ...
+        scored = max(pairs, 1)  # a filler's stand-in pair is scored as any, then left out
+        policy, counts = logprobs.sequence_logprobs(model, inputs, 2 * scored)  # (2P,): chosen, rejected, chosen, ...
         if "ref_logps" in inputs:
             ref = inputs["ref_logps"].to(policy.dtype)
         else:
@@ -341,25 +361,33 @@ class PairBatches(PlannedPairs):
                 if self.ref_model is None:  # the policy with its adapters off ("ref": the starting adapter, when re-training one)
                     unwrapped = self.accelerator.unwrap_model(self.model)
                     with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                        ref, _ = logprobs.sequence_logprobs(model, inputs, 2 * pairs)
+                        ref, _ = logprobs.sequence_logprobs(model, inputs, 2 * scored)
                 else:
-                    ref, _ = logprobs.sequence_logprobs(self.ref_model, inputs, 2 * pairs)
-        ratios = (policy - ref).view(pairs, 2)                                       # (P, 2): log pi/pi_ref of chosen, rejected
-        losses = pair_losses(self.loss_types[0], self.beta, self.label_smoothing, ratios, counts.view(pairs, 2))
-        loss = losses.sum() / (pairs if num_items_in_batch is None else num_items_in_batch)
+                    ref, _ = logprobs.sequence_logprobs(self.ref_model, inputs, 2 * scored)
+        ratios = (policy - ref).view(scored, 2)[:pairs]                              # (P, 2): log pi/pi_ref of chosen, rejected
+        losses = pair_losses(self.loss_types[0], self.beta, self.label_smoothing, ratios, counts.view(scored, 2)[:pairs])
+        loss = losses.sum() / (max(pairs, 1) if num_items_in_batch is None else num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counted every rank's pairs; DDP averages
 
         rewards = self.beta * ratios.detach()
-        metrics = self._metrics[mode]
-        gather = self.accelerator.gather
-        metrics["rewards/chosen"].append(gather(rewards[:, 0]).mean().item())
-        metrics["rewards/rejected"].append(gather(rewards[:, 1]).mean().item())
-        metrics["rewards/accuracies"].append(gather((rewards[:, 0] > rewards[:, 1]).float()).mean().item())
-        metrics["rewards/margins"].append(gather(rewards[:, 0] - rewards[:, 1]).mean().item())
-        metrics["logps/chosen"].append(gather(policy.detach().view(pairs, 2)[:, 0]).mean().item())
-        metrics["logps/rejected"].append(gather(policy.detach().view(pairs, 2)[:, 1]).mean().item())
+        logps = policy.detach().view(scored, 2)[:pairs]
+        log_means(self._metrics[mode], self.accelerator, {
+            "rewards/chosen": rewards[:, 0], "rewards/rejected": rewards[:, 1], "rewards/accuracies": (rewards[:, 0] > rewards[:, 1]).float(),
+            "rewards/margins": rewards[:, 0] - rewards[:, 1], "logps/chosen": logps[:, 0], "logps/rejected": logps[:, 1],
+        })
         return (loss, None) if return_outputs else loss
+
+
+def log_means(metrics: dict, accelerator, values: dict[str, torch.Tensor]) -> None:
+    """Append to `metrics` the mean of each (P,) tensor of `values` over every process's pairs. The processes hold
+    different numbers of pairs (a packed row's, or none: the filler), so sums and counts are reduced, not the values."""
+    device = next(iter(values.values())).device
+    totals = torch.stack([torch.stack([v.float().sum(), torch.tensor(float(v.numel()), device=device)]) for v in values.values()])  # (M, 2)
+    totals = accelerator.reduce(totals, "sum")
+    for name, (total, count) in zip(values, totals.tolist()):
+        if count:
+            metrics[name].append(total / count)
 
 
 def pair_losses(loss: str, beta: float, label_smoothing: float, ratios: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

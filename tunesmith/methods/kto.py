@@ -32,6 +32,7 @@ from tunesmith.methods.steps import (
     fit,
     load_reference,
     reference_mode,
+    repeats_note,
     start,
     write_data_report,
 )
@@ -74,6 +75,8 @@ def report_batching(recipe: Recipe, s) -> None:
                "same batch for its KL estimate, and pads both")
         s.data_report.batching["note"] = f"packing is off: {why} (set train.packing: false to say so)"
         console.print(f"train.packing: {why}; training on padded batches of {t.batch_size}", markup=False, highlight=False)
+    if repeats := repeats_note(len(s.train_rows), t.batch_size):
+        s.data_report.batching["note"] = "; ".join(filter(None, [s.data_report.batching.get("note"), repeats]))
     write_data_report(s.run, s.data_report)
 
 

@@ -31,7 +31,7 @@ from transformers import set_seed
 from tunesmith.config import Recipe
 from tunesmith.methods import dpo
 from tunesmith.methods.common import trainer_arguments
-from tunesmith.methods.steps import callbacks_for, console, describe, example_tokens, finish, first_last, fit, start, write_data_report
+from tunesmith.methods.steps import callbacks_for, console, describe, example_tokens, finish, first_last, fit, repeats_note, start, write_data_report
 from tunesmith.models import attention, logprobs
 from tunesmith.models.lm_loss import base_of, no_dropout, to
 from tunesmith.models.load import load_model
@@ -121,7 +121,9 @@ def check_packing(recipe: Recipe, s, model) -> bool:
     t = recipe.train
     s.plan = plan(recipe.model_copy(update={"train": t.model_copy(update={"packing": False})}), s.train_rows)
     s.data_report.batching = s.plan.summary([example_tokens(r) for r in s.train_rows], t.batch_size)
-    s.data_report.batching["note"] = f"packing is off: train.packing: {why}; TRL's padded batches instead (set train.packing: false to say so)"
+    repeats = repeats_note(len(s.train_rows), t.batch_size)
+    s.data_report.batching["note"] = (f"packing is off: train.packing: {why}; TRL's padded batches instead (set train.packing: false to say so)"
+                                      + (f"; {repeats}" if repeats else ""))
     write_data_report(s.run, s.data_report)
     console.print(f"train.packing: {why}; training on padded batches instead", markup=False, highlight=False)
     return False
@@ -142,7 +144,7 @@ def build_packed_trainer(recipe: Recipe, s, model, callbacks: list | None):
         model=model,
         args=args,
         data_collator=dpo.PairCollator(dpo.pad_token_id(s.tokenizer), packed=True, varlen=dpo.varlen(base_of(model))),
-        train_dataset=Dataset.from_list([dpo.pairs_item([s.train_rows[i] for i in b]) for b in s.plan.batches]),
+        train_dataset=Dataset.from_list(dpo.planned_items(s.train_rows, s.plan.batches)),
         # eval_batch_size consecutive pairs in one row, one item each: the batches of TRL's padded evaluation
         eval_dataset=Dataset.from_list([dpo.pairs_item([row]) for row in s.eval_rows]) if s.eval_rows else None,
         processing_class=s.tokenizer,
@@ -155,16 +157,17 @@ def build_packed_trainer(recipe: Recipe, s, model, callbacks: list | None):
 def rewards(model, inputs: dict, sequences: int) -> torch.Tensor:
     """(S,) the scalar reward of each sequence of a packed row, read where transformers' sequence classifiers read
     it: at the sequence's last token that is not the pad token (its first token if all are)."""
-    base = base_of(model)
+    base = base_of(logprobs.ddp_unwrapped(model))
     model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "position_ids") or k.startswith(("cu_seq_lens", "max_length"))}
-    hidden = base.base_model(**model_inputs, use_cache=False).last_hidden_state[0]  # (T, H)
     ids = inputs["input_ids"][0]                                                  # (T,)
     which = logprobs.sequence_index(inputs)[0]                                   # (T,) sequence of each token
     position = torch.arange(len(ids), device=ids.device)
     real = ids != base.config.get_text_config().pad_token_id
     first = torch.full((sequences,), len(ids), device=ids.device).scatter_reduce(0, which, position, "amin")
     last = torch.full((sequences,), -1, device=ids.device).scatter_reduce(0, which[real], position[real], "amax")
-    return base.score(hidden[torch.where(last >= 0, last, first)])[:, 0]
+    at = torch.where(last >= 0, last, first)                                     # (S,)
+    # the score head runs inside the decoder's forward: under DDP, so that its gradients are all-reduced with the rest
+    return logprobs.last_hidden_state(model, model_inputs, then=lambda hidden: base.score(hidden[0, at]))[:, 0]
 
 
 class PackedPairRewards(dpo.PlannedPairs):
@@ -174,20 +177,22 @@ class PackedPairRewards(dpo.PlannedPairs):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         pairs = int(inputs["pairs"])
-        scores = rewards(model, inputs, 2 * pairs).view(pairs, 2).float()       # (P, 2): chosen, rejected
+        scored = max(pairs, 1)  # a filler's stand-in pair is scored as any, then left out
+        scores = rewards(model, inputs, 2 * scored).view(scored, 2).float()[:pairs]  # (P, 2): chosen, rejected
         chosen, rejected = scores[:, 0], scores[:, 1]
         losses = -torch.nn.functional.logsigmoid(chosen - rejected)
         if self.args.center_rewards_coefficient is not None:
             losses = losses + self.args.center_rewards_coefficient * (chosen + rejected) ** 2
-        loss = losses.sum() / (pairs if num_items_in_batch is None else num_items_in_batch)
+        loss = losses.sum() / (scored if num_items_in_batch is None else num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counted every rank's pairs; DDP averages
         with torch.no_grad():
-            every = self.accelerator.gather(scores)
             metrics = self._metrics[mode]
-            metrics["min_reward"].append(every.min().item())
-            metrics["mean_reward"].append(every.mean().item())
-            metrics["max_reward"].append(every.max().item())
-            metrics["accuracy"].append(self.accelerator.gather((chosen > rejected).float()).mean().item())
-            metrics["margin"].append(self.accelerator.gather(chosen - rejected).mean().item())
+            flat = scores.flatten()
+            # each process's lowest and highest reward (none: +inf, -inf), gathered: processes hold different numbers of pairs
+            extremes = torch.stack([flat.min() if pairs else flat.new_tensor(float("inf")), flat.max() if pairs else flat.new_tensor(float("-inf"))])
+            lowest, highest = self.accelerator.gather(extremes).view(-1, 2).unbind(1)
+            metrics["min_reward"].append(lowest.min().item())
+            dpo.log_means(metrics, self.accelerator, {"mean_reward": flat, "accuracy": (chosen > rejected).float(), "margin": chosen - rejected})
+            metrics["max_reward"].append(highest.max().item())
         return (loss, {"rewards": scores.detach()}) if return_outputs else loss  # the Trainer's evaluation reads a dict

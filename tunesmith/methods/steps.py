@@ -298,20 +298,25 @@ def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, ba
 
 
 def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batching=None):
-    """The batch plan, if the method plans its batches (sft, dpo), with its figures put in the data report."""
+    """The batch plan, if the method plans its batches (sft, dpo, reward), with its figures put in the data report."""
     plan = batching(recipe, train_rows) if batching else None
     if plan is not None:
         data_report.batching = plan.summary([example_tokens(r) for r in train_rows], recipe.train.batch_size)
-        processes = distributed.world_size()
-        if recipe.method != "sft" and (repeated := -len(plan.batches) % processes):
-            # sft tops an epoch up with empty fillers (methods/sft.py); pairs have none, and accelerate gives every
-            # process a batch by dealing the epoch's first ones out again
-            data_report.batching["note"] = (
-                f"{len(plan.batches)} batches over {processes} processes: the last step of every epoch trains "
-                f"{repeated} of the epoch's first batches a second time (accelerate gives every process a batch); "
-                f"a batch count divisible by {processes} (train.batch_size, train.max_tokens_per_batch) avoids it"
-            )
+        if recipe.method == "reward" and plan.mode == "random" and (note := repeats_note(len(train_rows), recipe.train.batch_size)):
+            data_report.batching["note"] = note  # TRL's RewardTrainer batches them
     return plan
+
+
+def repeats_note(examples: int, batch_size: int) -> str | None:
+    """What a TRL trainer that batches the examples itself trains twice on several processes, or None. tunesmith's
+    planned batches top an epoch up with fillers (methods/sft.py, dpo.planned_items); TRL's own, under accelerate,
+    complete the epoch's last step with its first examples, so that every process has a full batch."""
+    processes = distributed.world_size()
+    if processes == 1 or not (repeated := -examples % (batch_size * processes)):
+        return None
+    return (f"{examples} examples over {processes} processes × {batch_size}: the last step of every epoch trains {repeated} of the "
+            f"epoch's first examples a second time (accelerate gives every process a full batch); a multiple of "
+            f"{batch_size * processes} examples avoids it")
 
 
 def example_tokens(row: dict) -> int:

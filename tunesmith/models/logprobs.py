@@ -149,17 +149,23 @@ def sequence_logprobs(model, inputs: dict, sequences: int) -> tuple[torch.Tensor
     return sums, counts
 
 
-def last_hidden_state(model, inputs: dict) -> torch.Tensor:
-    """(B, T, H) the decoder's output, without the logits. Under DDP it runs through the wrapper's forward, with
-    the wrapped model's forward stood in for by its decoder's: DDP all-reduces the gradients of what its own
-    forward ran, and nothing of a forward that goes around it."""
+def last_hidden_state(model, inputs: dict, then=None) -> torch.Tensor:
+    """(B, T, H) the decoder's output, without the logits, or `then` of it (a head of the caller's, such as a reward
+    model's score, run inside the same forward). Under DDP it runs through the wrapper's forward, with the wrapped
+    model's forward stood in for by its decoder's (and `then`): DDP all-reduces the gradients of what its own forward
+    ran, and nothing of a forward that goes around it."""
     inner = ddp_unwrapped(model)
+
+    def forward(**kwargs):
+        hidden = base_of(inner).base_model(**kwargs, use_cache=False).last_hidden_state
+        return hidden if then is None else then(hidden)
+
     if inner is model:
-        return base_of(model).base_model(**inputs, use_cache=False).last_hidden_state
+        return forward(**inputs)
     patched = inner.__dict__.pop("forward", None)  # tunesmith.models.lm_loss's chunked loss patches it so
-    inner.forward = lambda **kwargs: base_of(inner).base_model(**kwargs)
+    inner.forward = forward
     try:
-        return model(**inputs, use_cache=False).last_hidden_state
+        return model(**inputs)
     finally:
         del inner.forward
         if patched is not None:
