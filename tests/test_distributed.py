@@ -106,12 +106,30 @@ def test_an_engine_the_launch_cannot_run_is_refused_naming_the_key(monkeypatch):
     with pytest.raises(ConfigError, match=r"method 'ppo' trains on one process only"):
         distributed.engine(validate({"method": "ppo", "model": {"path": "m"},
                                      "data": {"train": "t.jsonl", "format": "prompt"}, "ppo": {"reward_model": "r"}}))
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: True)  # as on a GPU machine
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert distributed.engine(recipe()) == "deepspeed_zero3"
     assert distributed.trainer_arguments(recipe(distributed="deepspeed_zero3")) == {}  # the accelerate config decides
     with pytest.raises(ConfigError, match=r"train.distributed: 'fsdp', but the accelerate config .* selects deepspeed_zero3"):
         distributed.engine(recipe(distributed="fsdp"))
+
+
+def test_fsdp_and_deepspeed_on_a_machine_without_gpus_are_refused_not_run_as_ddp(monkeypatch):
+    """accelerate sets FSDP and DeepSpeed up on accelerators only: on CPU processes it wraps the model in DDP."""
+    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: False)
+    for name in ("fsdp", "deepspeed_zero2", "deepspeed_zero3"):
+        with pytest.raises(ConfigError, match=rf"train.distributed: '{name}' needs GPUs, and this machine has none.*use train.distributed: ddp"):
+            distributed.engine(recipe(distributed=name))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # an accelerate config file that chose FSDP
+    with pytest.raises(ConfigError, match=r"'fsdp' needs GPUs"):
+        distributed.engine(recipe())
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: True)
+    assert distributed.engine(recipe()) == "fsdp"
+    assert distributed.engine(recipe(distributed="fsdp")) == "fsdp"
 
 
 def test_nproc_is_checked_before_anything_starts(tmp_path, monkeypatch, capsys):
@@ -122,6 +140,15 @@ def test_nproc_is_checked_before_anything_starts(tmp_path, monkeypatch, capsys):
     (tmp_path / "r.yaml").write_text("model: {path: m}\ndata: {train: t.jsonl}\n", encoding="utf-8")
     assert main(["train", "r.yaml", "--nproc", "0"]) == 2
     assert "train --nproc: 0 is not a number of processes" in capsys.readouterr().err
+    # an engine the launch cannot run is said once, before torchrun starts (it would start nothing)
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("launched"))
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: False)
+    assert main(["train", "r.yaml", "--nproc", "2", "train.distributed=fsdp"]) == 2
+    assert capsys.readouterr().err.count("train.distributed: 'fsdp' needs GPUs") == 1
+    assert main(["train", "r.yaml", "--nproc", "1", "train.distributed=ddp"]) == 2
+    assert "'ddp' needs several processes" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(TunesmithError, match="already runs under a launcher"):
         distributed.launch(2, ["r.yaml"])
@@ -132,6 +159,7 @@ def test_the_shipped_fsdp_config_is_one_transformers_accepts(monkeypatch):
 
     for variable in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: True)  # as on a GPU machine
     kwargs = distributed.trainer_arguments(recipe(distributed="fsdp"))
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **kwargs)
     plugin = args.fsdp_plugin_args

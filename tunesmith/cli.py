@@ -31,10 +31,12 @@ def cmd_train(args) -> None:
         raise TunesmithError("train: --allow-changes goes with --resume (it lets a resumed run take changed settings)")
     recipe = load_recipe(args.recipe, args.overrides)
     if args.nproc is not None:  # checked once here, then again by every process torchrun starts
+        from tunesmith import distributed
         from tunesmith.distributed import launch
 
         if args.nproc < 1:
             raise TunesmithError(f"train --nproc: {args.nproc} is not a number of processes (1 or more)")
+        distributed.engine(recipe, processes=args.nproc)  # an engine or method the launch cannot run: said once
 
         flags = [flag for flag, on in (("--resume", args.resume), ("--allow-changes", args.allow_changes)) if on]
         if code := launch(args.nproc, [args.recipe, *args.overrides, *flags]):

@@ -61,10 +61,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def engine(recipe) -> str:
+def engine(recipe, processes: int | None = None) -> str:
     """The engine this run uses: train.distributed, or what `accelerate launch --config_file` selected, or ddp
-    for several processes (none for one). Refuses a recipe and a launcher that disagree, and a method that
-    cannot run distributed."""
+    for several processes (none for one). Refuses a recipe and a launcher that disagree, a method that cannot run
+    distributed, and an engine this machine cannot run. `processes`: the run's, when this is not one of them yet
+    (train --nproc, before it launches them)."""
+    processes = world_size() if processes is None else processes
     chosen, launched = recipe.train.distributed, launcher_engine()
     if launched and chosen != "none" and not chosen.startswith(launched):
         raise ConfigError(
@@ -72,18 +74,32 @@ def engine(recipe) -> str:
             "keep one of them (train.distributed: none follows the accelerate config)"
         )
     if chosen == "none" or launched:
-        chosen = launched or ("ddp" if world_size() > 1 else "none")
+        chosen = launched or ("ddp" if processes > 1 else "none")
     if chosen != "none" and recipe.method not in METHODS:
         raise ConfigError(
             f"train.distributed: method {recipe.method!r} trains on one process only (its own loop, not a Trainer "
             f"accelerate distributes); run it without a launcher, or use one of {', '.join(METHODS)}"
         )
-    if chosen == "ddp" and world_size() == 1:
+    if chosen.startswith(("fsdp", "deepspeed")) and not accelerators_present():
+        # accelerate sets FSDP and DeepSpeed up on GPUs (and other accelerators) only: on CPU processes it would
+        # train DDP under a run that says fsdp
+        raise ConfigError(
+            f"train.distributed: {chosen!r} needs GPUs, and this machine has none: accelerate runs FSDP and DeepSpeed on "
+            "accelerators only, and on CPU processes would train DDP instead; use train.distributed: ddp (or none) here"
+        )
+    if chosen == "ddp" and processes == 1:
         raise ConfigError(
             "train.distributed: 'ddp' needs several processes, and this is one: run tunesmith train ... --nproc N "
             "(or torchrun --nproc_per_node N -m tunesmith.cli train ...), or set train.distributed: none"
         )
     return chosen
+
+
+def accelerators_present() -> bool:
+    """Whether torch sees a GPU or another accelerator that accelerate distributes over (Apple's MPS is not one)."""
+    import torch
+
+    return torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps"
 
 
 def launcher_engine() -> str | None:
