@@ -20,6 +20,7 @@ from tunesmith.data.formats import with_system
 from tunesmith.data.templates import ChatTemplate, prompt_ids, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
+from tunesmith.serve.text import decode
 
 
 @dataclass
@@ -85,8 +86,10 @@ class Completion:
 
 
 def generate_ids(
-    loaded: Loaded, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress: bool, stop: list[str], hf_kwargs: dict
+    loaded: Loaded, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress: bool, stop: list[str], hf_kwargs: dict,
+    keep: list[dict[int, str] | None] | None = None,
 ) -> list[Completion]:
+    """`keep`: per prompt, the special tokens whose text its completion keeps (tool-call markers; see `decode_completion`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -118,15 +121,17 @@ def generate_ids(
                 **hf_kwargs,
             )
         for row, i in enumerate(batch):
-            outputs[i] = _completion(out[row, width:].tolist(), tokenizer, stop_ids, pad_id, stop)
+            outputs[i] = decode_completion(out[row, width:].tolist(), tokenizer, stop_ids, pad_id, stop, keep[i] if keep else None)
         bar.update(len(batch))
     bar.close()
     return outputs
 
 
-def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int, stop: list[str]) -> Completion:
+def decode_completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int | None, stop: list[str],
+                keep: dict[int, str] | None = None) -> Completion:
     """Generated ids up to the first stop token (counted, not decoded: it may be no special token) or padding
-    (a row finished by a stop string), decoded and cut."""
+    (a row finished by a stop string), decoded as the server decodes them (special tokens dropped, those in
+    `keep` written) and cut."""
     n, text_end = len(generated), len(generated)
     for k, token in enumerate(generated):
         if token in stop_ids:
@@ -136,7 +141,7 @@ def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int
             n = text_end = k
             break
     # A token budget can end inside a multi-byte character (byte-level BPE): drop the half character.
-    text = tokenizer.decode(generated[:text_end], skip_special_tokens=True).rstrip("\ufffd")
+    text = decode(tokenizer, generated[:text_end], keep).rstrip("\ufffd")
     return Completion(cut_at_stop(text, stop), n)
 
 
