@@ -182,6 +182,7 @@ def family_engine(smol_tokenizer, real: str, controls: list[str], template_file:
 def test_a_marker_that_is_a_special_token_is_kept_and_the_call_scored(smol_tokenizer, tmp_path, real, controls, template_file, reply, parser):
     from tunesmith.eval.engines import Decoding
     from tunesmith.eval.evaluate import evaluate_model, load_eval_data, plan_scoring
+    from tunesmith.eval.generate import generate
 
     engine, ids = family_engine(smol_tokenizer, real, controls, template_file, reply)
     marker = MARKER[parser]
@@ -191,6 +192,7 @@ def test_a_marker_that_is_a_special_token_is_kept_and_the_call_scored(smol_token
     result = evaluate_model(engine, data, scoring, Decoding(max_new_tokens=64), 2, None)
     assert result.details["tool_parser"] == parser and marker in result.outputs[0]
     assert result.metrics == {"tool_call_valid": 1.0, "tool_call_name": 1.0, "tool_call_exact": 1.0}
+    assert generate(engine.loaded, data.prompts(None), 64, progress=False, tools=data.tools, family=FAMILIES[parser]) == result.outputs
     # Planted defects: the marker dropped in decoding, or the replies read by another family's parser.
     dropped = [c.text for c in engine.complete(data.prompts(None), Decoding(max_new_tokens=64), tools=data.tools)]
     assert tool_call_scores(dropped, data.expected_calls, FAMILIES[parser])["tool_call_exact"] == 0.0

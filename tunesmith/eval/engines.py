@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tunesmith.data.templates import ChatTemplate, prompt_ids
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.generate import Completion, Loaded, decode_completion, generate_ids, load_for_inference
+from tunesmith.eval.generate import Completion, Loaded, decode_completion, generate_ids, kept_markers, load_for_inference
 from tunesmith.runs import RunDir, is_run_dir
-from tunesmith.serve.tools import Family, marker_tokens
+from tunesmith.serve.tools import Family
 
 
 @dataclass
@@ -93,13 +93,6 @@ class TransformersEngine:
         prompts = [prompt_ids(self.template, self.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools)]
         return generate_ids(self.loaded, prompts, decoding.max_new_tokens, batch_size, progress, decoding.stop, decoding.hf_kwargs(),
                             kept_markers(self.tokenizer, family, tools))
-
-
-def kept_markers(tokenizer, family: Family | None, tools: list[list[dict] | None]) -> list[dict[int, str] | None]:
-    """Per row, the special tokens its completion keeps: with `family` (the tool-call parser its replies are read
-    with), the family's marker tokens in rows that have tools, as the server keeps them for a request with tools."""
-    markers = marker_tokens(tokenizer, family) if family is not None else None
-    return [markers if row_tools else None for row_tools in tools]
 
 
 @dataclass

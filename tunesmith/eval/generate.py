@@ -21,6 +21,7 @@ from tunesmith.data.templates import ChatTemplate, prompt_ids, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
 from tunesmith.serve.text import decode
+from tunesmith.serve.tools import Family, marker_tokens
 
 
 @dataclass
@@ -66,17 +67,27 @@ def generate(
     progress: bool = True,
     stop: list[str] | None = None,
     tools: list[list[dict] | None] | None = None,
+    family: Family | None = None,
     **decoding,
 ) -> list[str]:
     """One completion per conversation (greedy unless decoding says otherwise), in input order; `tools`: the
-    tools each conversation may call (OpenAI style), as its training row gave them.
+    tools each conversation may call (OpenAI style), as its training row gave them; `family`: the tool-call
+    parser the replies will be read with (see kept_markers).
 
     `decoding` goes to transformers' generate as is (do_sample, temperature, num_beams, ...).
     """
     tools = tools or [None] * len(conversations)
     prompts = [prompt_ids(loaded.template, loaded.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools)]
-    completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding)
+    completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding,
+                               kept_markers(loaded.tokenizer, family, tools))
     return [c.text for c in completions]
+
+
+def kept_markers(tokenizer, family: Family | None, tools: list[list[dict] | None]) -> list[dict[int, str] | None]:
+    """Per row, the special tokens its completion keeps: with `family` (the tool-call parser its replies are read
+    with), the family's marker tokens in rows that have tools, as the server keeps them for a request with tools."""
+    markers = marker_tokens(tokenizer, family) if family is not None else None
+    return [markers if row_tools else None for row_tools in tools]
 
 
 @dataclass
