@@ -7,8 +7,9 @@ as for serve), from the reply decoded as the server decodes it (the family's mar
 values: key order and 20 against 20.0 do not matter, "20" against 20 does.
 
 Per row whose reference reply calls tools:
-  tool_call_valid   the server would return at least one call, each with arguments that are a JSON object, and
-                    no call section as content (markup that is no well-formed call, e.g. broken JSON in a <tool_call>)
+  tool_call_valid   the server would return at least one call, each with arguments that are a JSON object (not
+                    so for a call cut off inside them), and no call section as content (markup that is no
+                    well-formed call, e.g. a <tool_call> block whose function name is not a JSON string)
   tool_call_name    it calls the reference's functions (as a multiset: the order of parallel calls is free)
   tool_call_exact   ... each with exactly the reference's arguments
 Per row whose reference answers in text (when there are such rows):
@@ -21,7 +22,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
+from tunesmith.data.templates import tool_source
 from tunesmith.serve.tools import FAMILIES, Family, ToolStream, family_of
+
 
 @dataclass
 class Reply:
@@ -39,8 +42,6 @@ class Reply:
 def tool_family(template, tokenizer, parser: str | None = None) -> Family:
     """The parser of a model's replies, chosen as the server chooses it: `parser` (--tool-parser), else read from
     the template that renders the tools (its own, or the built-in Hermes format)."""
-    from tunesmith.data.templates import tool_source
-
     return FAMILIES[parser or family_of(tool_source(template, tokenizer))]
 
 
