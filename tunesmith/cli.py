@@ -142,6 +142,7 @@ def cmd_eval(args) -> None:
         limit=args.limit,
         human_sheet=args.human_sheet,
         task_column=args.task_column,
+        tool_parser=args.tool_parser,
     )
 
 
@@ -307,6 +308,8 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+# tunesmith.serve.tools.FAMILIES, named here so that `tunesmith --help` imports no parser (a test keeps them equal).
+TOOL_PARSERS = ("hermes", "llama3", "mistral", "qwen")
 TEMPLATE_HELP = "template for a plain model: model (its own), chatml, alpaca or a .jinja file; a run uses its own"
 VERBOSE_HELP = "also show the libraries' warnings and logs (or set TUNESMITH_VERBOSE=1)"
 
@@ -384,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--human-sheet", metavar="CSV", help="also write a blinded review sheet (and its .key.json)")
     p.add_argument("--task-column", metavar="COLUMN", help="a mixture's eval rows: tag each prompt with the task in this column, "
                    "as training tagged it (the run's data.task_tag), and report metrics per task")
+    p.add_argument("--tool-parser", choices=list(TOOL_PARSERS),
+                   help="rows with tools: how replies write tool calls, read as `tunesmith serve --tool-parser` reads them "
+                   "(default: from each model's chat template)")
     add_decoding_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_eval)
 
@@ -480,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives no max_tokens")
     p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; fewer helps on a CPU shared with other work)")
-    p.add_argument("--tool-parser", choices=["hermes", "llama3", "mistral", "qwen"],
+    p.add_argument("--tool-parser", choices=list(TOOL_PARSERS),
                    help="how replies write tool calls (default: read from each model's chat template)")
     p.set_defaults(func=cmd_serve)
 

@@ -1,34 +1,55 @@
-"""Tool-call accuracy: parsing calls out of each family's output, the scores, and `tunesmith eval` on a tiny
-model before and after it is fine-tuned to call a tool."""
+"""Tool-call accuracy: calls read out of each family's output exactly as the server reads them, the scores, the
+marker tokens of Mistral and Llama 3 kept through decoding, and `tunesmith eval` on a tiny model before and after
+it is fine-tuned to call a tool."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.tool_calls import parse_calls, tool_call_scores, valid_calls
+from tunesmith.eval.tool_calls import read_reply, tool_call_scores
+from tunesmith.serve.tools import FAMILIES
 
 from tests.conftest import write_jsonl
 from tests.eval.conftest import train_tiny_run
 
 LOOKUP = {"name": "lookup_order", "arguments": {"order_id": "A-1001"}}
+TOOLS = [{"type": "function", "function": {"name": "lookup_order", "description": "Status of an order",
+                                           "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}]
 
 
-@pytest.mark.parametrize("text", [
-    '<tool_call>\n{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}\n</tool_call>',       # Hermes, Qwen2.5
-    '{"name": "lookup_order", "parameters": {"order_id": "A-1001"}}',                                  # Llama 3.1
-    '[TOOL_CALLS] [{"name": "lookup_order", "arguments": {"order_id": "A-1001"}, "id": "a1b2c3d4e"}]',  # Mistral
-    'Let me check. {"type": "function", "function": {"name": "lookup_order", "arguments": "{\\"order_id\\": \\"A-1001\\"}"}}',
+@pytest.mark.parametrize("family, text", [
+    ("hermes", '<tool_call>\n{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}\n</tool_call>'),       # Hermes, Qwen2.5
+    ("qwen", "<tool_call>\n<function=lookup_order>\n<parameter=order_id>\nA-1001\n</parameter>\n</function>\n</tool_call>"),  # Qwen3-Coder
+    ("llama3", '{"name": "lookup_order", "parameters": {"order_id": "A-1001"}}'),                                # Llama 3.1, custom tools
+    ("llama3", 'Let me look.<|python_tag|>{"name": "lookup_order", "parameters": {"order_id": "A-1001"}}'),
+    ("mistral", '[TOOL_CALLS] [{"name": "lookup_order", "arguments": {"order_id": "A-1001"}, "id": "a1b2c3d4e"}]'),  # Mistral v0.3
+    ("mistral", '[TOOL_CALLS]lookup_order[ARGS]{"order_id": "A-1001"}'),                                          # Mistral v11+
 ])
-def test_calls_are_read_from_every_family_s_output(text):
-    assert parse_calls(text) == [LOOKUP] and valid_calls(text)
+def test_calls_are_read_as_each_family_writes_them(family, text):
+    reply = read_reply(text, FAMILIES[family], TOOLS)
+    assert reply.calls == [LOOKUP] and reply.valid
+
+
+def test_a_call_in_another_family_s_format_is_no_call():
+    mistral = '[TOOL_CALLS] [{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}]'
+    assert read_reply(mistral, FAMILIES["hermes"]).calls == [] and read_reply(mistral, FAMILIES["mistral"]).calls == [LOOKUP]
 
 
 def test_broken_json_in_a_tool_call_block_is_not_a_valid_call():
+    # The server returns a call once its name and the start of its arguments are in: here with arguments that are no JSON.
     broken = '<tool_call>\n{"name": "lookup_order", "arguments": {"order_id": "A-1001"\n</tool_call>'
-    assert parse_calls(broken) == [] and not valid_calls(broken)
-    half = broken + '\n<tool_call>\n{"name": "refund", "arguments": {}}\n</tool_call>'
-    assert parse_calls(half) == [{"name": "refund", "arguments": {}}] and not valid_calls(half)
+    reply = read_reply(broken, FAMILIES["hermes"])
+    assert reply.calls == [{"name": "lookup_order", "arguments": '{"order_id": "A-1001"\n'}] and not reply.valid
+    cut = read_reply('<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1', FAMILIES["hermes"])   # max_new_tokens ran out
+    assert cut.calls == [{"name": "refund", "arguments": '{"order_id": "A-1'}] and not cut.valid
+    # Before that point, a block that is no call goes back as content: the calls before it stand, the reply is not valid.
+    nameless = '<tool_call>\n{"nme": "lookup_order", "arguments": {}}\n</tool_call>'
+    half = read_reply('<tool_call>\n{"name": "refund", "arguments": {}}\n</tool_call>\n' + nameless, FAMILIES["hermes"])
+    assert half.calls == [{"name": "refund", "arguments": {}}] and half.rejected == 1 and not half.valid
+    markup = read_reply('<tool_call> is the tag. <tool_call>\n{"name": "refund", "arguments": {}}\n</tool_call>', FAMILIES["hermes"])
+    assert markup.calls == [] and markup.rejected == 1 and not markup.valid
 
 
 def test_scores_name_exact_valid_and_none():
@@ -58,8 +79,147 @@ def test_parallel_calls_compare_as_a_multiset():
     assert tool_call_scores([out, out], [[a, b], [a, a]]) == {"tool_call_valid": 1.0, "tool_call_name": 1.0, "tool_call_exact": 0.5}
 
 
-TOOLS = [{"type": "function", "function": {"name": "lookup_order", "description": "Status of an order",
-                                           "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}]
+REFUND = {"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}
+BOTH_TOOLS = [*TOOLS, {"type": "function", "function": {"name": "refund", "parameters": {
+    "type": "object", "properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}}}}}]
+
+# Calls as each family's models write them.
+WRITE = {
+    "hermes": lambda calls: "\n".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in calls),
+    "qwen": lambda calls: "\n".join(f"<tool_call>\n<function={c['name']}>\n"
+                                    + "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in c["arguments"].items())
+                                    + "</function>\n</tool_call>" for c in calls),
+    "llama3": lambda calls: "<|python_tag|>" + "; ".join(json.dumps({"name": c["name"], "parameters": c["arguments"]}) for c in calls),
+    "mistral": lambda calls: "[TOOL_CALLS]" + json.dumps(calls),
+}
+MARKER = {"hermes": "<tool_call>", "qwen": "<tool_call>", "llama3": "<|python_tag|>", "mistral": "[TOOL_CALLS]"}
+
+
+def replies(family: str) -> list[str]:
+    write, one = WRITE[family], WRITE[family]([LOOKUP])
+    return [
+        one,                                                   # a call
+        "Let me check that. " + one,                           # text, then the call
+        one + "\nI will tell you once I know.",                 # the call, then text
+        write([LOOKUP, REFUND]),                               # two parallel calls
+        malformed(family, one),                                # a call section that is no call
+        one + "\n" + malformed(family, write([REFUND])),        # a good call, then a malformed one
+        f"I write {MARKER[family]} before a call.",            # markup inside text
+        one[: one.index("A-1001") + 3],                        # cut off by max_new_tokens, inside the arguments
+        "Our hours are 9 to 6.",                               # text only
+    ]
+
+
+def malformed(family: str, text: str) -> str:
+    """The call with its function name written wrong: unquoted in JSON, without '=' in Qwen3-Coder's XML."""
+    return text.replace("<function=", "<function ", 1) if family == "qwen" else text.replace('": "', '": ', 1)
+
+
+def server_calls(family: str, text: str) -> list[dict]:
+    """The tool_calls of the server's chat reply for this text (tool_choice auto), streamed to it in pieces."""
+    from tunesmith.serve.chat import Choice, Plan
+
+    choice = Choice(Plan(BOTH_TOOLS, FAMILIES[family]), tokenizer=None, logprobs=None)
+    for i in range(0, len(text), 3):
+        choice.add(text[i : i + 3], [])
+    choice.finish("stop")
+    calls = [c["function"] for c in choice.message().get("tool_calls", [])]
+    return [{"name": c["name"], "arguments": read_json(c["arguments"])} for c in calls]
+
+
+def read_json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_eval_reads_every_reply_as_the_server_does(family):
+    """Every family's parser on every family's replies (good, malformed, text around calls, parallel, markup in
+    prose, cut off): eval's calls are the server's, name for name and argument for argument."""
+    texts = [text for writer in WRITE for text in replies(writer)]
+    for text in texts:
+        assert read_reply(text, FAMILIES[family], BOTH_TOOLS).calls == server_calls(family, text), text
+    # The replies in the family's own format cover calls and no calls, valid and not.
+    own = [read_reply(text, FAMILIES[family], BOTH_TOOLS) for text in replies(family)]
+    assert [r.valid for r in own] == [True, True, True, True, False, False, False, False, False], family
+    assert [len(r.calls) for r in own][:4] == [1, 1, 1, 2] and own[-1].calls == [] and own[-3].calls == []
+
+
+class OneReply:
+    """A model that writes the same reply (token ids) to every prompt: what eval decodes is then known."""
+
+    device = "cpu"
+
+    def __init__(self, reply: list[int]):
+        self.reply = reply
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        import torch
+
+        return torch.cat([input_ids, torch.tensor([self.reply[:max_new_tokens]] * len(input_ids))], dim=1)   # (B, T + reply)
+
+
+def family_engine(smol_tokenizer, real: str, controls: list[str], template_file: str, reply: str):
+    from tests.data.test_real_templates import FAMILIES as REAL, TEMPLATES, family_tokenizer
+    from tunesmith.data.templates import resolve_template
+    from tunesmith.eval.engines import TransformersEngine
+    from tunesmith.eval.generate import Loaded
+
+    tok = family_tokenizer(smol_tokenizer, replace(REAL[real], specials=REAL[real].specials + controls))
+    template = resolve_template(str(TEMPLATES / template_file), tok)
+    ids = tok(reply, add_special_tokens=False)["input_ids"]
+    return TransformersEngine(Loaded(OneReply(ids), tok, template, real)), ids
+
+
+@pytest.mark.parametrize("real, controls, template_file, reply, parser", [
+    ("mistral-v0.3", ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"], "mistral-v0.3-tools.jinja",
+     '[TOOL_CALLS] [{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}]</s>', "mistral"),
+    ("llama-3.1", ["<|python_tag|>", "<|eom_id|>"], "llama-3.1-tools.jinja",
+     'Let me look that up.<|python_tag|>{"name": "lookup_order", "parameters": {"order_id": "A-1001"}}<|eot_id|>', "llama3"),
+])
+def test_a_marker_that_is_a_special_token_is_kept_and_the_call_scored(smol_tokenizer, tmp_path, real, controls, template_file, reply, parser):
+    from tunesmith.eval.engines import Decoding
+    from tunesmith.eval.evaluate import evaluate_model, load_eval_data, plan_scoring
+    from tunesmith.eval.generate import generate
+
+    engine, ids = family_engine(smol_tokenizer, real, controls, template_file, reply)
+    marker = MARKER[parser]
+    assert engine.tokenizer.convert_tokens_to_ids(marker) in ids and marker not in engine.tokenizer.decode(ids, skip_special_tokens=True)
+    data = load_eval_data(str(write_jsonl(tmp_path / "tools.jsonl", tool_rows()[:2])))
+    scoring = plan_scoring(data, ["tool_calls"], None, None, None, "lenient", "response")
+    result = evaluate_model(engine, data, scoring, Decoding(max_new_tokens=64), 2, None)
+    assert result.details["tool_parser"] == parser and marker in result.outputs[0]
+    assert result.metrics == {"tool_call_valid": 1.0, "tool_call_name": 1.0, "tool_call_exact": 1.0}
+    assert generate(engine.loaded, data.prompts(None), 64, progress=False, tools=data.tools, family=FAMILIES[parser]) == result.outputs
+    # Planted defects: the marker dropped in decoding, or the replies read by another family's parser.
+    dropped = [c.text for c in engine.complete(data.prompts(None), Decoding(max_new_tokens=64), tools=data.tools)]
+    assert tool_call_scores(dropped, data.expected_calls, FAMILIES[parser])["tool_call_exact"] == 0.0
+    hermes = plan_scoring(data, ["tool_calls"], None, None, None, "lenient", "response", tool_parser="hermes")
+    assert evaluate_model(engine, data, hermes, Decoding(max_new_tokens=64), 2, None).metrics["tool_call_exact"] == 0.0
+
+
+def test_eval_s_tool_parser_option_reaches_the_scoring_and_is_checked(monkeypatch, tmp_path):
+    from tunesmith import cli
+    from tunesmith.eval import evaluate
+
+    assert cli.TOOL_PARSERS == tuple(sorted(FAMILIES))
+    given = {}
+    monkeypatch.setattr(evaluate, "run_eval", lambda *args, **kwargs: given.update(kwargs))
+    args = cli.build_parser().parse_args(["eval", "runs/x", "--data", "d.jsonl", "--tool-parser", "llama3"])
+    args.func(args)
+    assert given["tool_parser"] == "llama3"
+    data = evaluate.load_eval_data(str(write_jsonl(tmp_path / "tools.jsonl", tool_rows()[:1])))
+    assert evaluate.plan_scoring(data, None, None, None, None, "lenient", "response", tool_parser="llama3").tool_parser == "llama3"
+    with pytest.raises(TunesmithError, match=r"--tool-parser: 'json' is not one of hermes, qwen, llama3, mistral"):
+        evaluate.plan_scoring(data, None, None, None, None, "lenient", "response", tool_parser="json")
+    plain = evaluate.load_eval_data(str(write_jsonl(tmp_path / "plain.jsonl", [{"messages": tool_rows()[0]["messages"][:1]
+                                                                               + [{"role": "assistant", "content": "Shipped."}]}])))
+    with pytest.raises(TunesmithError, match=r"--tool-parser mistral: the rows of .*plain.jsonl have no tools"):
+        evaluate.plan_scoring(plain, None, None, None, None, "lenient", "response", tool_parser="mistral")
+
+
 PROMPTS = ["Where is order A-1001?", "주문 A-1001 어디쯤 왔나요?", "Status of A-1001 please", "A-1001 배송 상태 알려주세요"]
 
 

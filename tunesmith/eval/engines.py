@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tunesmith.data.templates import ChatTemplate, prompt_ids
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.generate import Completion, Loaded, cut_at_stop, generate_ids, load_for_inference
+from tunesmith.eval.generate import Completion, Loaded, decode_completion, generate_ids, kept_markers, load_for_inference
 from tunesmith.runs import RunDir, is_run_dir
+from tunesmith.serve.tools import Family
 
 
 @dataclass
@@ -83,13 +84,15 @@ class TransformersEngine:
         self.system_prompt = loaded.system_prompt
 
     def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True,
-                 tools: list[list[dict] | None] | None = None) -> list[Completion]:
+                 tools: list[list[dict] | None] | None = None, family: Family | None = None) -> list[Completion]:
         import torch
 
         if decoding.sampling:
             torch.manual_seed(decoding.seed)
-        prompts = [prompt_ids(self.template, self.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools or [None] * len(conversations))]
-        return generate_ids(self.loaded, prompts, decoding.max_new_tokens, batch_size, progress, decoding.stop, decoding.hf_kwargs())
+        tools = tools or [None] * len(conversations)
+        prompts = [prompt_ids(self.template, self.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools)]
+        return generate_ids(self.loaded, prompts, decoding.max_new_tokens, batch_size, progress, decoding.stop, decoding.hf_kwargs(),
+                            kept_markers(self.tokenizer, family, tools))
 
 
 @dataclass
@@ -141,11 +144,31 @@ class VLLMEngine:
         self.llm = LLM(model=files.base, tokenizer=files.base, dtype=dtype, seed=0, **lora)
 
     def complete(self, conversations: list[list[dict]], decoding: Decoding, batch_size: int = 8, progress: bool = True,
-                 tools: list[list[dict] | None] | None = None) -> list[Completion]:
+                 tools: list[list[dict] | None] | None = None, family: Family | None = None) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
+        params = SamplingParams(**self.sampling_params(decoding))
+        tools = tools or [None] * len(conversations)
+        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.template, self.tokenizer, conv, row_tools))
+                   for conv, row_tools in zip(conversations, tools)]
+        lora_request = None
+        if self.files.adapter:
+            from vllm.lora.request import LoRARequest
+
+            lora_request = LoRARequest(self.name, 1, self.files.adapter)
+        # vLLM schedules its own batches; batch_size is a transformers setting.
+        results = self.llm.generate(prompts, params, use_tqdm=progress, lora_request=lora_request)
+        # The generated ids are decoded here, as the transformers engine and the server decode them: vLLM's own text
+        # (skip_special_tokens) would drop a tool-call marker that is a special token ([TOOL_CALLS], <|python_tag|>).
+        stop_ids, stop = set(self.template.stop_token_ids), [*decoding.stop, *self.template.stop_texts]
+        return [decode_completion(list(r.outputs[0].token_ids), self.tokenizer, stop_ids, None, stop, keep)
+                for r, keep in zip(results, kept_markers(self.tokenizer, family, tools))]
+
+    def sampling_params(self, decoding: Decoding) -> dict:
+        """vLLM's SamplingParams for a decoding. Its text is not used (see complete), only its token ids and its
+        stopping: on the template's stop tokens and on stop strings, which vLLM matches in that text."""
+        return dict(
             n=1,
             temperature=decoding.temperature,
             top_p=decoding.top_p,
@@ -157,17 +180,6 @@ class VLLMEngine:
             seed=decoding.seed,
             skip_special_tokens=True,
         )
-        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.template, self.tokenizer, conv, row_tools))
-                   for conv, row_tools in zip(conversations, tools or [None] * len(conversations))]
-        lora_request = None
-        if self.files.adapter:
-            from vllm.lora.request import LoRARequest
-
-            lora_request = LoRARequest(self.name, 1, self.files.adapter)
-        # vLLM schedules its own batches; batch_size is a transformers setting.
-        results = self.llm.generate(prompts, params, use_tqdm=progress, lora_request=lora_request)
-        # vLLM keeps the text of a stop token that is no special token; the template's stop texts name those.
-        return [Completion(cut_at_stop(r.outputs[0].text, self.template.stop_texts), len(r.outputs[0].token_ids)) for r in results]
 
 
 def vllm_usable(decoding: Decoding) -> bool:

@@ -6,7 +6,8 @@ template the model was trained with, score, compare, and write a report.
 Eval data is read like training data (same files and formats): the last assistant turn of each row is
 the reference and the messages before it the prompt; `text` rows are scored by perplexity only. Rows with
 tools give the model their tools, and a reference reply that calls tools is scored by tool-call accuracy
-(tunesmith.eval.tool_calls: the `tool_calls` metric, the default for such data). A run
+(tunesmith.eval.tool_calls: the `tool_calls` metric, the default for such data), the calls read as `tunesmith
+serve` reads them (the parser of the model's template, or --tool-parser). A run
 brings its template and the system prompt it was trained with; `--compare base` is the run's base model
 with that same template and system prompt. Every model sees the same rows and the same decoding.
 
@@ -30,8 +31,9 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.classification import classification_report, extract_label, label_set
 from tunesmith.eval.engines import Decoding
 from tunesmith.eval.metrics import EVAL_METRICS, bleu, chrf, exact_match, normalize, perplexity, rouge
-from tunesmith.eval.tool_calls import as_call, tool_call_scores
+from tunesmith.eval.tool_calls import as_call, tool_call_scores, tool_family
 from tunesmith.runs import RunDir, is_run_dir
+from tunesmith.serve.tools import FAMILIES, Family
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,12 @@ class Scoring:
     match: str = "lenient"
     bleu_tokenize: str = "auto"
     perplexity_scope: str = "response"
+    tool_parser: str | None = None   # how replies write tool calls (serve's --tool-parser); None: from each model's template
 
 
 def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | None, label_from: str | None,
-                 label_regex: str | None, match: str, perplexity_scope: str, human_sheet: str | None = None) -> Scoring:
+                 label_regex: str | None, match: str, perplexity_scope: str, human_sheet: str | None = None,
+                 tool_parser: str | None = None) -> Scoring:
     unknown = [m for m in metrics or [] if m not in EVAL_METRICS]
     if unknown:
         raise TunesmithError(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
@@ -127,6 +131,10 @@ def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | 
         raise TunesmithError(f"--match: {match!r} is not one of {', '.join(MATCH_MODES)}")
     if "tool_calls" in (metrics or []) and (data.is_text or not any(data.tools)):
         raise TunesmithError(f"--metrics tool_calls: the rows of {data.file} have no tools (a `tools` list per row)")
+    if tool_parser is not None and tool_parser not in FAMILIES:
+        raise TunesmithError(f"--tool-parser: {tool_parser!r} is not one of {', '.join(FAMILIES)}")
+    if tool_parser is not None and (data.is_text or not any(data.tools)):
+        raise TunesmithError(f"--tool-parser {tool_parser}: the rows of {data.file} have no tools, so no reply is read for tool calls")
     if data.is_text:
         if human_sheet:
             raise TunesmithError(f"--human-sheet: {data.file} holds text rows, with no prompts to answer")
@@ -143,15 +151,18 @@ def plan_scoring(data: EvalData, metrics: list[str] | None, labels: list[str] | 
     if "accuracy" in metrics and not (found or label_regex or label_from == "first_line"):
         raise TunesmithError("--metrics accuracy: give --labels a,b,c or --label-regex, or use --label-from first_line")
     mode = label_from or ("regex" if label_regex else "closest" if found else "first_line")
-    return Scoring(metrics, [normalize(label) for label in found] if found else None, mode, label_regex, match, perplexity_scope=perplexity_scope)
+    return Scoring(metrics, [normalize(label) for label in found] if found else None, mode, label_regex, match,
+                   perplexity_scope=perplexity_scope, tool_parser=tool_parser)
 
 
-def score_outputs(outputs: list[str], references: list[str], scoring: Scoring, calls: list | None = None) -> tuple[dict, dict]:
-    """Flat metric numbers and the details behind them (classification report, BLEU tokenizer); `calls`: each
-    row's expected tool calls (EvalData.expected_calls), for the tool_calls metric."""
+def score_outputs(outputs: list[str], references: list[str], scoring: Scoring, calls: list | None = None,
+                  family: Family | None = None, tools: list | None = None) -> tuple[dict, dict]:
+    """Flat metric numbers and the details behind them (classification report, BLEU tokenizer). For the tool_calls
+    metric: `calls`, each row's expected tool calls (EvalData.expected_calls); `family`, the parser of the
+    model's replies (tool_family; default hermes); `tools`, each row's tools."""
     flat, details = {}, {}
     if "tool_calls" in scoring.metrics:
-        flat.update(tool_call_scores(outputs, calls))
+        flat.update(tool_call_scores(outputs, calls, family, tools))
     if "exact_match" in scoring.metrics:
         flat["exact_match"] = exact_match(outputs, references, **MATCH_MODES[scoring.match])
     if "accuracy" in scoring.metrics:
@@ -176,15 +187,20 @@ class ModelResult:
     outputs: list[str]
     metrics: dict
     details: dict = field(default_factory=dict)
+    family: Family | None = None    # the tool-call parser its replies were decoded for and read with
 
 
 def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding, batch_size: int, system: str | None) -> ModelResult:
     outputs, flat, details = [], {}, {"engine": engine.name_of_engine}
     system = system if system is not None else engine.system_prompt
+    # Rows with tools: decoded and read for calls as the server would for this model (its template's family).
+    family = tool_family(engine.template, engine.tokenizer, scoring.tool_parser) if not data.is_text and any(data.tools) else None
+    if family is not None:
+        details["tool_parser"] = family.name
     if not data.is_text and scoring.metrics != ["perplexity"]:
-        completions = engine.complete(data.prompts(system), decoding, batch_size=batch_size, tools=data.tools)
+        completions = engine.complete(data.prompts(system), decoding, batch_size=batch_size, tools=data.tools, family=family)
         outputs = [c.text for c in completions]
-        flat, more = score_outputs(outputs, data.references, scoring, data.expected_calls)
+        flat, more = score_outputs(outputs, data.references, scoring, data.expected_calls, family, data.tools)
         details.update(more, generated_tokens=sum(c.tokens for c in completions))
     if "perplexity" in scoring.metrics:
         if engine.name_of_engine != "transformers":
@@ -200,7 +216,7 @@ def evaluate_model(engine, data: EvalData, scoring: Scoring, decoding: Decoding,
             flat["perplexity"] = perplexity(sums, counts)
             details["perplexity_tokens"] = sum(counts)
             details["perplexity_scope"] = scoring.perplexity_scope
-    return ModelResult(engine.name, "", outputs, flat, details)
+    return ModelResult(engine.name, "", outputs, flat, details, family)
 
 
 def check_targets(target: str, compare: list[str]) -> None:
@@ -250,6 +266,7 @@ def run_eval(
     limit: int | None = None,
     human_sheet: str | None = None,
     task_column: str | None = None,
+    tool_parser: str | None = None,
 ) -> dict:
     """Evaluate `target` (and each of `compare`) on `data_file`; returns what metrics.json holds."""
     from tunesmith.eval.preference import is_preference_file, run_preference_eval
@@ -265,7 +282,7 @@ def run_eval(
 
     decoding = decoding or Decoding()
     data = load_eval_data(data_file, limit=limit, task_column=task_column, tag=task_tagger(target) if task_column else None)
-    scoring = plan_scoring(data, metrics, labels, label_from, label_regex, match, perplexity_scope, human_sheet)
+    scoring = plan_scoring(data, metrics, labels, label_from, label_regex, match, perplexity_scope, human_sheet, tool_parser)
     name = name or Path(data_file.split("::")[0]).stem
     folder = output_dir(target, name, out)
     check_output_folder(folder, "--out")
@@ -290,10 +307,8 @@ def run_eval(
     differ = differing_rows(data, results, scoring) if len(results) > 1 else []
     summary = build_summary(name, data, results, scoring, decoding, differ)
     if data.tasks:
-        summary["by_task"] = {task: {r.name: score_outputs([o for o, t in zip(r.outputs, data.tasks) if t == task],
-                                                           [ref for ref, t in zip(data.references, data.tasks) if t == task], scoring,
-                                                           [c for c, t in zip(data.expected_calls, data.tasks) if t == task])[0]
-                                     for r in results} | {"n": data.tasks.count(task)} for task in dict.fromkeys(data.tasks)}
+        summary["by_task"] = {task: {r.name: task_scores(task, data, r, scoring) for r in results} | {"n": data.tasks.count(task)}
+                              for task in dict.fromkeys(data.tasks)}
     folder.mkdir(parents=True, exist_ok=True)
     write_predictions(folder / "predictions.jsonl", data, results, primary_system)
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -308,6 +323,14 @@ def run_eval(
         numbers = "; ".join(f"{model}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) for model, metrics in per.items() if model != "n")
         print(f"task {task} ({per['n']} rows): {numbers}")
     return summary
+
+
+def task_scores(task: str, data: EvalData, result: ModelResult, scoring: Scoring) -> dict:
+    """A model's metrics on the rows of one task."""
+    def rows(column: list) -> list:
+        return [v for v, t in zip(column, data.tasks) if t == task]
+
+    return score_outputs(rows(result.outputs), rows(data.references), scoring, rows(data.expected_calls), result.family, rows(data.tools))[0]
 
 
 def task_tagger(target: str) -> Callable:

@@ -20,6 +20,8 @@ from tunesmith.data.formats import with_system
 from tunesmith.data.templates import ChatTemplate, prompt_ids, resolve_template
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_run_dir
+from tunesmith.serve.text import decode
+from tunesmith.serve.tools import Family, marker_tokens
 
 
 @dataclass
@@ -65,17 +67,27 @@ def generate(
     progress: bool = True,
     stop: list[str] | None = None,
     tools: list[list[dict] | None] | None = None,
+    family: Family | None = None,
     **decoding,
 ) -> list[str]:
     """One completion per conversation (greedy unless decoding says otherwise), in input order; `tools`: the
-    tools each conversation may call (OpenAI style), as its training row gave them.
+    tools each conversation may call (OpenAI style), as its training row gave them; `family`: the tool-call
+    parser the replies will be read with (see kept_markers).
 
     `decoding` goes to transformers' generate as is (do_sample, temperature, num_beams, ...).
     """
     tools = tools or [None] * len(conversations)
     prompts = [prompt_ids(loaded.template, loaded.tokenizer, conv, row_tools) for conv, row_tools in zip(conversations, tools)]
-    completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding)
+    completions = generate_ids(loaded, prompts, max_new_tokens, batch_size, progress, stop or [], decoding,
+                               kept_markers(loaded.tokenizer, family, tools))
     return [c.text for c in completions]
+
+
+def kept_markers(tokenizer, family: Family | None, tools: list[list[dict] | None]) -> list[dict[int, str] | None]:
+    """Per row, the special tokens its completion keeps: with `family` (the tool-call parser its replies are read
+    with), the family's marker tokens in rows that have tools, as the server keeps them for a request with tools."""
+    markers = marker_tokens(tokenizer, family) if family is not None else None
+    return [markers if row_tools else None for row_tools in tools]
 
 
 @dataclass
@@ -85,8 +97,10 @@ class Completion:
 
 
 def generate_ids(
-    loaded: Loaded, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress: bool, stop: list[str], hf_kwargs: dict
+    loaded: Loaded, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress: bool, stop: list[str], hf_kwargs: dict,
+    keep: list[dict[int, str] | None] | None = None,
 ) -> list[Completion]:
+    """`keep`: per prompt, the special tokens whose text its completion keeps (tool-call markers; see `decode_completion`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -118,15 +132,17 @@ def generate_ids(
                 **hf_kwargs,
             )
         for row, i in enumerate(batch):
-            outputs[i] = _completion(out[row, width:].tolist(), tokenizer, stop_ids, pad_id, stop)
+            outputs[i] = decode_completion(out[row, width:].tolist(), tokenizer, stop_ids, pad_id, stop, keep[i] if keep else None)
         bar.update(len(batch))
     bar.close()
     return outputs
 
 
-def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int, stop: list[str]) -> Completion:
+def decode_completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int | None, stop: list[str],
+                keep: dict[int, str] | None = None) -> Completion:
     """Generated ids up to the first stop token (counted, not decoded: it may be no special token) or padding
-    (a row finished by a stop string), decoded and cut."""
+    (a row finished by a stop string), decoded as the server decodes them (special tokens dropped, those in
+    `keep` written) and cut."""
     n, text_end = len(generated), len(generated)
     for k, token in enumerate(generated):
         if token in stop_ids:
@@ -136,7 +152,7 @@ def _completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int
             n = text_end = k
             break
     # A token budget can end inside a multi-byte character (byte-level BPE): drop the half character.
-    text = tokenizer.decode(generated[:text_end], skip_special_tokens=True).rstrip("\ufffd")
+    text = decode(tokenizer, generated[:text_end], keep).rstrip("\ufffd")
     return Completion(cut_at_stop(text, stop), n)
 
 

@@ -1,80 +1,89 @@
 """Tool-call accuracy: did the model call the right function, with exactly the right arguments, in valid JSON?
 
-A model's calls are read from its text whatever the template family writes around them: every JSON
-object holding a "name" and its "arguments" (Llama 3.1 writes "parameters"), alone or in a list, inside
-Hermes' <tool_call> tags, after Mistral's [TOOL_CALLS] or bare. A <tool_call> block that holds no such
-object is a call in invalid JSON. Arguments compare as JSON values: key order and 20 against 20.0 do
-not matter, "20" against 20 does.
+The calls are read exactly as `tunesmith serve` reads them into `tool_calls`: by the parser of the family the
+model's template selects (tunesmith.serve.tools: hermes, qwen, llama3, mistral; `--tool-parser` overrides it,
+as for serve), from the reply decoded as the server decodes it (the family's marker tokens, such as Mistral's
+[TOOL_CALLS] and Llama 3's <|python_tag|>, kept although they are special tokens). Arguments compare as JSON
+values: key order and 20 against 20.0 do not matter, "20" against 20 does.
 
 Per row whose reference reply calls tools:
-  tool_call_valid   the output holds a call, and every <tool_call> block in it parses
+  tool_call_valid   the server would return at least one call, each with arguments that are a JSON object (not
+                    so for a call cut off inside them), and no call section as content (markup that is no
+                    well-formed call, e.g. a <tool_call> block whose function name is not a JSON string)
   tool_call_name    it calls the reference's functions (as a multiset: the order of parallel calls is free)
   tool_call_exact   ... each with exactly the reference's arguments
 Per row whose reference answers in text (when there are such rows):
-  tool_call_none    the output calls no tool
+  tool_call_none    the server would return no call
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
+from dataclasses import dataclass
 
-_DECODER = json.JSONDecoder()
-_HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
-
-
-def parse_calls(text: str) -> list[dict]:
-    """The calls in a model's output, each {"name": str, "arguments": dict}, in the order written."""
-    calls, at = [], 0
-    while (at := _next_json(text, at)) >= 0:
-        try:
-            value, end = _DECODER.raw_decode(text, at)
-        except json.JSONDecodeError:
-            at += 1
-            continue
-        found = [c for c in map(as_call, value if isinstance(value, list) else [value]) if c is not None]
-        calls += found
-        at = end if found else at + 1
-    return calls
+from tunesmith.data.templates import tool_source
+from tunesmith.serve.tools import FAMILIES, Family, ToolStream, family_of
 
 
-def as_call(value) -> dict | None:
-    """{"name", "arguments"} of a call object in any of the families' shapes, or None for other JSON."""
-    if not isinstance(value, dict):
-        return None
-    function = value.get("function") if isinstance(value.get("function"), dict) else value
-    name = function.get("name")
-    arguments = function.get("arguments", function.get("parameters"))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(name, str) or not isinstance(arguments, dict):
-        return None
-    return {"name": name, "arguments": arguments}
+@dataclass
+class Reply:
+    """A reply as the server returns it: its calls ({"name", "arguments"}: a dict, or the text the model wrote
+    when that is no JSON object) and how many call sections it sent back as content instead."""
+
+    calls: list[dict]
+    rejected: int
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.calls) and not self.rejected and all(isinstance(c["arguments"], dict) for c in self.calls)
 
 
-def valid_calls(text: str) -> bool:
-    """The output holds at least one call and no <tool_call> block that fails to parse."""
-    return bool(parse_calls(text)) and all(parse_calls(block) for block in _HERMES_BLOCK.findall(text))
+def tool_family(template, tokenizer, parser: str | None = None) -> Family:
+    """The parser of a model's replies, chosen as the server chooses it: `parser` (--tool-parser), else read from
+    the template that renders the tools (its own, or the built-in Hermes format)."""
+    return FAMILIES[parser or family_of(tool_source(template, tokenizer))]
 
 
-def tool_call_scores(outputs: list[str], expected: list[list[dict] | None]) -> dict[str, float]:
-    """The metrics above; `expected` holds each row's reference calls ({"name", "arguments"}), None where it answers in text."""
+def read_reply(text: str, family: Family, tools: list[dict] | None = None) -> Reply:
+    """The calls the server would return for this reply text (tool_choice auto)."""
+    stream = ToolStream(family, tools or [])
+    stream.add(text)
+    stream.finish()
+    return Reply([{"name": c.name, "arguments": json_object(c.arguments)} for c in stream.calls], stream.rejected)
+
+
+def json_object(text: str) -> dict | str:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def as_call(function: dict) -> dict:
+    """A reference call (a row's tool_calls[i].function, its arguments an object since loading) as {"name", "arguments"}."""
+    return {"name": function["name"], "arguments": function["arguments"]}
+
+
+def tool_call_scores(outputs: list[str], expected: list[list[dict] | None], family: Family | None = None,
+                     tools: list[list[dict] | None] | None = None) -> dict[str, float]:
+    """The metrics above. `expected`: each row's reference calls ({"name", "arguments"}), None where it answers in
+    text; `family`: the parser of the model's template (default hermes, the built-in tool template's format);
+    `tools`: each row's tools, as the server would be given them."""
     if len(outputs) != len(expected):
         raise ValueError(f"{len(outputs)} outputs for {len(expected)} references")
-    calling = [(o, e) for o, e in zip(outputs, expected) if e]
-    texting = [o for o, e in zip(outputs, expected) if not e]
+    family = family or FAMILIES["hermes"]
+    replies = [read_reply(o, family, t) for o, t in zip(outputs, tools or [None] * len(outputs))]
+    calling = [(r, e) for r, e in zip(replies, expected) if e]
+    texting = [r for r, e in zip(replies, expected) if not e]
     scores = {}
     if calling:
-        parsed = [(parse_calls(o), e) for o, e in calling]
-        scores["tool_call_valid"] = sum(valid_calls(o) for o, _ in calling) / len(calling)
-        scores["tool_call_name"] = sum(names(got) == names(want) for got, want in parsed) / len(calling)
-        scores["tool_call_exact"] = sum(signatures(got) == signatures(want) for got, want in parsed) / len(calling)
+        scores["tool_call_valid"] = sum(r.valid for r, _ in calling) / len(calling)
+        scores["tool_call_name"] = sum(names(r.calls) == names(want) for r, want in calling) / len(calling)
+        scores["tool_call_exact"] = sum(signatures(r.calls) == signatures(want) for r, want in calling) / len(calling)
     if texting:
-        scores["tool_call_none"] = sum(not parse_calls(o) for o in texting) / len(texting)
+        scores["tool_call_none"] = sum(not r.calls for r in texting) / len(texting)
     return scores
 
 
@@ -83,6 +92,7 @@ def names(calls: list[dict]) -> Counter:
 
 
 def signatures(calls: list[dict]) -> Counter:
+    """Each call as comparable text; arguments that are no JSON object stay text, equal to no reference's."""
     return Counter(json.dumps([c["name"], canonical(c["arguments"])], sort_keys=True, ensure_ascii=False) for c in calls)
 
 
@@ -95,9 +105,3 @@ def canonical(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _next_json(text: str, start: int) -> int:
-    """Where the next JSON object or list may start, or -1."""
-    found = [i for i in (text.find("{", start), text.find("[", start)) if i >= 0]
-    return min(found) if found else -1

@@ -36,6 +36,7 @@ from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, G
 from tunesmith.serve.sampling import Sampling
 from tunesmith.serve.structured import SchemaError
 from tunesmith.serve.text import TextStream
+from tunesmith.serve.tools import marker_tokens
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def build_app(
 
     async def choice_deltas(request: Request, stop: list[str], choice: Choice) -> AsyncIterator[tuple[list[dict], str | None, int]]:
         """A chat choice's chunk deltas, its finish reason at the end, and its completion tokens so far."""
-        keep = special_markers(tokenizer, choice.plan.family) if choice.plan.family is not None else None
+        keep = marker_tokens(tokenizer, choice.plan.family) if choice.plan.family is not None else None
         async with contextlib.aclosing(deltas(request, stop, keep)) as items:
             async for d in items:
                 pieces = choice.add(d.text, d.logprobs)
@@ -351,12 +352,6 @@ def sampling(body: Sampled, max_tokens: int, seed: int | None) -> Sampling:
         repetition_penalty=body.repetition_penalty or 1.0,
         seed=seed,
     )
-
-
-def special_markers(tokenizer, family) -> dict[int, str]:
-    """The family's marker tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>) that decoding must keep."""
-    ids = {text: tokenizer.convert_tokens_to_ids(text) for text in family.special_texts}
-    return {i: text for text, i in ids.items() if i is not None and i != tokenizer.unk_token_id}
 
 
 async def run(work):

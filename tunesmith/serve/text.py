@@ -38,21 +38,27 @@ class TextStream:
         return delta
 
     def _decode(self) -> str:
-        if not self.keep or not any(i in self.keep for i in self.ids):
-            return self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        parts, run = [], []
-        for i in self.ids:
-            if i in self.keep:
-                parts += [self.tokenizer.decode(run, skip_special_tokens=True), self.keep[i]]
-                run = []
-            else:
-                run.append(i)
-        return "".join([*parts, self.tokenizer.decode(run, skip_special_tokens=True)])
+        return decode(self.tokenizer, self.ids, self.keep)
 
     def flush(self) -> str:
         """Everything not yet sent: call when generation has ended."""
         delta, self.sent = self.text[self.sent :], len(self.text)
         return delta
+
+
+def decode(tokenizer, ids: list[int], keep: dict[int, str] | None = None) -> str:
+    """Token ids as text without special tokens, except those in `keep` (token id -> its text): the decoding of
+    the server and of `tunesmith eval` alike."""
+    if not keep or not any(i in keep for i in ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    parts, run = [], []
+    for i in ids:
+        if i in keep:
+            parts += [tokenizer.decode(run, skip_special_tokens=True), keep[i]]
+            run = []
+        else:
+            run.append(i)
+    return "".join([*parts, tokenizer.decode(run, skip_special_tokens=True)])
 
 
 def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:

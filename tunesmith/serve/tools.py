@@ -416,6 +416,12 @@ FAMILIES = {
 }
 
 
+def marker_tokens(tokenizer, family: Family) -> dict[int, str]:
+    """The family's marker tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>) that decoding must keep: id -> text."""
+    ids = {text: tokenizer.convert_tokens_to_ids(text) for text in family.special_texts}
+    return {i: text for text, i in ids.items() if i is not None and i != tokenizer.unk_token_id}
+
+
 def family_of(template_source: str) -> str:
     """The parser for a template, read from how it writes tool calls (hermes, the built-in format, otherwise)."""
     if "<function=" in template_source:
@@ -461,6 +467,7 @@ class ToolStream:
     tools: list[dict]
     max_calls: int | None = None
     calls: list[Call] = field(default_factory=list)
+    rejected: int = 0               # sections that began as calls but were no well-formed call: sent as content
     _text: str = ""                 # text not yet handed out (in a section: the section from its start)
     _in_calls: bool = False         # inside a tool-call section
     _started: bool = False          # a non-space character has arrived
@@ -506,7 +513,7 @@ class ToolStream:
                 taken = self.family.take(self._text, final, self.tools)
             except NotACall:
                 out += self._content(self._layout + self._text)   # not a call after all: the model's text, as it is
-                self._text, self._in_calls = "", False
+                self._text, self._in_calls, self.rejected = "", False, self.rejected + 1
                 return out
             for name, arguments in taken.calls[self._out :]:
                 if not self.done:

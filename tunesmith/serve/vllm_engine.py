@@ -94,6 +94,8 @@ class VLLMEngine:
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             stop_token_ids=stops,
+            # Only vLLM's own text, which is not used: the app decodes the token ids (serve.text), keeping the
+            # tool-call markers that are special tokens ([TOOL_CALLS], <|python_tag|>).
             skip_special_tokens=True,
             logprobs=request.logprobs,
             structured_outputs=request.constraint,
