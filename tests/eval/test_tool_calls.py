@@ -198,6 +198,30 @@ def test_a_marker_that_is_a_special_token_is_kept_and_the_call_scored(smol_token
     assert tool_call_scores(dropped, data.expected_calls, FAMILIES[parser])["tool_call_exact"] == 0.0
     hermes = plan_scoring(data, ["tool_calls"], None, None, None, "lenient", "response", tool_parser="hermes")
     assert evaluate_model(engine, data, hermes, Decoding(max_new_tokens=64), 2, None).metrics["tool_call_exact"] == 0.0
+    # generation_eval during training reads them as eval does, and batch generation writes the calls serve returns
+    assert generation_eval_score(engine, data) == 1.0
+    from tunesmith.eval.batch import generate_file
+
+    generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", [{"prompt": PROMPTS[0], "tools": TOOLS}])), str(tmp_path / "out.jsonl"), Decoding(max_new_tokens=64), 1, None)
+    written = json.loads((tmp_path / "out.jsonl").read_text())
+    assert marker in written["output"] and written["tool_calls"] == [LOOKUP]
+
+
+def generation_eval_score(engine, data) -> float:
+    """eval_tool_call_exact as GenerationEval logs it at an evaluation of a model that writes the engine's reply."""
+    from types import SimpleNamespace
+
+    from tunesmith.methods.common import GenerationEval
+
+    model = engine.loaded.model
+    model.training, model.eval, model.train = False, lambda: None, lambda mode=True: None
+    logged = []
+    callback = GenerationEval(SimpleNamespace(append_metrics=logged.append), "tool_call_exact", engine.loaded.template, data, 64)
+    metrics = {}
+    callback.on_evaluate(SimpleNamespace(per_device_eval_batch_size=2), SimpleNamespace(is_world_process_zero=True, global_step=3, epoch=1.0),
+                         None, model=model, processing_class=engine.tokenizer, metrics=metrics)
+    assert logged == [{"step": 3, "epoch": 1.0, "eval_tool_call_exact": metrics["eval_tool_call_exact"]}]
+    return metrics["eval_tool_call_exact"]
 
 
 def test_eval_s_tool_parser_option_reaches_the_scoring_and_is_checked(monkeypatch, tmp_path):
@@ -261,20 +285,26 @@ def test_tool_calls_metric_needs_rows_with_tools(tiny_llama, tickets_file):
         run_eval(str(tiny_llama), str(tickets_file), metrics=["tool_calls"])
 
 
-def test_batch_generation_gives_each_row_its_tools(tmp_path):
+def test_batch_generation_gives_each_row_its_tools(tmp_path, monkeypatch):
+    from tunesmith.eval import batch
     from tunesmith.eval.batch import generate_file
     from tunesmith.eval.engines import Decoding
 
-    class Recorder:
-        system_prompt = None
+    monkeypatch.setattr(batch, "tool_family", lambda template, tokenizer: FAMILIES["hermes"])  # a template without tools of its own
+    call = '<tool_call>\n{"name": "lookup_order", "arguments": {"order_id": "A-1001"}}\n</tool_call>'
 
-        def complete(self, conversations, decoding, batch_size=8, progress=True, tools=None):
-            self.tools = tools
-            return [type("C", (), {"text": "ok"})() for _ in conversations]
+    class Recorder:
+        system_prompt = template = tokenizer = None
+
+        def complete(self, conversations, decoding, batch_size=8, progress=True, tools=None, family=None):
+            self.tools, self.family = tools, family
+            return [type("C", (), {"text": text})() for text in (call, "Hello!")]
 
     rows = [{"prompt": "Where is A-1001?", "tools": TOOLS}, {"prompt": "Hi"}]
     engine = Recorder()
     generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", rows)), str(tmp_path / "out.jsonl"), Decoding(), 2, None)
-    assert engine.tools == [TOOLS, None]
+    assert engine.tools == [TOOLS, None] and engine.family is FAMILIES["hermes"]
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert written[0]["output"] == call and written[0]["tool_calls"] == [LOOKUP] and "tool_calls" not in written[1]
     with pytest.raises(Exception, match=r"in.jsonl:1: tools: expected a list of tools, found a number"):
         generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x", "tools": 3}])), str(tmp_path / "o.jsonl"), Decoding(), 2, None)

@@ -2,7 +2,9 @@
 
 Each input row holds a "prompt" string or a "messages" list (and optionally an "id" or any other keys);
 a "tools" list (OpenAI style, tunesmith.data.tools) is given to the model with the row's prompt. Each
-output row is the input row plus "output". Rows keep their order.
+output row is the input row plus "output"; a row with tools also gets "tool_calls", the calls the server would
+return for that output ({"name", "arguments"}; the output keeps the template family's call markers, such as
+Mistral's [TOOL_CALLS], that decoding otherwise drops as special tokens). Rows keep their order.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from tunesmith.data.formats import DataError, type_name
 from tunesmith.data.tools import parse_tools
 from tunesmith.eval.engines import Decoding
 from tunesmith.eval.generate import require_conversation
+from tunesmith.eval.tool_calls import read_reply, tool_family
 
 
 def read_prompt_rows(path: str | Path, system: str | None) -> tuple[list[dict], list[list[dict]], list[list[dict] | None]]:
@@ -60,10 +63,14 @@ def row_conversation(row: dict, where: str, system: str | None) -> list[dict]:
 def generate_file(engine, input_path: str, output_path: str, decoding: Decoding, batch_size: int, system: str | None) -> int:
     """Generate for every row of `input_path`, write `output_path`; returns the number of rows."""
     rows, conversations, tools = read_prompt_rows(input_path, system if system is not None else engine.system_prompt)
-    completions = engine.complete(conversations, decoding, batch_size=batch_size, progress=True, tools=tools)
+    family = tool_family(engine.template, engine.tokenizer) if any(tools) else None  # the parser serve would use
+    completions = engine.complete(conversations, decoding, batch_size=batch_size, progress=True, tools=tools, family=family)
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
-        for row, completion in zip(rows, completions):
-            f.write(json.dumps({**row, "output": completion.text}, ensure_ascii=False) + "\n")
+        for row, row_tools, completion in zip(rows, tools, completions):
+            written = {**row, "output": completion.text}
+            if row_tools is not None:
+                written["tool_calls"] = read_reply(completion.text, family, row_tools).calls
+            f.write(json.dumps(written, ensure_ascii=False) + "\n")
     return len(rows)

@@ -373,31 +373,36 @@ class GenerationEval(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
         from tunesmith.eval.generate import Loaded, generate
+        from tunesmith.eval.tool_calls import tool_family
 
         was_training = model.training
         model.eval()
         loaded = Loaded(model, processing_class, self.template, "eval")
+        # replies to rows with tools are decoded and read as `tunesmith eval` and the server do: the template's parser
+        family = tool_family(self.template, processing_class) if any(self.data.tools) else None
         outputs = generate(loaded, self.data.prompts(None), self.max_new_tokens, args.per_device_eval_batch_size,
-                           progress=state.is_world_process_zero, tools=self.data.tools)
+                           progress=state.is_world_process_zero, tools=self.data.tools, family=family)
         model.train(was_training)
         key = f"eval_{self.metric}"
-        value = generation_score(self.metric, outputs, self.data.references, self.data.expected_calls)
+        value = generation_score(self.metric, outputs, self.data.references, self.data.expected_calls, family, self.data.tools)
         if metrics is not None:
             metrics[key] = value
         if state.is_world_process_zero:
             self.run.append_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), key: value})
 
 
-def generation_score(metric: str, outputs: list[str], references: list[str], calls: list | None = None) -> float:
+def generation_score(metric: str, outputs: list[str], references: list[str], calls: list | None = None, family=None,
+                     tools: list | None = None) -> float:
     """One number, scored as `tunesmith eval` scores it (accuracy: labels detected from the references;
-    tool_call_exact: `calls`, each row's expected tool calls)."""
+    tool_call_exact: `calls`, each row's expected tool calls, read from the outputs by `family`'s parser, with
+    each row's `tools`)."""
     from tunesmith.eval.classification import label_set
     from tunesmith.eval.evaluate import Scoring, score_outputs
 
     labels = label_set(references) if metric == "accuracy" else None
-    family = {"rougeL": "rouge", "tool_call_exact": "tool_calls"}.get(metric, metric)
-    scoring = Scoring([family], labels, "closest" if labels else "first_line")
-    return score_outputs(outputs, references, scoring, calls)[0][metric]
+    group = {"rougeL": "rouge", "tool_call_exact": "tool_calls"}.get(metric, metric)
+    scoring = Scoring([group], labels, "closest" if labels else "first_line")
+    return score_outputs(outputs, references, scoring, calls, family, tools)[0][metric]
 
 
 def generation_eval_callbacks(recipe: Recipe, run: RunDir) -> list[TrainerCallback]:
