@@ -3,7 +3,7 @@
 On CPU, torch's dropout multiplies its input by a float32 tensor, the kept entries scaled by 1 / (1 - p), and
 autograd keeps that tensor for backward: 4 bytes per element, next to the dropped input that the following
 matmul keeps. LoRA drops the input of every adapted layer (a dropout per adapter: q, k and v each draw their
-own), so with LoRA on all linear layers these masks were 0.93 GiB of the 3.2 GiB a SmolLM2-135M step saved for
+own), so with LoRA on all linear layers these masks were 0.90 GiB of the 3.2 GiB a SmolLM2-135M step saved for
 backward on a packed row of 1,631 tokens. `BoolMaskDropout` draws the mask from the same random numbers as
 torch's CPU dropout (bernoulli(1 - p), then / (1 - p)), computes the same product, and keeps the mask as
 booleans: forward and backward are torch's bit for bit, in a quarter of the memory. On other devices torch's
