@@ -53,3 +53,46 @@ def test_valid_targets_pass_the_check(stories_path):
 
     for head in ("causal_lm", "reward"):
         check_adapter_targets(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "kto", "reward"])
+def test_every_method_trains_with_the_cpu_memory_savers_in(stories_path, tmp_path, method):
+    """The decoder layers give glibc's free pages back (tunesmith.models.heap) in every Trainer method, and SFT's
+    LoRA dropouts keep byte masks (tunesmith.models.dropout); DPO, KTO and reward train without dropout."""
+    import importlib
+
+    import torch
+    from transformers import TrainerCallback
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from tests.conftest import write_jsonl
+    from tunesmith.config import validate
+    from tunesmith.models import heap
+    from tunesmith.models.dropout import BoolMaskDropout
+
+    if method == "sft":
+        rows, fmt = [{"question": f"Capital {i}?", "answer": f"City {i}."} for i in range(4)], "question_answer"
+    elif method == "kto":
+        rows, fmt = [{"prompt": f"Capital {i}?", "completion": f"City {i}.", "label": i % 2 == 0} for i in range(4)], "unpaired"
+    else:
+        rows, fmt = [{"prompt": f"Capital {i}?", "chosen": f"City {i}.", "rejected": f"No {i}."} for i in range(4)], "preference"
+    seen = {}
+
+    class Look(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            modules = list(model.modules())
+            seen["dropouts"] = [type(m) for m in modules if isinstance(m, torch.nn.Dropout) and 0 < m.p < 1]
+            seen["hooked"] = [len(m._forward_hooks) for m in modules if isinstance(m, GradientCheckpointingLayer)]
+
+    recipe = validate({
+        "method": method, "model": {"path": str(stories_path), "dtype": "float32"},
+        "data": {"train": str(write_jsonl(tmp_path / "d.jsonl", rows)), "format": fmt, "template": "chatml", "max_length": 128},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, "train": {"max_steps": 1, "batch_size": 2},
+        "output_dir": str(tmp_path / "run"),
+    })
+    importlib.import_module(f"tunesmith.methods.{method}").train(recipe, callbacks=[Look()])
+    if method == "sft":
+        assert seen["dropouts"] and set(seen["dropouts"]) == {BoolMaskDropout}
+    else:
+        assert seen["dropouts"] == []  # TRL's preference and reward trainers set every dropout to 0 (disable_dropout)
+    assert seen["hooked"] and set(seen["hooked"]) == ({1} if heap._libc is not None else {0})

@@ -48,7 +48,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.sft import EpochSeededPermutation
 from tunesmith.methods.steps import (callbacks_for, console, describe, example_tokens, finish, first_last, fit, load_reference, reference_mode,
-                                     repeats_note, start, write_data_report)
+                                     repeats_note, save_cpu_memory, start, write_data_report)
 from tunesmith.models import attention, lm_loss, logprobs
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import count_parameters, original_reference, peft_config, prepare_base, wrap_model
@@ -67,6 +67,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, a
         trainer = build_pair_trainer(recipe, s, model, reference, callbacks)
     else:
         trainer = build_trainer(recipe, s.run, model, reference, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
+    save_cpu_memory(trainer.model)  # glibc heap trim between layers (TRL sets dropout to 0 here: disable_dropout)
     parameters = count_parameters(trainer.model)
     result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, report_lines(recipe))

@@ -31,7 +31,7 @@ from transformers import set_seed
 from tunesmith.config import Recipe
 from tunesmith.methods import dpo
 from tunesmith.methods.common import trainer_arguments
-from tunesmith.methods.steps import callbacks_for, console, describe, example_tokens, finish, first_last, fit, repeats_note, start, write_data_report
+from tunesmith.methods.steps import callbacks_for, console, describe, example_tokens, finish, first_last, fit, repeats_note, save_cpu_memory, start, write_data_report
 from tunesmith.models import attention, logprobs
 from tunesmith.models.lm_loss import base_of, no_dropout, to
 from tunesmith.models.load import load_model
@@ -52,6 +52,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, a
         trainer = build_packed_trainer(recipe, s, model, callbacks)
     else:
         trainer = build_trainer(recipe, s.run, model, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
+    save_cpu_memory(trainer.model)  # glibc heap trim between layers (TRL sets dropout to 0 here: disable_dropout)
     result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, lambda records: [
         f"- pairwise accuracy (train): {first_last(records, 'accuracy') or '-'}",

@@ -28,8 +28,8 @@ from tunesmith.config import Recipe
 from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_batches
 from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
-from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, start, write_data_report
-from tunesmith.models import attention, dropout, heap, lm_loss
+from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, save_cpu_memory, start, write_data_report
+from tunesmith.models import attention, lm_loss
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import VIRTUAL_TOKENS, count_parameters, wrap_model
 from tunesmith.runs import RunDir
@@ -74,8 +74,7 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
                                   "where packed examples would share them and lose their positions")
     plan = s.plan
     chunked_refused = lm_loss.add_chunked_loss(model)
-    dropout.use_bool_mask_dropout(model)  # LoRA's dropout masks kept in a byte, not 4 (tunesmith.models.dropout)
-    heap.trim_between_layers(model)  # glibc's heap: free pages back to the system as activations pile up (CPU)
+    save_cpu_memory(model)  # dropout masks in a byte, not 4; glibc's free heap pages back between layers (CPU)
     # sdpa one example at a time, not over the whole packed row (tunesmith.models.attention)
     switched = plan.mode == "packed" and attention.use_packed_sdpa(lm_loss.base_of(model))
     # FlashAttention's varlen kernels and packed_sdpa read the examples' bounds from cu_seq_lens.
