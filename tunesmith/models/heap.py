@@ -62,15 +62,15 @@ def _in_use() -> int:
 
 class Trimmer:
     """malloc_trim(0) when the memory resident beyond what is in use, and beyond what was resident outside the
-    heap when it was made (libraries, memory-mapped weights), exceeds max(slack, a quarter of what is in use).
+    heap when it was made (libraries, memory-mapped weights), exceeds max(slack, `share` of what is in use).
     mallinfo's own count of free heap bytes cannot tell: it keeps counting the pages malloc_trim released."""
 
-    def __init__(self, slack: int = GiB):
-        self.outside, self.slack, self.trims = _resident() - _in_use(), slack, 0
+    def __init__(self, slack: int = GiB, share: float = 0.25):
+        self.outside, self.slack, self.share, self.trims = _resident() - _in_use(), slack, share, 0
 
     def __call__(self, *_) -> None:
         used = _in_use()
-        if _resident() - self.outside - used > max(self.slack, used // 4):
+        if _resident() - self.outside - used > max(self.slack, used * self.share):
             _libc.malloc_trim(0)
             self.trims += 1
 
