@@ -7,7 +7,8 @@ falls on all of them alike.
 Configurations: TRL's default (padded batches), TRL padding_free=True, TRL packing=True (bfd, rows of
 max_length), and tunesmith with packing on and off (length-grouped batches); tunesmith_packed_ckpt is tunesmith
 packed with train.gradient_checkpointing: true, which TRL's SFTConfig turns on by default (all TRL configurations
-here run with it; tunesmith's default is off). The data: 2,000 synthetic
+here run with it; tunesmith's default is off); tunesmith_packed_notrim is tunesmith packed without the glibc heap
+trim between decoder layers (tunesmith.models.heap), to show what that trim costs and saves. The data: 2,000 synthetic
 instruction/answer rows of mixed length (answers log-normal, 5 to 400 words), prompts masked, 8 examples (or
 8 rows for TRL packing) per batch, max_length 512. Models: a 7.2M-parameter Llama with an 8k vocabulary and a
 tokenizer trained on the data, both built here; or SmolLM2-135M (49k vocabulary; offline, from the GGUF in
@@ -37,7 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["trl_default", "trl_padding_free", "trl_packing", "tunesmith_packed", "tunesmith_grouped", "tunesmith_packed_ckpt"]
+CONFIGS = ["trl_default", "trl_padding_free", "trl_packing", "tunesmith_packed", "tunesmith_grouped", "tunesmith_packed_ckpt",
+           "tunesmith_packed_notrim"]
 SYSTEM = "Follow the instruction."
 
 
@@ -151,6 +153,10 @@ def child(name: str, model_name: str, peft: str, steps: int, folder: Path, threa
         collate = batching.Collator.__call__
         batching.Collator.__call__ = lambda self, items: meter.count(collate(self, items))
         overrides = {"packing": name != "tunesmith_grouped", "gradient_checkpointing": name == "tunesmith_packed_ckpt"}
+        if name == "tunesmith_packed_notrim":
+            from tunesmith.models import heap
+
+            heap.trim_between_layers = lambda model: None
         sft.train(recipe(data, model_path, peft, steps, out, overrides), callbacks=[meter.callback()])
     else:
         trl_run(name, recipe(data, model_path, peft, steps, out, {}), meter)
@@ -257,7 +263,7 @@ def main() -> None:
     cpu = {name: statistics.median(r["tokens_per_cpu_s"] for r in rs) for name, rs in results.items()}
     print(f"{args.model}, {args.peft}, {args.steps} steps, {args.repeats} rounds, {args.threads or 'default'} thread(s); tokens/s: median (min-max); "
           "per CPU-second: tokens per second of the process's CPU time, steadier on a shared machine")
-    print(f"{'config':21} {'tokens/s':>20} {'vs TRL default':>15} {'vs padding_free':>16} {'per CPU-s':>10} {'vs p_free':>10} "
+    print(f"{'config':24} {'tokens/s':>20} {'vs TRL default':>15} {'vs padding_free':>16} {'per CPU-s':>10} {'vs p_free':>10} "
           f"{'peak RSS':>9} {'in training':>12} {'tokens/step':>14} {'padding':>8}")
     for name, rs in results.items():
         spread = f"{speed[name]:7.0f} ({min(r['tokens_per_s'] for r in rs):.0f}-{max(r['tokens_per_s'] for r in rs):.0f})"
@@ -267,7 +273,7 @@ def main() -> None:
         cpu_ratio = f"{cpu[name] / cpu['trl_padding_free']:.2f}x" if "trl_padding_free" in cpu else "-"
         step_tokens = [n for r in rs for n in r["step_tokens"]]
         per_step = f"{statistics.mean(step_tokens):.0f} ({max(step_tokens)})"
-        print(f"{name:21} {spread:>20} {ratios[0]:>15} {ratios[1]:>16} {cpu[name]:10.0f} {cpu_ratio:>10} "
+        print(f"{name:24} {spread:>20} {ratios[0]:>15} {ratios[1]:>16} {cpu[name]:10.0f} {cpu_ratio:>10} "
               f"{peak:6.2f} GiB {growth:+8.2f} GiB {per_step:>14} {100 * rs[0]['padding_share']:7.1f}%")
     peak_flops = matmul_peak(args.threads)
     best = max(speed, key=speed.get)

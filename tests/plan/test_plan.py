@@ -56,6 +56,21 @@ def test_lora_adapters_are_r_times_in_plus_out(config_only):
     assert p.weight_bytes == 2 * PARAMS and not p.head_trainable
 
 
+def test_lora_dropout_keeps_a_one_byte_mask_per_adapter_input_unless_the_method_turns_it_off(config_only, monkeypatch):
+    from tunesmith.plan import profile
+
+    config = tiny_config(config_only)
+    plain, dropped, off = (measure(config, "float32", peft=PeftConfig(method="lora", r=2, dropout=p), dropout=on)
+                           for p, on in ((0.0, True), (0.1, True), (0.1, False)))
+    monkeypatch.setattr(profile, "_dropout_as_trained", lambda model, on: None)  # torch's dropout: a float32 mask
+    float_masks = measure(config, "float32", peft=PeftConfig(method="lora", r=2, dropout=0.1))
+    # each adapter draws its own dropout over its layer's input: q, k, v, o, gate, up see 8 values a token, down 16
+    inputs = 6 * 8 + 16
+    assert float_masks.act_layer - dropped.act_layer == inputs * (4 - 1)
+    assert dropped.act_layer > plain.act_layer  # the dropped copies lora_A keeps, and the masks
+    assert off.act_layer == plain.act_layer  # TRL's disable_dropout: p = 0, nothing kept
+
+
 def test_4bit_weights_with_and_without_double_quant(config_only):
     config = tiny_config(config_only)
     linear = 4 * 8 * 8 + 3 * 8 * 16  # per layer, quantised; embeddings and norms stay (in float32 after prepare_model_for_kbit_training)

@@ -211,6 +211,11 @@ def compute_dtype(case: Case, device: str) -> str:
     return resolve_dtype(m.compute_dtype if case.quantization == "4bit" and m.compute_dtype != "auto" else m.dtype, device)
 
 
+# Methods that train with every dropout at p = 0: TRL's DPO, KTO and reward trainers (disable_dropout, on by default
+# and left on), tunesmith's PPO (methods/ppo.py). SFT and GRPO keep the model's and LoRA's dropout.
+DROPOUT_OFF = ("dpo", "kto", "reward", "ppo")
+
+
 class Profiles:
     """Profiles of one model config, measured once per (dtype, quantisation, adapters)."""
 
@@ -222,10 +227,11 @@ class Profiles:
 
         m = case.model
         dtype = compute_dtype(case, self.device)
-        key = (dtype, case.quantization, m.double_quant, case.peft.model_dump_json(), m.attn_implementation, case.method == "reward")
+        dropout = case.method not in DROPOUT_OFF
+        key = (dtype, case.quantization, m.double_quant, case.peft.model_dump_json(), m.attn_implementation, case.method == "reward", dropout)
         if key not in self.cache:
             self.cache[key] = measure(self.config, dtype, case.quantization, m.double_quant, case.peft, m.attn_implementation,
-                                      "reward" if case.method == "reward" else "causal_lm")
+                                      "reward" if case.method == "reward" else "causal_lm", dropout)
         return self.cache[key], dtype
 
 

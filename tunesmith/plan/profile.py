@@ -4,7 +4,10 @@ from that config on the meta device: tensors with shapes and dtypes but no stora
 Counted, not modelled: the parameters (and which of them 4/8-bit quantisation converts: every linear layer but
 the output head, as transformers' bitsandbytes integration picks them), the adapters PEFT adds for the recipe's
 peft section, and the activations autograd saves for backward, caught by a saved-tensors hook during a forward
-pass of the decoder (norms upcast to float32, LoRA's dropout copies and all). Attention runs through a stand-in
+pass of the decoder (norms upcast to float32, LoRA's dropout copies and all). Dropout keeps a one-byte mask, as
+training does on every device (torch's fused kernel on a GPU, tunesmith.models.dropout on CPU; torch's own dropout
+on the meta device would keep a float one), or is off, as TRL's DPO, KTO and reward trainers and tunesmith's PPO
+turn it off. Attention runs through a stand-in
 that saves what the memory-efficient kernels (sdpa, FlashAttention) save, linear in the sequence length;
 eager attention runs as it is and saves its (heads x T x T) scores.
 """
@@ -102,9 +105,10 @@ def gguf_config(file: Path):
 
 
 def measure(config, dtype: str, quantization: str = "none", double_quant: bool = True, peft: PeftConfig | None = None,
-            attention: str | None = None, head: str = "causal_lm") -> Profile:
+            attention: str | None = None, head: str = "causal_lm", dropout: bool = True) -> Profile:
     """The Profile of this model loaded in `dtype` (the compute dtype under quantisation), quantised, and wrapped in
-    the adapters of `peft` (None or method none: full fine-tuning); attention: the recipe's model.attn_implementation."""
+    the adapters of `peft` (None or method none: full fine-tuning); attention: the recipe's model.attn_implementation;
+    dropout: False where the method trains with every dropout at p = 0."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _register_stand_in()
@@ -150,6 +154,7 @@ def measure(config, dtype: str, quantization: str = "none", double_quant: bool =
             shapes_only = peft.model_copy(update={"init": "default"})  # pissa/olora's SVD needs the weights; the shapes are LoRA's
             model = get_peft_model(model, peft_config(shapes_only, model, "SEQ_CLS" if head == "reward" else "CAUSAL_LM"))
     model.train()
+    _dropout_as_trained(model, dropout)
     params = list(model.parameters())
     trainable = tuple((p.numel(), p.shape[0] if p.dim() > 1 else 1, p.element_size()) for p in params if p.requires_grad)
     body = model.get_base_model().base_model if wrapped else model.base_model
@@ -214,6 +219,25 @@ def _saved_per_token(body, layers, params, tokens: int) -> tuple[float, float, f
     within = sum(size for size, in_layer in saved.values() if in_layer)
     outside = sum(size for size, in_layer in saved.values() if not in_layer)
     return within / len(layers) / tokens, inputs[0] / tokens, outside / tokens
+
+
+class _PlannedDropout(torch.nn.Dropout):
+    """Dropout saving a one-byte mask for backward, on the meta device too."""
+
+    def forward(self, x):
+        from tunesmith.models.dropout import _Dropout
+
+        return _Dropout.apply(x, self.p) if self.training else x
+
+
+def _dropout_as_trained(model, on: bool) -> None:
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Dropout and 0 < child.p < 1:
+                if on:
+                    setattr(parent, name, _PlannedDropout(child.p).train(child.training))
+                else:
+                    child.p = 0.0  # as trl.trainer.utils.disable_dropout_in_model
 
 
 def _decoder_layers(body, count: int):
