@@ -41,6 +41,15 @@ CASES = [
     # Brackets, quotes and backslashes inside strings do not end the arguments.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Da}l\\"la\\\\s [x]", "days": 2}}\n</tool_call>', "",
      [("get_current_weather", {"city": 'Da}l"la\\s [x]', "days": 2})]),
+    # A closing tag inside an argument string is text, not the end of the call (nor is a '}' or ']').
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "a}</tool_call>]b", "days": 1}}\n</tool_call>\nDone.', "Done.",
+     [("get_current_weather", {"city": "a}</tool_call>]b", "days": 1})]),
+    ("qwen", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "</tool_call>"}}\n</tool_call>', "",
+     [("get_current_weather", {"city": "</tool_call>"})]),
+    # Hermes-2-Pro's own template writes the arguments first, and a space after the closing tag; two calls.
+    ("hermes", '<tool_call>\n{ "arguments": {"city": "서울", "state": "{\\"x\\": 1}"}, "name": "get_current_weather"}\n</tool_call> \n'
+     '<tool_call>\n{ "arguments": {}, "name": "get_current_weather"}\n</tool_call> ', "",
+     [("get_current_weather", {"city": "서울", "state": '{"x": 1}'}), ("get_current_weather", {})]),
     # The reply ended (EOS) before the closing tag.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "서울"}}\n', "", [("get_current_weather", {"city": "서울"})]),
     ("hermes", "The weather in Dallas is sunny.", "The weather in Dallas is sunny.", []),

@@ -209,7 +209,7 @@ def _tagged(section: str, final: bool, body: Callable) -> Taken:
         if not section.startswith("<tool_call>", i):
             return Taken(calls, used=used, pending="<tool_call>".startswith(section[i:]))
         start = _skip_space(section, i + len("<tool_call>"))
-        close = section.find("</tool_call>", start)
+        close = _closing_tag(section, start)
         inner = section if close < 0 else section[:close]
         try:
             if start == len(inner):
@@ -233,6 +233,24 @@ def _tagged(section: str, final: bool, body: Callable) -> Taken:
             return Taken([*calls, read.call], used=used, pending=True)
         calls.append(read.call)
         used = len(section) if close < 0 else close + len("</tool_call>")
+
+
+# A JSON string (skipped whole, whatever it holds: a '</tool_call>' in an argument is no closing tag), a string
+# still open, or the closing tag.
+_CLOSE = re.compile(r'(?P<string>"[^"\\]*(?:\\.[^"\\]*)*")|(?P<open>")|</tool_call>')
+
+
+def _closing_tag(section: str, start: int) -> int:
+    """Where the <tool_call> whose body begins at `start` closes; -1 while it does not (yet). In a JSON body,
+    the tag counts only outside strings; Qwen3-Coder's XML parameters are plain text."""
+    if not section.startswith("{", start):
+        return section.find("</tool_call>", start)
+    for match in _CLOSE.finditer(section, start):
+        if match.group("open") is not None:
+            return -1
+        if match.group("string") is None:
+            return match.start()
+    return -1
 
 
 def _hermes_body(text: str, start: int, final: bool, tools) -> _Read:
