@@ -165,6 +165,9 @@ TOOL_TEMPLATES = {
                 '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "llama-3.1": ("llama-3.1", "llama-3.1-tools.jinja", True,
                   '{"name": "refund", "parameters": {"order_id": "A-1001", "amount": 20}}<|eot_id|>'),
+    # Hermes-2-Pro: the arguments before the name, a space after </tool_call>, results written with their function's name.
+    "hermes-2-pro": ("chatml", "hermes-2-pro-tools.jinja", True,
+                     '<tool_call>\n{ "arguments": {"order_id": "A-1001", "amount": 20}, "name": "refund"}\n</tool_call> <|im_end|>'),
     "chatml (built-in Hermes)": ("chatml", "chatml.jinja", False,
                                  '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "alpaca (built-in Hermes)": ("chatml", "alpaca", False,
@@ -205,13 +208,18 @@ def test_the_preflight_says_the_built_in_format_is_used(smol_tokenizer, tmp_path
     assert "⟦<tool_call>" in text and "<tool_response>\n{\"status\": \"refunded\"}\n</tool_response>" in text
 
 
-def test_render_takes_openai_request_messages_as_the_server_gets_them(smol_tokenizer, tmp_path):
-    # The seam the server calls: arguments as a JSON string, content null, as OpenAI clients send them.
-    tok, _, template = tool_setup(smol_tokenizer, tmp_path, "qwen2.5")
+@pytest.mark.parametrize("name", ["qwen2.5", "hermes-2-pro"])
+def test_a_served_request_renders_as_the_training_row_did(name, smol_tokenizer, tmp_path):
+    # As OpenAI clients send them: arguments as a JSON string, content null, a tool result with only its call's id
+    # (Hermes-2-Pro writes the function's name into the result, and raises without one).
+    from tunesmith.serve.protocol import ChatRequest, conversation
+
+    tok, _, template = tool_setup(smol_tokenizer, tmp_path, name)
     example = to_example(refund_row(), "messages", {}, W)
-    request = copy.deepcopy(refund_row()["messages"][:3])
-    assert template.render(tok, request, add_generation_prompt=True, tools=[LOOKUP, REFUND]) == \
-        template.render(tok, example.messages[:3], add_generation_prompt=True, tools=example.tools)
+    request = ChatRequest(model="m", messages=copy.deepcopy(refund_row()["messages"][:3]), tools=[LOOKUP, REFUND])
+    assert "name" not in request.messages[2].as_dict()
+    served = template.render(tok, conversation(request.messages), add_generation_prompt=True, tools=[t.model_dump(exclude_none=True) for t in request.tools])
+    assert served == template.render(tok, example.messages[:3], add_generation_prompt=True, tools=example.tools)
 
 
 def test_a_template_that_drops_tool_calls_is_reported(smol_tokenizer, tmp_path):

@@ -125,6 +125,20 @@ class Message(_Body):
         return out
 
 
+def conversation(messages: list[Message]) -> list[dict]:
+    """The messages as templates read them (Message.as_dict), each tool result named after the call it answers:
+    OpenAI clients send only the call's id, training rows get the name too (data.tools.link_results), and
+    templates that write it (Hermes-2-Pro's {"name": ..., "content": ...}) must see the prompt they trained on."""
+    names: dict[str, str] = {}
+    out = []
+    for message in messages:
+        names.update({c.id: c.function.name for c in message.tool_calls or []})
+        out.append(message.as_dict())
+        if message.tool_call_id in names:
+            out[-1]["name"] = names[message.tool_call_id]
+    return out
+
+
 def _valid_schema(schema: dict) -> dict:
     from tunesmith.data.tools import schema_problem
 
