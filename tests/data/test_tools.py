@@ -168,6 +168,8 @@ TOOL_TEMPLATES = {
     # Hermes-2-Pro: the arguments before the name, a space after </tool_call>, results written with their function's name.
     "hermes-2-pro": ("chatml", "hermes-2-pro-tools.jinja", True,
                      '<tool_call>\n{ "arguments": {"order_id": "A-1001", "amount": 20}, "name": "refund"}\n</tool_call> <|im_end|>'),
+    # Phi-4-mini prints the arguments as they are: they must be JSON text there, not an object written as Python's {'order_id': ...}.
+    "phi-4-mini": ("phi-3", "phi-4-mini-tools.jinja", True, '{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}<|end|>'),
     "chatml (built-in Hermes)": ("chatml", "chatml.jinja", False,
                                  '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "alpaca (built-in Hermes)": ("chatml", "alpaca", False,

@@ -66,6 +66,8 @@ class ChatTemplate:
         tool_calls and tool results (see the module docstring for templates that do not render tools)."""
         messages = self.template_messages(messages)
         source = tool_source(self, tokenizer) if uses_tools(messages, tools) else self.source
+        if source is self.source and uses_tools(messages, tools) and prints_arguments(source, tokenizer):
+            messages = [with_text_arguments(m) for m in messages]
         try:
             return tokenizer.apply_chat_template(
                 messages, tools=tools or None, chat_template=source, tokenize=False,
@@ -139,6 +141,31 @@ def supports_tools(template: ChatTemplate, tokenizer) -> bool:
         parts = ("tunesmith0probe0description", "tunesmith0probe0value", "tunesmith0probe0result", PROBE_REPLY)
         _NATIVE_TOOLS[template.source] = all(part in text for part in parts)
     return _NATIVE_TOOLS[template.source]
+
+
+_PRINTED_ARGUMENTS: dict[str, bool] = {}  # template source -> prints_arguments
+
+
+def prints_arguments(source: str, tokenizer) -> bool:
+    """Whether the template writes a call's arguments as they are (Phi-4-mini's `{{ call.function.arguments }}`)
+    where the others write `arguments | tojson`: given an object it would write Python's {'key': 'value'}, and
+    the model would learn to call tools in it. Found once per template text, from the probe conversation."""
+    if source not in _PRINTED_ARGUMENTS:
+        try:
+            text = tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], chat_template=source, tokenize=False)
+        except Exception:
+            text = ""
+        _PRINTED_ARGUMENTS[source] = repr(_PROBE_CALL["function"]["arguments"]) in text
+    return _PRINTED_ARGUMENTS[source]
+
+
+def with_text_arguments(message: dict) -> dict:
+    """A template message whose calls carry their arguments as JSON text, as OpenAI sends them (for prints_arguments)."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+             if isinstance(c["function"].get("arguments"), dict) else c for c in message["tool_calls"]]
+    return {**message, "tool_calls": calls}
 
 
 def tool_source(template: ChatTemplate, tokenizer) -> str:
