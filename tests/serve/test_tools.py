@@ -223,3 +223,42 @@ def test_several_calls_in_one_answer_are_indexed_in_order():
     headers = [p for p in pieces if isinstance(p, CallDelta) and p.id is not None]
     assert [h.index for h in headers] == [0, 1] and headers[0].id != headers[1].id
     assert calls == [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]
+
+
+# Arguments that trip a parser reading markup rather than JSON: Korean, nesting, and call markup inside strings.
+TRICKY = {"order_id": "주문-1}</tool_call>[TOOL_CALLS]", "note": {"lines": [1, {"b": "]}"}], "ok": True}}
+ORDER = {"type": "function", "function": {"name": "lookup_order", "description": "Find an order", "parameters": {
+    "type": "object", "properties": {"order_id": {"type": "string", "description": "its id"}, "note": {"type": "object", "description": "more"}}}}}
+REFUND = {"type": "function", "function": {"name": "refund", "description": "Refund an order", "parameters": {
+    "type": "object", "properties": {"amount": {"type": "number", "description": "dollars"}}}}}
+
+
+@pytest.mark.parametrize("file, family, parallel", [
+    ("qwen2.5-tools.jinja", "hermes", True),
+    ("hermes-2-pro-tools.jinja", "hermes", True),
+    ("mistral-v0.3-tools.jinja", "mistral", True),
+    ("llama-3.1-tools.jinja", "llama3", False),   # one call per turn: the template refuses two
+    ("phi-4-mini-tools.jinja", "llama3", False),  # its calls are JSON objects as the whole reply (two: joined by ',', which no parser reads)
+    ("chatml.jinja", "hermes", True),             # no tools of its own: the built-in Hermes format
+])
+def test_the_parser_picked_for_a_template_reads_back_exactly_the_calls_it_renders(file, family, parallel, smol_tokenizer):
+    from tests.data.test_real_templates import TEMPLATES
+    from tunesmith.data.templates import resolve_template
+    from tunesmith.serve.tools import template_family
+
+    template = resolve_template(str(TEMPLATES / file), smol_tokenizer)
+    assert template_family(template, smol_tokenizer).name == family
+    calls = [("lookup_order", TRICKY), ("refund", {"amount": 2.5})][: 2 if parallel else 1]
+    user = [{"role": "user", "content": "Where is my order?"}]
+    made = [{"id": f"abcdefgh{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}} for i, (n, a) in enumerate(calls)]
+    prompt = template.render(smol_tokenizer, user, add_generation_prompt=True, tools=[ORDER, REFUND])
+    full = template.render(smol_tokenizer, [*user, {"role": "assistant", "content": None, "tool_calls": made}], tools=[ORDER, REFUND])
+    assert full.startswith(prompt)
+    reply = full[len(prompt):]
+    for end in [template.turn_end, *template.stop_texts, smol_tokenizer.eos_token]:
+        reply = reply.split(end.strip())[0] if end and end.strip() else reply
+    for step in (1, 5, len(reply)):
+        stream = ToolStream(FAMILIES[family], [ORDER, REFUND])
+        pieces = [p for i in range(0, len(reply), step) for p in stream.add(reply[i : i + step])] + stream.finish()
+        assert [(c.name, json.loads(c.arguments)) for c in stream.calls] == calls, step
+        assert "".join(p.text for p in pieces if isinstance(p, ContentDelta)).strip() == ""

@@ -7,7 +7,8 @@ A reply is text, then (maybe) a tool-call section that begins at a family's mark
     llama3   {"name": "f", "parameters": {...}} as the whole reply, or after <|python_tag|>; several joined by ';'
     mistral  [TOOL_CALLS][{"name": "f", "arguments": {...}}]  (v0.3), or [TOOL_CALLS]f{...} / f[ARGS]{...} (v11+)
 
-The family is read from the run's template (`family_of`) and can be overridden (`tunesmith serve --tool-parser`).
+The family is the one that reads back the call the run's template renders (`template_family`; a template whose
+calls none reads is an error, not calls returned as text) and can be overridden (`tunesmith serve --tool-parser`).
 `ToolStream` is fed text deltas and hands out content deltas and tool-call deltas in OpenAI's stream shape (a
 call's id and name first, then its arguments); a whole reply is the same stream joined, so both agree. A
 section that is not a well-formed call comes back as content, never dropped.
@@ -27,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tunesmith.data.templates import PROBE_CALL, PROBE_TOOL, probe_reply, tool_source
+from tunesmith.errors import TunesmithError
 from tunesmith.serve.text import held_back
 
 
@@ -438,6 +441,48 @@ def marker_tokens(tokenizer, family: Family) -> dict[int, str]:
     """The family's marker tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>) that decoding must keep: id -> text."""
     ids = {text: tokenizer.convert_tokens_to_ids(text) for text in family.special_texts}
     return {i: text for text, i in ids.items() if i is not None and i != tokenizer.unk_token_id}
+
+
+class ToolFormatError(TunesmithError):
+    """No parser reads the tool calls a template renders (and no --tool-parser was given)."""
+
+
+_READS_BACK: dict[str, tuple[str | None, str | None]] = {}   # tool_source text -> (the family that reads its calls back, the reply)
+
+
+def template_family(template, tokenizer, parser: str | None = None) -> Family:
+    """The parser of a model's replies: `parser` (--tool-parser), else the family that reads back exactly the call
+    the template renders (templates.probe_reply; the family its text names, `family_of`, is tried first). A
+    template whose calls no family reads (DeepSeek-V3's <｜tool▁calls▁begin｜>) is a ToolFormatError, not replies
+    whose calls come back as text. One that renders no call after its generation prompt (its reply rewritten,
+    as DeepSeek-R1's thinking is, or the tools dropped from such a short probe) cannot be checked so: `family_of`."""
+    if parser is not None:
+        return FAMILIES[parser]
+    source = tool_source(template, tokenizer)
+    if source not in _READS_BACK:
+        reply = probe_reply(template, tokenizer)
+        wanted = [(PROBE_CALL["function"]["name"], PROBE_CALL["function"]["arguments"])]
+        guess = family_of(source)
+        order = [guess, *(name for name in FAMILIES if name != guess)]
+        found = guess if reply is None else next((name for name in order if _calls(FAMILIES[name], reply, [PROBE_TOOL]) == wanted), None)
+        _READS_BACK[source] = (found, reply)
+    found, reply = _READS_BACK[source]
+    if found is None:
+        raise ToolFormatError(
+            f"the template writes a tool call as {reply[:160]!r}, which none of the tool-call parsers "
+            f"({', '.join(FAMILIES)}) reads back; choose one with --tool-parser"
+        )
+    return FAMILIES[found]
+
+
+def _calls(family: Family, reply: str, tools: list[dict]) -> list[tuple[str, object]]:
+    stream = ToolStream(family, tools)
+    stream.add(reply)
+    stream.finish()
+    try:
+        return [(c.name, json.loads(c.arguments)) for c in stream.calls]
+    except json.JSONDecodeError:
+        return []
 
 
 def family_of(template_source: str) -> str:
