@@ -357,3 +357,34 @@ def test_a_template_whose_calls_no_parser_reads_is_a_400_on_tools_not_calls_retu
     with fake_server(smol_tokenizer, tiny_llama, template_file=tmp_path / "deepseek.jinja", tool_parser="hermes") as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         assert client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP]).choices[0].finish_reason in ("stop", "tool_calls")
+
+
+@pytest.mark.parametrize("question", ["Where is order A17?", "Where are order A17 and order B2?"])
+def test_the_openai_stream_helpers_accumulate_the_calls_of_the_plain_reply(client, question):
+    """The delta shape as the official client accumulates it: ChatCompletionStreamState and
+    chat.completions.stream, whose events and parsed arguments need each call's index, id and name up front."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from pydantic import BaseModel
+
+    class LookupOrder(BaseModel):
+        """Find an order by its id"""
+
+        order_id: str
+
+    messages = [{"role": "user", "content": question}]
+    tool = openai.pydantic_function_tool(LookupOrder, name="lookup_order")
+    plain = client.chat.completions.create(model="tickets", messages=messages, tools=[tool]).choices[0]
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(model="tickets", messages=messages, tools=[tool], stream=True):
+        state.handle_chunk(chunk)
+    joined = state.get_final_completion().choices[0]
+    with client.chat.completions.stream(model="tickets", messages=messages, tools=[tool]) as stream:
+        done = [(e.index, e.name, e.parsed_arguments) for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion().choices[0]
+    orders = re.findall(r"order (\w+)", question)
+    assert [(c.function.name, c.function.arguments) for c in joined.message.tool_calls] == \
+        [(c.function.name, c.function.arguments) for c in plain.message.tool_calls]
+    assert len({c.id for c in joined.message.tool_calls}) == len(orders) and all(c.type == "function" for c in joined.message.tool_calls)
+    assert joined.finish_reason == final.finish_reason == "tool_calls" and joined.message.content == final.message.content == "Let me look."
+    assert done == [(i, "lookup_order", LookupOrder(order_id=o)) for i, o in enumerate(orders)]
+    assert [c.function.parsed_arguments for c in final.message.tool_calls] == [LookupOrder(order_id=o) for o in orders]
