@@ -121,6 +121,13 @@ BAD_ROWS = [
     ("a tool defined twice", _set(["tools", 0], REFUND), "invalid_tools", "tools[1].function.name: tool 'refund' is defined twice"),
     ("a schema that is no schema", _set(["tools", 1, "function", "parameters"], {"type": "object", "properties": {"amount": {"type": "money"}}}),
      "invalid_tools", "tools[1].function.parameters.properties.amount.type: not a valid JSON schema"),
+    # NaN and Infinity are Python's, not JSON: a template would write them back as they are.
+    ("NaN in arguments text", _set(["messages", 1, "tool_calls", 0, "function", "arguments"], '{"order_id": "A-1001", "amount": NaN}'),
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments: not valid JSON: NaN is not JSON"),
+    ("Infinity in arguments", _set(["messages", 1, "tool_calls", 0, "function", "arguments"], {"order_id": "A-1001", "amount": float("inf")}),
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments: holds NaN or Infinity"),
+    ("parameters that are no object", _set(["tools", 1, "function", "parameters"], {"type": "string"}), "invalid_tools",
+     "tools[1].function.parameters.type: \"string\": a call's arguments are an object"),
     ("tools given as broken JSON", _set(["tools"], '[{"name": "refund"'), "invalid_tools", "tools: not valid JSON"),
     ("tool calls on a user message", _set(["messages", 0, "tool_calls"], [call("refund", {})]), "invalid_tool_call",
      "messages[0].tool_calls: only assistant messages call tools, this one is user"),

@@ -73,8 +73,10 @@ class CalledFunction(_Body):
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
+        from tunesmith.data.tools import strict_json
+
         try:
-            parsed = json.loads(value)
+            parsed = strict_json(value)
         except json.JSONDecodeError as err:
             raise ValueError(f"not valid JSON ({err.msg} at character {err.pos})") from None
         if not isinstance(parsed, dict):
