@@ -81,6 +81,8 @@ def test_malformed_json_is_400(http):
          "messages.2.tool_call_id", "'call_2' is not the id of a call made by an earlier assistant message (calls made: call_1)"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
          "messages.0.tool_calls.0.function.arguments", "not valid JSON"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]},
+         "messages.0.tool_calls.0.function.arguments", "must be the JSON text of the arguments object (a string, as OpenAI sends it), not an object"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": NaN}'}}]}]},
          "messages.0.tool_calls.0.function.arguments", "not valid JSON (NaN is not JSON"),
         ({"messages": [{"role": "user", "content": None}]}, "messages.0.content", "required (null only for an assistant message with tool_calls)"),

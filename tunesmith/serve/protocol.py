@@ -70,6 +70,13 @@ class CalledFunction(_Body):
     name: str = Field(min_length=1)
     arguments: str   # JSON text, as OpenAI sends it
 
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _text(cls, value):
+        if isinstance(value, dict):   # what templates take, but not what OpenAI's API takes (nor sends back)
+            raise ValueError("must be the JSON text of the arguments object (a string, as OpenAI sends it), not an object: send json.dumps(arguments)")
+        return value
+
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
