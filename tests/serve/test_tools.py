@@ -66,6 +66,10 @@ CASES = [
      [("get_current_weather", {"city": "San Francisco", "state": "CA"})]),
     ("llama3", '<|python_tag|>{"name": "get_current_weather", "parameters": {"city": "A"}}; {"name": "get_current_weather", "parameters": {"city": "B"}}',
      "", [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]),
+    # A ',' between calls (Phi-4-mini's template), and one that is followed by text: the text stays content.
+    ("llama3", '{"name": "get_current_weather", "arguments": {"city": "A"}},{"name": "get_current_weather", "arguments": {"city": "B"}}', "",
+     [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]),
+    ("llama3", '{"name": "get_current_weather", "parameters": {"city": "A"}}, then I am done', ", then I am done", [("get_current_weather", {"city": "A"})]),
     ("llama3", '{"answer": 42}', '{"answer": 42}', []),
     ("llama3", 'Here is JSON: {"name": "x"}', 'Here is JSON: {"name": "x"}', []),
     # Mistral v0.3 (a JSON list) and v11+ tokenizers (name then arguments, with or without [ARGS]).
@@ -238,7 +242,7 @@ REFUND = {"type": "function", "function": {"name": "refund", "description": "Ref
     ("hermes-2-pro-tools.jinja", "hermes", True),
     ("mistral-v0.3-tools.jinja", "mistral", True),
     ("llama-3.1-tools.jinja", "llama3", False),   # one call per turn: the template refuses two
-    ("phi-4-mini-tools.jinja", "llama3", False),  # its calls are JSON objects as the whole reply (two: joined by ',', which no parser reads)
+    ("phi-4-mini-tools.jinja", "llama3", True),   # its calls are JSON objects as the whole reply, joined by ','
     ("chatml.jinja", "hermes", True),             # no tools of its own: the built-in Hermes format
 ])
 def test_the_parser_picked_for_a_template_reads_back_exactly_the_calls_it_renders(file, family, parallel, smol_tokenizer):

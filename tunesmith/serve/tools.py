@@ -4,7 +4,7 @@ A reply is text, then (maybe) a tool-call section that begins at a family's mark
 
     hermes   <tool_call>{"name": "f", "arguments": {...}}</tool_call>        Hermes, Qwen2.5/Qwen3, the built-in tool template
     qwen     hermes' JSON, or Qwen3-Coder's <tool_call><function=f><parameter=x>1</parameter></function></tool_call>
-    llama3   {"name": "f", "parameters": {...}} as the whole reply, or after <|python_tag|>; several joined by ';'
+    llama3   {"name": "f", "parameters": {...}} as the whole reply, or after <|python_tag|>; several joined by ';' (or ',')
     mistral  [TOOL_CALLS][{"name": "f", "arguments": {...}}]  (v0.3), or [TOOL_CALLS]f{...} / f[ARGS]{...} (v11+)
 
 The family is the one that reads back the call the run's template renders (`template_family`; a template whose
@@ -332,7 +332,7 @@ def take_llama3(section: str, final: bool, tools) -> Taken:
         used = i = i + len("<|python_tag|>")
     while True:
         i = _skip_space(section, i)
-        if calls and section.startswith(";", i):   # between two calls
+        if calls and section.startswith((";", ","), i):   # between two calls (Llama's ';', the ',' of Phi-4-mini's template)
             i = _skip_space(section, i + 1)
         if i == len(section):
             return Taken(calls, used=used, pending=True)
