@@ -10,7 +10,7 @@ from tunesmith.serve.text import TextStream
 from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_family, forced_schema
 
 WEATHER = {"type": "function", "function": {"name": "get_current_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}}}}}
+    "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}, "sunny": {"type": "boolean"}}}}}
 TOOLS = [WEATHER]
 
 
@@ -61,6 +61,9 @@ CASES = [
     ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
      "</function>\n</tool_call>", "", [("get_current_weather", {"city": "Dallas", "days": 3})]),
     ("qwen", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Paris"}}\n</tool_call>', "", [("get_current_weather", {"city": "Paris"})]),
+    # Its template writes a boolean with Jinja's `| string`, Python's True / False; a string parameter stays as written.
+    ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=sunny>\nTrue\n</parameter>\n<parameter=city>\nTrue\n</parameter>\n"
+     "</function>\n</tool_call>", "", [("get_current_weather", {"sunny": True, "city": "True"})]),
     # Llama 3.1/3.2: the JSON is the reply; <|python_tag|> and ';' between several calls.
     ("llama3", '{"name": "get_current_weather", "parameters": {"city": "San Francisco", "state": "CA"}}', "",
      [("get_current_weather", {"city": "San Francisco", "state": "CA"})]),
@@ -237,7 +240,14 @@ REFUND = {"type": "function", "function": {"name": "refund", "description": "Ref
     "type": "object", "properties": {"amount": {"type": "number", "description": "dollars"}}}}}
 
 
+# Qwen3-Coder's XML has no escaping: a parameter holding '</parameter>' or '</tool_call>' cannot be written. The rest can.
+PLAIN = {"order_id": "주문-1}]", "note": {"lines": [1, {"b": "]}"}], "ok": True}, "urgent": True, "count": 3}
+ORDER_XML = {"type": "function", "function": {**ORDER["function"], "parameters": {**ORDER["function"]["parameters"], "properties": {
+    **ORDER["function"]["parameters"]["properties"], "urgent": {"type": "boolean"}, "count": {"type": "integer"}}}}}
+
+
 @pytest.mark.parametrize("file, family, parallel", [
+    ("qwen3-coder-tools.jinja", "qwen", True),
     ("qwen2.5-tools.jinja", "hermes", True),
     ("hermes-2-pro-tools.jinja", "hermes", True),
     ("mistral-v0.3-tools.jinja", "mistral", True),
@@ -252,17 +262,19 @@ def test_the_parser_picked_for_a_template_reads_back_exactly_the_calls_it_render
 
     template = resolve_template(str(TEMPLATES / file), smol_tokenizer)
     assert template_family(template, smol_tokenizer).name == family
-    calls = [("lookup_order", TRICKY), ("refund", {"amount": 2.5})][: 2 if parallel else 1]
+    xml = family == "qwen"
+    calls = [("lookup_order", PLAIN if xml else TRICKY), ("refund", {"amount": 2.5})][: 2 if parallel else 1]
+    tools = [ORDER_XML if xml else ORDER, REFUND]
     user = [{"role": "user", "content": "Where is my order?"}]
     made = [{"id": f"abcdefgh{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}} for i, (n, a) in enumerate(calls)]
-    prompt = template.render(smol_tokenizer, user, add_generation_prompt=True, tools=[ORDER, REFUND])
-    full = template.render(smol_tokenizer, [*user, {"role": "assistant", "content": None, "tool_calls": made}], tools=[ORDER, REFUND])
+    prompt = template.render(smol_tokenizer, user, add_generation_prompt=True, tools=tools)
+    full = template.render(smol_tokenizer, [*user, {"role": "assistant", "content": None, "tool_calls": made}], tools=tools)
     assert full.startswith(prompt)
     reply = full[len(prompt):]
     for end in [template.turn_end, *template.stop_texts, smol_tokenizer.eos_token]:
         reply = reply.split(end.strip())[0] if end and end.strip() else reply
     for step in (1, 5, len(reply)):
-        stream = ToolStream(FAMILIES[family], [ORDER, REFUND])
+        stream = ToolStream(FAMILIES[family], tools)
         pieces = [p for i in range(0, len(reply), step) for p in stream.add(reply[i : i + step])] + stream.finish()
         assert [(c.name, json.loads(c.arguments)) for c in stream.calls] == calls, step
         assert "".join(p.text for p in pieces if isinstance(p, ContentDelta)).strip() == ""

@@ -304,10 +304,17 @@ def _parameter_types(tools, name: str) -> dict:
     return {}
 
 
+# Qwen3-Coder's template writes a parameter that is no object or list with Jinja's `| string`: Python's spelling.
+_PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def _typed(value: str, kind) -> object:
-    """Qwen3-Coder writes every parameter as text: read it as the tool's schema types it."""
+    """Qwen3-Coder writes every parameter as text: read it as the tool's schema types it (a boolean as its
+    template writes one, True or False, too)."""
     if kind in (None, "string") or (isinstance(kind, list) and "string" in kind):
         return value
+    if value.strip() in _PYTHON_CONSTANTS:
+        return _PYTHON_CONSTANTS[value.strip()]
     try:
         return json.loads(value)
     except json.JSONDecodeError:
