@@ -177,6 +177,10 @@ TOOL_TEMPLATES = {
                      '<tool_call>\n{ "arguments": {"order_id": "A-1001", "amount": 20}, "name": "refund"}\n</tool_call> <|im_end|>'),
     # Phi-4-mini prints the arguments as they are: they must be JSON text there, not an object written as Python's {'order_id': ...}.
     "phi-4-mini": ("phi-3", "phi-4-mini-tools.jinja", True, '{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}<|end|>'),
+    # Qwen3-Coder: XML parameters, each written as text.
+    "qwen3-coder": ("qwen2.5", "qwen3-coder-tools.jinja", True,
+                    "<tool_call>\n<function=refund>\n<parameter=order_id>\nA-1001\n</parameter>\n<parameter=amount>\n20\n</parameter>\n"
+                    "</function>\n</tool_call><|im_end|>"),
     "chatml (built-in Hermes)": ("chatml", "chatml.jinja", False,
                                  '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "alpaca (built-in Hermes)": ("chatml", "alpaca", False,
@@ -242,6 +246,21 @@ def test_a_template_that_drops_tool_calls_is_reported(smol_tokenizer, tmp_path):
     cfg = DataConfig(train=[str(write_jsonl(tmp_path / "tools.jsonl", [refund_row()]))], template=str(broken))
     [row], _, _ = prepare_data(cfg, tok, template, seed=0)
     assert '"name": "refund", "arguments"' in tok.decode(row["input_ids"])
+
+
+def test_xml_arguments_are_checked_name_by_name(smol_tokenizer, tmp_path):
+    # Qwen3-Coder writes no JSON for the arguments: each parameter must be there, its value after its name. Planted:
+    # a template that leaves out numbers (the probe's string argument passes, refund's amount 20 does not).
+    source = (TEMPLATES / "qwen3-coder-tools.jinja").read_text()
+    broken = tmp_path / "broken.jinja"
+    broken.write_text(source.replace("{%- for name, value in call.arguments | items -%}",
+                                     "{%- for name, value in call.arguments | items if value is not number -%}"))
+    tok = family_tokenizer(smol_tokenizer, FAMILIES["qwen2.5"])
+    template = resolve_template(str(broken), tok)
+    assert supports_tools(template, tok)
+    cfg = DataConfig(train=[str(write_jsonl(tmp_path / "tools.jsonl", [refund_row()]))], template=str(broken))
+    with pytest.raises(TemplateError, match=r"the arguments of tool call messages\[1\].tool_calls\[0\] \('\{\"order_id\": \"A-1001\", \"amount\": 20\}'\) is not"):
+        prepare_data(cfg, tok, template, seed=0)
 
 
 def test_a_template_that_drops_the_tool_list_points_to_merge(smol_tokenizer, tmp_path):
