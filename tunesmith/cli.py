@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "as training tagged it (the run's data.task_tag), and report metrics per task")
     p.add_argument("--tool-parser", choices=list(TOOL_PARSERS),
                    help="rows with tools: how replies write tool calls, read as `tunesmith serve --tool-parser` reads them "
-                   "(default: from each model's chat template)")
+                   "(default: the parser that reads back the calls each model's chat template writes)")
     add_decoding_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_eval)
 
@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graceful-timeout", type=int, default=30, help="seconds running requests get to finish on SIGTERM")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; fewer helps on a CPU shared with other work)")
     p.add_argument("--tool-parser", choices=list(TOOL_PARSERS),
-                   help="how replies write tool calls (default: read from each model's chat template)")
+                   help="how replies write tool calls (default: the parser that reads back the calls each model's chat template "
+                   "writes; a template whose calls none reads needs this for tool_choice auto)")
     p.set_defaults(func=cmd_serve)
 
     p = command(sub, "chat", "chat in the terminal with a run or model", "tunesmith chat runs/quickstart",

@@ -121,6 +121,13 @@ BAD_ROWS = [
     ("a tool defined twice", _set(["tools", 0], REFUND), "invalid_tools", "tools[1].function.name: tool 'refund' is defined twice"),
     ("a schema that is no schema", _set(["tools", 1, "function", "parameters"], {"type": "object", "properties": {"amount": {"type": "money"}}}),
      "invalid_tools", "tools[1].function.parameters.properties.amount.type: not a valid JSON schema"),
+    # NaN and Infinity are Python's, not JSON: a template would write them back as they are.
+    ("NaN in arguments text", _set(["messages", 1, "tool_calls", 0, "function", "arguments"], '{"order_id": "A-1001", "amount": NaN}'),
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments: not valid JSON: NaN is not JSON"),
+    ("Infinity in arguments", _set(["messages", 1, "tool_calls", 0, "function", "arguments"], {"order_id": "A-1001", "amount": float("inf")}),
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments: holds NaN or Infinity"),
+    ("parameters that are no object", _set(["tools", 1, "function", "parameters"], {"type": "string"}), "invalid_tools",
+     "tools[1].function.parameters.type: \"string\": a call's arguments are an object"),
     ("tools given as broken JSON", _set(["tools"], '[{"name": "refund"'), "invalid_tools", "tools: not valid JSON"),
     ("tool calls on a user message", _set(["messages", 0, "tool_calls"], [call("refund", {})]), "invalid_tool_call",
      "messages[0].tool_calls: only assistant messages call tools, this one is user"),
@@ -165,6 +172,15 @@ TOOL_TEMPLATES = {
                 '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "llama-3.1": ("llama-3.1", "llama-3.1-tools.jinja", True,
                   '{"name": "refund", "parameters": {"order_id": "A-1001", "amount": 20}}<|eot_id|>'),
+    # Hermes-2-Pro: the arguments before the name, a space after </tool_call>, results written with their function's name.
+    "hermes-2-pro": ("chatml", "hermes-2-pro-tools.jinja", True,
+                     '<tool_call>\n{ "arguments": {"order_id": "A-1001", "amount": 20}, "name": "refund"}\n</tool_call> <|im_end|>'),
+    # Phi-4-mini prints the arguments as they are: they must be JSON text there, not an object written as Python's {'order_id': ...}.
+    "phi-4-mini": ("phi-3", "phi-4-mini-tools.jinja", True, '{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}<|end|>'),
+    # Qwen3-Coder: XML parameters, each written as text.
+    "qwen3-coder": ("qwen2.5", "qwen3-coder-tools.jinja", True,
+                    "<tool_call>\n<function=refund>\n<parameter=order_id>\nA-1001\n</parameter>\n<parameter=amount>\n20\n</parameter>\n"
+                    "</function>\n</tool_call><|im_end|>"),
     "chatml (built-in Hermes)": ("chatml", "chatml.jinja", False,
                                  '<tool_call>\n{"name": "refund", "arguments": {"order_id": "A-1001", "amount": 20}}\n</tool_call><|im_end|>'),
     "alpaca (built-in Hermes)": ("chatml", "alpaca", False,
@@ -205,13 +221,18 @@ def test_the_preflight_says_the_built_in_format_is_used(smol_tokenizer, tmp_path
     assert "⟦<tool_call>" in text and "<tool_response>\n{\"status\": \"refunded\"}\n</tool_response>" in text
 
 
-def test_render_takes_openai_request_messages_as_the_server_gets_them(smol_tokenizer, tmp_path):
-    # The seam the server calls: arguments as a JSON string, content null, as OpenAI clients send them.
-    tok, _, template = tool_setup(smol_tokenizer, tmp_path, "qwen2.5")
+@pytest.mark.parametrize("name", ["qwen2.5", "hermes-2-pro"])
+def test_a_served_request_renders_as_the_training_row_did(name, smol_tokenizer, tmp_path):
+    # As OpenAI clients send them: arguments as a JSON string, content null, a tool result with only its call's id
+    # (Hermes-2-Pro writes the function's name into the result, and raises without one).
+    from tunesmith.serve.protocol import ChatRequest, conversation
+
+    tok, _, template = tool_setup(smol_tokenizer, tmp_path, name)
     example = to_example(refund_row(), "messages", {}, W)
-    request = copy.deepcopy(refund_row()["messages"][:3])
-    assert template.render(tok, request, add_generation_prompt=True, tools=[LOOKUP, REFUND]) == \
-        template.render(tok, example.messages[:3], add_generation_prompt=True, tools=example.tools)
+    request = ChatRequest(model="m", messages=copy.deepcopy(refund_row()["messages"][:3]), tools=[LOOKUP, REFUND])
+    assert "name" not in request.messages[2].as_dict()
+    served = template.render(tok, conversation(request.messages), add_generation_prompt=True, tools=[t.model_dump(exclude_none=True) for t in request.tools])
+    assert served == template.render(tok, example.messages[:3], add_generation_prompt=True, tools=example.tools)
 
 
 def test_a_template_that_drops_tool_calls_is_reported(smol_tokenizer, tmp_path):
@@ -225,6 +246,21 @@ def test_a_template_that_drops_tool_calls_is_reported(smol_tokenizer, tmp_path):
     cfg = DataConfig(train=[str(write_jsonl(tmp_path / "tools.jsonl", [refund_row()]))], template=str(broken))
     [row], _, _ = prepare_data(cfg, tok, template, seed=0)
     assert '"name": "refund", "arguments"' in tok.decode(row["input_ids"])
+
+
+def test_xml_arguments_are_checked_name_by_name(smol_tokenizer, tmp_path):
+    # Qwen3-Coder writes no JSON for the arguments: each parameter must be there, its value after its name. Planted:
+    # a template that leaves out numbers (the probe's string argument passes, refund's amount 20 does not).
+    source = (TEMPLATES / "qwen3-coder-tools.jinja").read_text()
+    broken = tmp_path / "broken.jinja"
+    broken.write_text(source.replace("{%- for name, value in call.arguments | items -%}",
+                                     "{%- for name, value in call.arguments | items if value is not number -%}"))
+    tok = family_tokenizer(smol_tokenizer, FAMILIES["qwen2.5"])
+    template = resolve_template(str(broken), tok)
+    assert supports_tools(template, tok)
+    cfg = DataConfig(train=[str(write_jsonl(tmp_path / "tools.jsonl", [refund_row()]))], template=str(broken))
+    with pytest.raises(TemplateError, match=r"the arguments of tool call messages\[1\].tool_calls\[0\] \('\{\"order_id\": \"A-1001\", \"amount\": 20\}'\) is not"):
+        prepare_data(cfg, tok, template, seed=0)
 
 
 def test_a_template_that_drops_the_tool_list_points_to_merge(smol_tokenizer, tmp_path):

@@ -308,3 +308,16 @@ def test_batch_generation_gives_each_row_its_tools(tmp_path, monkeypatch):
     assert written[0]["output"] == call and written[0]["tool_calls"] == [LOOKUP] and "tool_calls" not in written[1]
     with pytest.raises(Exception, match=r"in.jsonl:1: tools: expected a list of tools, found a number"):
         generate_file(engine, str(write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x", "tools": 3}])), str(tmp_path / "o.jsonl"), Decoding(), 2, None)
+
+
+def test_a_template_whose_calls_no_parser_reads_is_an_error_not_zero_scores(smol_tokenizer, tmp_path):
+    # Its calls would all come back as text, scoring 0 for a model that calls its tools right.
+    from tests.serve.test_tool_clients import DEEPSEEK_V3_CALLS
+    from tunesmith.data.templates import resolve_template
+    from tunesmith.eval.tool_calls import tool_family
+
+    (tmp_path / "deepseek.jinja").write_text(DEEPSEEK_V3_CALLS)
+    template = resolve_template(str(tmp_path / "deepseek.jinja"), smol_tokenizer)
+    with pytest.raises(TunesmithError, match=r"writes a tool call as '<｜tool▁calls▁begin｜>.*none of the tool-call parsers .* reads back; choose one with --tool-parser"):
+        tool_family(template, smol_tokenizer)
+    assert tool_family(template, smol_tokenizer, "hermes") is FAMILIES["hermes"]

@@ -3,6 +3,7 @@ would never satisfy by chance is satisfied by every seeded reply, and logprobs a
 
 import asyncio
 import json
+import re
 
 import pytest
 import torch
@@ -104,3 +105,21 @@ def test_logprobs_equal_a_forward_pass_log_softmax(setup):
             best = expected[row].topk(request.logprobs)
             assert [t for t, _ in score.top] == best.indices.tolist()
             assert torch.allclose(torch.tensor([lp for _, lp in score.top]), best.values, atol=1e-4)
+
+
+@pytest.mark.parametrize("part, at, key", [
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "properties.tags", "uniqueItems"),
+    ({"type": "integer", "not": {"const": 3}}, "properties.tags", "not"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}, "properties.tags", "oneOf"),
+    ({"allOf": [{"type": "integer"}, {"minimum": 3}]}, "properties.tags", "allOf"),
+    ({"type": "array", "prefixItems": [{"type": "object", "patternProperties": {"^x": {"type": "integer"}}}]}, "properties.tags.prefixItems[0]", "patternProperties"),
+])
+def test_a_keyword_the_grammar_would_not_enforce_is_refused_not_ignored(setup, part, at, key):
+    # xgrammar compiles these as if they were not there: a reply could break the schema ({"tags": ["a", "a"]}).
+    engine, served, _, _ = setup
+    with pytest.raises(SchemaError, match=re.escape(f"{key!r} at {at} (") + r".*\) is not enforced"):
+        engine.constrain(served, {"type": "object", "properties": {"tags": part}, "required": ["tags"]})
+    # pydantic's shapes compile: one schema in an allOf (a $ref with a description), uniqueItems false.
+    engine.constrain(served, {"type": "object", "properties": {"a": {"allOf": [{"$ref": "#/$defs/X"}], "description": "x"},
+                                                               "b": {"type": "array", "uniqueItems": False, "items": {"type": "integer"}}},
+                              "$defs": {"X": {"type": "object", "properties": {"n": {"type": "integer"}}}}})

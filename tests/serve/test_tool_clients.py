@@ -72,8 +72,8 @@ class FakeEngine:
         yield Step([], "stop" if len(ids) < request.sampling.max_tokens else "length", min(len(ids) + 1, request.sampling.max_tokens))
 
 
-def fake_server(tokenizer, base, family: str = "hermes", tool_parser: str | None = None) -> LiveServer:
-    template = resolve_template(str(TEMPLATE), tokenizer)
+def fake_server(tokenizer, base, family: str = "hermes", tool_parser: str | None = None, template_file: Path = TEMPLATE) -> LiveServer:
+    template = resolve_template(str(template_file), tokenizer)
     catalog = Catalog(ModelConfig(path=str(base)), ModelSource("local", str(base), str(base)),
                       {"tickets": ServedModel("tickets", template)}, default="tickets")
     return LiveServer(build_app(FakeEngine(tokenizer, family), catalog, tokenizer, tool_parser=tool_parser), None, catalog)
@@ -329,3 +329,62 @@ def test_openai_agents_sdk_runs_a_one_tool_agent_loop(fake):
     result = Runner.run_sync(agent, "Where is order C7?")
     assert looked_up == ["C7"]
     assert result.final_output == "Your order: order C7 shipped on Monday"
+
+
+# DeepSeek-V3's way of writing a call, which none of the parsers reads.
+DEEPSEEK_V3_CALLS = (
+    "{{ bos_token }}{% if tools %}{{ '# Tools\\n<tools>' }}{% for t in tools %}{{ '\\n' + t | tojson }}{% endfor %}{{ '\\n</tools>\\n\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] + '<｜Assistant｜>' }}"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}{{ m['content'] + '<｜tool▁calls▁begin｜>' }}{% for c in m['tool_calls'] %}"
+    "{{ '<｜tool▁call▁begin｜>function<｜tool▁sep｜>' + c['function']['name'] + '\\n```json\\n' + c['function']['arguments'] | tojson + '\\n```<｜tool▁call▁end｜>' }}"
+    "{% endfor %}{{ '<｜tool▁calls▁end｜><｜end▁of▁sentence｜>' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{% elif m['role'] == 'tool' %}{{ '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + m['content'] + '<｜tool▁output▁end｜><｜tool▁outputs▁end｜>' }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+def test_a_template_whose_calls_no_parser_reads_is_a_400_on_tools_not_calls_returned_as_text(smol_tokenizer, tiny_llama, tmp_path):
+    (tmp_path / "deepseek.jinja").write_text(DEEPSEEK_V3_CALLS)
+    with fake_server(smol_tokenizer, tiny_llama, template_file=tmp_path / "deepseek.jinja") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP])
+        assert caught.value.param == "tools" and str(tmp_path) not in caught.value.body["message"]
+        assert "<｜tool▁calls▁begin｜>" in caught.value.body["message"] and "--tool-parser" in caught.value.body["message"]
+        # Without tools offered, the model is served as ever.
+        assert client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP], tool_choice="none").choices[0].message.content
+    with fake_server(smol_tokenizer, tiny_llama, template_file=tmp_path / "deepseek.jinja", tool_parser="hermes") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        assert client.chat.completions.create(model="tickets", messages=USER, tools=[LOOKUP]).choices[0].finish_reason in ("stop", "tool_calls")
+
+
+@pytest.mark.parametrize("question", ["Where is order A17?", "Where are order A17 and order B2?"])
+def test_the_openai_stream_helpers_accumulate_the_calls_of_the_plain_reply(client, question):
+    """The delta shape as the official client accumulates it: ChatCompletionStreamState and
+    chat.completions.stream, whose events and parsed arguments need each call's index, id and name up front."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from pydantic import BaseModel
+
+    class LookupOrder(BaseModel):
+        """Find an order by its id"""
+
+        order_id: str
+
+    messages = [{"role": "user", "content": question}]
+    tool = openai.pydantic_function_tool(LookupOrder, name="lookup_order")
+    plain = client.chat.completions.create(model="tickets", messages=messages, tools=[tool]).choices[0]
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(model="tickets", messages=messages, tools=[tool], stream=True):
+        state.handle_chunk(chunk)
+    joined = state.get_final_completion().choices[0]
+    with client.chat.completions.stream(model="tickets", messages=messages, tools=[tool]) as stream:
+        done = [(e.index, e.name, e.parsed_arguments) for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion().choices[0]
+    orders = re.findall(r"order (\w+)", question)
+    assert [(c.function.name, c.function.arguments) for c in joined.message.tool_calls] == \
+        [(c.function.name, c.function.arguments) for c in plain.message.tool_calls]
+    assert len({c.id for c in joined.message.tool_calls}) == len(orders) and all(c.type == "function" for c in joined.message.tool_calls)
+    assert joined.finish_reason == final.finish_reason == "tool_calls" and joined.message.content == final.message.content == "Let me look."
+    assert done == [(i, "lookup_order", LookupOrder(order_id=o)) for i, o in enumerate(orders)]
+    assert [c.function.parsed_arguments for c in final.message.tool_calls] == [LookupOrder(order_id=o) for o in orders]

@@ -10,7 +10,7 @@ from tunesmith.serve.text import TextStream
 from tunesmith.serve.tools import FAMILIES, CallDelta, ContentDelta, ToolStream, family_of, forced_family, forced_schema
 
 WEATHER = {"type": "function", "function": {"name": "get_current_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}}}}}
+    "type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"}, "days": {"type": "integer"}, "sunny": {"type": "boolean"}}}}}
 TOOLS = [WEATHER]
 
 
@@ -41,6 +41,15 @@ CASES = [
     # Brackets, quotes and backslashes inside strings do not end the arguments.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Da}l\\"la\\\\s [x]", "days": 2}}\n</tool_call>', "",
      [("get_current_weather", {"city": 'Da}l"la\\s [x]', "days": 2})]),
+    # A closing tag inside an argument string is text, not the end of the call (nor is a '}' or ']').
+    ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "a}</tool_call>]b", "days": 1}}\n</tool_call>\nDone.', "Done.",
+     [("get_current_weather", {"city": "a}</tool_call>]b", "days": 1})]),
+    ("qwen", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "</tool_call>"}}\n</tool_call>', "",
+     [("get_current_weather", {"city": "</tool_call>"})]),
+    # Hermes-2-Pro's own template writes the arguments first, and a space after the closing tag; two calls.
+    ("hermes", '<tool_call>\n{ "arguments": {"city": "서울", "state": "{\\"x\\": 1}"}, "name": "get_current_weather"}\n</tool_call> \n'
+     '<tool_call>\n{ "arguments": {}, "name": "get_current_weather"}\n</tool_call> ', "",
+     [("get_current_weather", {"city": "서울", "state": '{"x": 1}'}), ("get_current_weather", {})]),
     # The reply ended (EOS) before the closing tag.
     ("hermes", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "서울"}}\n', "", [("get_current_weather", {"city": "서울"})]),
     ("hermes", "The weather in Dallas is sunny.", "The weather in Dallas is sunny.", []),
@@ -52,11 +61,18 @@ CASES = [
     ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
      "</function>\n</tool_call>", "", [("get_current_weather", {"city": "Dallas", "days": 3})]),
     ("qwen", '<tool_call>\n{"name": "get_current_weather", "arguments": {"city": "Paris"}}\n</tool_call>', "", [("get_current_weather", {"city": "Paris"})]),
+    # Its template writes a boolean with Jinja's `| string`, Python's True / False; a string parameter stays as written.
+    ("qwen", "<tool_call>\n<function=get_current_weather>\n<parameter=sunny>\nTrue\n</parameter>\n<parameter=city>\nTrue\n</parameter>\n"
+     "</function>\n</tool_call>", "", [("get_current_weather", {"sunny": True, "city": "True"})]),
     # Llama 3.1/3.2: the JSON is the reply; <|python_tag|> and ';' between several calls.
     ("llama3", '{"name": "get_current_weather", "parameters": {"city": "San Francisco", "state": "CA"}}', "",
      [("get_current_weather", {"city": "San Francisco", "state": "CA"})]),
     ("llama3", '<|python_tag|>{"name": "get_current_weather", "parameters": {"city": "A"}}; {"name": "get_current_weather", "parameters": {"city": "B"}}',
      "", [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]),
+    # A ',' between calls (Phi-4-mini's template), and one that is followed by text: the text stays content.
+    ("llama3", '{"name": "get_current_weather", "arguments": {"city": "A"}},{"name": "get_current_weather", "arguments": {"city": "B"}}', "",
+     [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]),
+    ("llama3", '{"name": "get_current_weather", "parameters": {"city": "A"}}, then I am done', ", then I am done", [("get_current_weather", {"city": "A"})]),
     ("llama3", '{"answer": 42}', '{"answer": 42}', []),
     ("llama3", 'Here is JSON: {"name": "x"}', 'Here is JSON: {"name": "x"}', []),
     # Mistral v0.3 (a JSON list) and v11+ tokenizers (name then arguments, with or without [ARGS]).
@@ -214,3 +230,51 @@ def test_several_calls_in_one_answer_are_indexed_in_order():
     headers = [p for p in pieces if isinstance(p, CallDelta) and p.id is not None]
     assert [h.index for h in headers] == [0, 1] and headers[0].id != headers[1].id
     assert calls == [("get_current_weather", {"city": "A"}), ("get_current_weather", {"city": "B"})]
+
+
+# Arguments that trip a parser reading markup rather than JSON: Korean, nesting, and call markup inside strings.
+TRICKY = {"order_id": "주문-1}</tool_call>[TOOL_CALLS]", "note": {"lines": [1, {"b": "]}"}], "ok": True}}
+ORDER = {"type": "function", "function": {"name": "lookup_order", "description": "Find an order", "parameters": {
+    "type": "object", "properties": {"order_id": {"type": "string", "description": "its id"}, "note": {"type": "object", "description": "more"}}}}}
+REFUND = {"type": "function", "function": {"name": "refund", "description": "Refund an order", "parameters": {
+    "type": "object", "properties": {"amount": {"type": "number", "description": "dollars"}}}}}
+
+
+# Qwen3-Coder's XML has no escaping: a parameter holding '</parameter>' or '</tool_call>' cannot be written. The rest can.
+PLAIN = {"order_id": "주문-1}]", "note": {"lines": [1, {"b": "]}"}], "ok": True}, "urgent": True, "count": 3}
+ORDER_XML = {"type": "function", "function": {**ORDER["function"], "parameters": {**ORDER["function"]["parameters"], "properties": {
+    **ORDER["function"]["parameters"]["properties"], "urgent": {"type": "boolean"}, "count": {"type": "integer"}}}}}
+
+
+@pytest.mark.parametrize("file, family, parallel", [
+    ("qwen3-coder-tools.jinja", "qwen", True),
+    ("qwen2.5-tools.jinja", "hermes", True),
+    ("hermes-2-pro-tools.jinja", "hermes", True),
+    ("mistral-v0.3-tools.jinja", "mistral", True),
+    ("llama-3.1-tools.jinja", "llama3", False),   # one call per turn: the template refuses two
+    ("phi-4-mini-tools.jinja", "llama3", True),   # its calls are JSON objects as the whole reply, joined by ','
+    ("chatml.jinja", "hermes", True),             # no tools of its own: the built-in Hermes format
+])
+def test_the_parser_picked_for_a_template_reads_back_exactly_the_calls_it_renders(file, family, parallel, smol_tokenizer):
+    from tests.data.test_real_templates import TEMPLATES
+    from tunesmith.data.templates import resolve_template
+    from tunesmith.serve.tools import template_family
+
+    template = resolve_template(str(TEMPLATES / file), smol_tokenizer)
+    assert template_family(template, smol_tokenizer).name == family
+    xml = family == "qwen"
+    calls = [("lookup_order", PLAIN if xml else TRICKY), ("refund", {"amount": 2.5})][: 2 if parallel else 1]
+    tools = [ORDER_XML if xml else ORDER, REFUND]
+    user = [{"role": "user", "content": "Where is my order?"}]
+    made = [{"id": f"abcdefgh{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}} for i, (n, a) in enumerate(calls)]
+    prompt = template.render(smol_tokenizer, user, add_generation_prompt=True, tools=tools)
+    full = template.render(smol_tokenizer, [*user, {"role": "assistant", "content": None, "tool_calls": made}], tools=tools)
+    assert full.startswith(prompt)
+    reply = full[len(prompt):]
+    for end in [template.turn_end, *template.stop_texts, smol_tokenizer.eos_token]:
+        reply = reply.split(end.strip())[0] if end and end.strip() else reply
+    for step in (1, 5, len(reply)):
+        stream = ToolStream(FAMILIES[family], tools)
+        pieces = [p for i in range(0, len(reply), step) for p in stream.add(reply[i : i + step])] + stream.finish()
+        assert [(c.name, json.loads(c.arguments)) for c in stream.calls] == calls, step
+        assert "".join(p.text for p in pieces if isinstance(p, ContentDelta)).strip() == ""

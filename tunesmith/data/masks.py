@@ -166,10 +166,31 @@ def dropped(text: str, messages: list[dict], trained_from: int, roles: tuple[str
                 return Problem(f"dropped_{m['role']}", f"the {what} messages[{k}] ({value.strip()[:40]!r}) is not in the rendered text")
         for i, call in enumerate(m.get("tool_calls") or ()):
             function = call["function"]
-            for what, value in (("name", function["name"]), ("arguments", json.dumps(function["arguments"], ensure_ascii=False))):
-                if squash(value) not in squashed:
+            arguments = json.dumps(function["arguments"], ensure_ascii=False)
+            for what, value, shown in (("name", function["name"], squash(function["name"]) in squashed),
+                                       ("arguments", arguments, arguments_shown(function["arguments"], squashed))):
+                if not shown:
                     return Problem("dropped_tool_call", f"the {what} of tool call messages[{k}].tool_calls[{i}] ({value[:40]!r}) is not in the rendered text")
     return None
+
+
+def arguments_shown(arguments: dict, squashed: str, markup: int = 16) -> bool:
+    """Whether a call's arguments are in the (squashed) rendered text: as JSON (most templates), or each name with
+    its value a little markup after it, as Qwen3-Coder's <parameter=name>value</parameter> writes them (a string
+    as it is, an object or a list as JSON, anything else as JSON or Python writes it: 20, true or True). Near its
+    name, not anywhere: the tool list holds the names, the user's message the values."""
+    if squash(json.dumps(arguments, ensure_ascii=False)) in squashed:
+        return True
+    for name, value in arguments.items():
+        spellings = [squash(value)] if isinstance(value, str) else [squash(json.dumps(value, ensure_ascii=False)), squash(str(value))]
+        key, at, found = squash(name), squashed.find(squash(name)), False
+        while at >= 0 and not found:
+            near = squashed[at + len(key) : at + len(key) + markup + max(map(len, spellings))]
+            found = any(v in near[: markup + len(v)] for v in spellings)
+            at = squashed.find(key, at + 1)
+        if not found:
+            return False
+    return True
 
 
 def dropped_tools(text: str, tools: list[dict] | None) -> Problem | None:

@@ -66,6 +66,8 @@ class ChatTemplate:
         tool_calls and tool results (see the module docstring for templates that do not render tools)."""
         messages = self.template_messages(messages)
         source = tool_source(self, tokenizer) if uses_tools(messages, tools) else self.source
+        if source is self.source and uses_tools(messages, tools) and prints_arguments(source, tokenizer):
+            messages = [with_text_arguments(m) for m in messages]
         try:
             return tokenizer.apply_chat_template(
                 messages, tools=tools or None, chat_template=source, tokenize=False,
@@ -113,15 +115,15 @@ def template_call(call: dict) -> dict:
 
 
 # A call and its result, to see whether a template renders tools: Mistral wants 9-character alphanumeric call ids.
-_PROBE_TOOL = {"type": "function", "function": {
+PROBE_TOOL = {"type": "function", "function": {
     "name": "tunesmith0probe0tool", "description": "tunesmith0probe0description",
     "parameters": {"type": "object", "properties": {"tunesmith0probe0arg": {"type": "string"}}},
 }}
-_PROBE_CALL = {"id": "a1b2c3d4e", "type": "function",
+PROBE_CALL = {"id": "a1b2c3d4e", "type": "function",
                "function": {"name": "tunesmith0probe0tool", "arguments": {"tunesmith0probe0arg": "tunesmith0probe0value"}}}
 _PROBE = [
     {"role": "user", "content": PROBE_QUESTION},
-    {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]},
+    {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
     {"role": "tool", "tool_call_id": "a1b2c3d4e", "name": "tunesmith0probe0tool", "content": "tunesmith0probe0result"},
     {"role": "assistant", "content": PROBE_REPLY},
 ]
@@ -133,12 +135,53 @@ def supports_tools(template: ChatTemplate, tokenizer) -> bool:
     Found once per template text by rendering a probe conversation."""
     if template.source not in _NATIVE_TOOLS:
         try:
-            text = tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], chat_template=template.source, tokenize=False)
+            text = tokenizer.apply_chat_template(_PROBE, tools=[PROBE_TOOL], chat_template=template.source, tokenize=False)
         except Exception:  # a template that refuses the probe (raise_exception) does not take our tool use as it is
             text = ""
         parts = ("tunesmith0probe0description", "tunesmith0probe0value", "tunesmith0probe0result", PROBE_REPLY)
         _NATIVE_TOOLS[template.source] = all(part in text for part in parts)
     return _NATIVE_TOOLS[template.source]
+
+
+_PRINTED_ARGUMENTS: dict[str, bool] = {}  # template source -> prints_arguments
+
+
+def prints_arguments(source: str, tokenizer) -> bool:
+    """Whether the template writes a call's arguments as they are (Phi-4-mini's `{{ call.function.arguments }}`)
+    where the others write `arguments | tojson`: given an object it would write Python's {'key': 'value'}, and
+    the model would learn to call tools in it. Found once per template text, from the probe conversation."""
+    if source not in _PRINTED_ARGUMENTS:
+        try:
+            text = tokenizer.apply_chat_template(_PROBE, tools=[PROBE_TOOL], chat_template=source, tokenize=False)
+        except Exception:
+            text = ""
+        _PRINTED_ARGUMENTS[source] = repr(PROBE_CALL["function"]["arguments"]) in text
+    return _PRINTED_ARGUMENTS[source]
+
+
+def with_text_arguments(message: dict) -> dict:
+    """A template message whose calls carry their arguments as JSON text, as OpenAI sends them (for prints_arguments)."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+             if isinstance(c["function"].get("arguments"), dict) else c for c in message["tool_calls"]]
+    return {**message, "tool_calls": calls}
+
+
+def probe_reply(template: ChatTemplate, tokenizer) -> str | None:
+    """The reply that makes PROBE_CALL as the template renders it after its generation prompt, up to the end of
+    the turn: what a model trained on it writes to call a tool. None when the template renders no such reply."""
+    question, answer = _PROBE[0], _PROBE[1]
+    try:
+        prompt = template.render(tokenizer, [question], add_generation_prompt=True, tools=[PROBE_TOOL])
+        full = template.render(tokenizer, [question, answer], tools=[PROBE_TOOL])
+    except TemplateError:
+        return None
+    if not full.startswith(prompt):
+        return None
+    reply = full[len(prompt):]
+    ends = {e.strip() for e in (template.turn_end or "", *template.stop_texts, *(tokenizer.decode([i]) for i in template.stop_token_ids))}
+    return reply[: min((reply.find(e) for e in ends if e and e in reply), default=len(reply))]
 
 
 def tool_source(template: ChatTemplate, tokenizer) -> str:

@@ -109,6 +109,9 @@ def parse_tools(value, key: str, where: str) -> list[dict]:
         parameters = function.get("parameters")
         if parameters is not None:
             _check_schema(parameters, f"{fpath}.parameters", where)
+            if parameters.get("type", "object") != "object":
+                raise DataError(where, f"{fpath}.parameters.type", f"{json.dumps(parameters['type'])}: a call's arguments are an object, so "
+                                "parameters must describe one (\"type\": \"object\")", "invalid_tools")
         # Kept as given (`strict` and all): templates write the tool as JSON, and a served request's tools must
         # render as the training rows' did.
         tools.append({"type": "function", "function": function})
@@ -135,22 +138,36 @@ def parse_tool_calls(value, path: str, where: str) -> list[dict]:
     return calls
 
 
+def strict_json(text: str):
+    """json.loads without Python's extensions: NaN and Infinity are no JSON (a template's tojson would write them
+    back, and clients' JSON parsers refuse them). Shared by training data and the server."""
+
+    def refuse(constant: str):
+        raise json.JSONDecodeError(f"{constant} is not JSON", text, text.find(constant))
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def parse_arguments(value, path: str, where: str) -> dict:
     """A call's arguments as an object: given as one, or as a string of JSON holding one."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = strict_json(value)
         except json.JSONDecodeError as err:
             raise DataError(where, path, f"not valid JSON: {err.msg} (column {err.colno})", "invalid_tool_arguments") from None
     if not isinstance(value, dict):
         raise DataError(where, path, f"expected a JSON object of arguments, found {type_name(value)}", "invalid_tool_arguments")
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise DataError(where, path, "holds NaN or Infinity, which are no JSON", "invalid_tool_arguments") from None
     return value
 
 
 def sharegpt_calls(value, path: str, where: str) -> list[dict]:
     """LLaMA-Factory's function_call turn: JSON of {"name", "arguments"} or of a list of them."""
     try:
-        parsed = json.loads(value)
+        parsed = strict_json(value)
     except json.JSONDecodeError as err:
         raise DataError(where, path, f"not valid JSON: {err.msg} (column {err.colno})", "invalid_tool_call") from None
     return parse_tool_calls(parsed if isinstance(parsed, list) else [parsed], path, where)

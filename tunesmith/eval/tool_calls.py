@@ -22,8 +22,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from tunesmith.data.templates import tool_source
-from tunesmith.serve.tools import FAMILIES, Family, ToolStream, family_of
+from tunesmith.serve.tools import FAMILIES, Family, ToolStream, template_family
 
 
 @dataclass
@@ -40,9 +39,9 @@ class Reply:
 
 
 def tool_family(template, tokenizer, parser: str | None = None) -> Family:
-    """The parser of a model's replies, chosen as the server chooses it: `parser` (--tool-parser), else read from
-    the template that renders the tools (its own, or the built-in Hermes format)."""
-    return FAMILIES[parser or family_of(tool_source(template, tokenizer))]
+    """The parser of a model's replies, chosen as the server chooses it (tunesmith.serve.tools.template_family:
+    `parser`, else the family that reads back the calls the template renders; a ToolFormatError when none does)."""
+    return template_family(template, tokenizer, parser)
 
 
 def read_reply(text: str, family: Family, tools: list[dict] | None = None) -> Reply:

@@ -27,16 +27,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from tunesmith.data.templates import TemplateError, prompt_ids, tool_source
+from tunesmith.data.templates import TemplateError, prompt_ids
 from tunesmith.eval.generate import require_conversation
 from tunesmith.serve.catalog import Catalog, ServedModel
 from tunesmith.serve.chat import Choice, Plan, completion_logprobs, plan, text_plan
 from tunesmith.serve.engine import Engine, EngineStopped, Request
-from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled
+from tunesmith.serve.protocol import APIError, ChatRequest, CompletionRequest, GenerateRequest, Sampled, conversation
 from tunesmith.serve.sampling import Sampling
 from tunesmith.serve.structured import SchemaError
 from tunesmith.serve.text import TextStream
-from tunesmith.serve.tools import marker_tokens
+from tunesmith.serve.tools import Family, ToolFormatError, marker_tokens, template_family
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,12 @@ def build_app(
         except TemplateError as err:
             raise APIError(400, str(err), param="messages") from None
 
+    def reply_family(served: ServedModel) -> Family | ToolFormatError:
+        try:
+            return template_family(served.template, tokenizer, tool_parser)
+        except ToolFormatError as err:
+            return ToolFormatError(f"model {served.name!r}: {err}")
+
     async def constraint(served: ServedModel, chat: Plan):
         if not chat.constrained:
             return None
@@ -254,8 +260,8 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         served = find(body.model)
-        chat = plan(body, tool_source(served.template, tokenizer), tool_parser)
-        ids = chat_ids(served, [m.as_dict() for m in body.messages], chat.tools)
+        chat = plan(body, reply_family(served) if body.calls_tools() else None)
+        ids = chat_ids(served, conversation(body.messages), chat.tools)
         limit = budget(len(ids), body.max_completion_tokens or body.max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         requests = requests_for(served, [ids], body, [limit], logprobs, await constraint(served, chat))
@@ -331,7 +337,7 @@ def build_app(
     @app.post("/generate")
     async def generate(body: GenerateRequest):
         served = find(body.model)
-        messages = [m.as_dict() for m in body.messages] if body.messages else require_conversation(body.prompt)
+        messages = conversation(body.messages) if body.messages else require_conversation(body.prompt)
         ids = chat_ids(served, messages)
         requests = requests_for(served, [ids], body, [budget(len(ids), body.max_tokens, "messages")])
         [result] = await run(collect(requests, body.stop_list()))

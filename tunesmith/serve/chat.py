@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.serve.protocol import ChatRequest, NamedToolChoice, Structured
-from tunesmith.serve.tools import FAMILIES, ContentDelta, Family, ToolStream, family_of, forced_family, forced_schema
+from tunesmith.serve.protocol import APIError, ChatRequest, NamedToolChoice, Structured
+from tunesmith.serve.tools import FAMILIES, ContentDelta, Family, ToolFormatError, ToolStream, forced_family, forced_schema
 
 
 @dataclass
@@ -34,13 +34,17 @@ class Plan:
         return self.schema is not None or self.json_reply
 
 
-def plan(body: ChatRequest, template_source: str, parser: str | None) -> Plan:
-    """`template_source`: the Jinja text that renders the request's tools (tunesmith.data.templates.tool_source: the
-    template's own, or the built-in Hermes format that training used for a template without tool support)."""
+def plan(body: ChatRequest, family: Family | ToolFormatError | None) -> Plan:
+    """`family`: the parser of the model's replies (tools.template_family), or why there is none; None when the
+    request offers no tools. A forced call is decoded under a schema, so it needs no parser (the family then
+    only makes call ids); `auto` does."""
     if not body.calls_tools():
         return text_plan(body)
     tools = [t.model_dump(exclude_none=True) for t in body.tools]
-    family = FAMILIES[parser or family_of(template_source)]
+    if isinstance(family, ToolFormatError):
+        if body.tool_choice in (None, "auto"):
+            raise APIError(400, f"{family} (or send tool_choice 'required' or a named function: a forced call is decoded under a schema)", param="tools")
+        family = FAMILIES["hermes"]
     max_calls = 1 if body.parallel_tool_calls is False else None
     if body.tool_choice in (None, "auto"):
         return Plan(tools, family, max_calls=max_calls)

@@ -70,11 +70,20 @@ class CalledFunction(_Body):
     name: str = Field(min_length=1)
     arguments: str   # JSON text, as OpenAI sends it
 
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _text(cls, value):
+        if isinstance(value, dict):   # what templates take, but not what OpenAI's API takes (nor sends back)
+            raise ValueError("must be the JSON text of the arguments object (a string, as OpenAI sends it), not an object: send json.dumps(arguments)")
+        return value
+
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
+        from tunesmith.data.tools import strict_json
+
         try:
-            parsed = json.loads(value)
+            parsed = strict_json(value)
         except json.JSONDecodeError as err:
             raise ValueError(f"not valid JSON ({err.msg} at character {err.pos})") from None
         if not isinstance(parsed, dict):
@@ -123,6 +132,20 @@ class Message(_Body):
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         return out
+
+
+def conversation(messages: list[Message]) -> list[dict]:
+    """The messages as templates read them (Message.as_dict), each tool result named after the call it answers:
+    OpenAI clients send only the call's id, training rows get the name too (data.tools.link_results), and
+    templates that write it (Hermes-2-Pro's {"name": ..., "content": ...}) must see the prompt they trained on."""
+    names: dict[str, str] = {}
+    out = []
+    for message in messages:
+        names.update({c.id: c.function.name for c in message.tool_calls or []})
+        out.append(message.as_dict())
+        if message.tool_call_id in names:
+            out[-1]["name"] = names[message.tool_call_id]
+    return out
 
 
 def _valid_schema(schema: dict) -> dict:

@@ -4,10 +4,11 @@ A reply is text, then (maybe) a tool-call section that begins at a family's mark
 
     hermes   <tool_call>{"name": "f", "arguments": {...}}</tool_call>        Hermes, Qwen2.5/Qwen3, the built-in tool template
     qwen     hermes' JSON, or Qwen3-Coder's <tool_call><function=f><parameter=x>1</parameter></function></tool_call>
-    llama3   {"name": "f", "parameters": {...}} as the whole reply, or after <|python_tag|>; several joined by ';'
+    llama3   {"name": "f", "parameters": {...}} as the whole reply, or after <|python_tag|>; several joined by ';' (or ',')
     mistral  [TOOL_CALLS][{"name": "f", "arguments": {...}}]  (v0.3), or [TOOL_CALLS]f{...} / f[ARGS]{...} (v11+)
 
-The family is read from the run's template (`family_of`) and can be overridden (`tunesmith serve --tool-parser`).
+The family is the one that reads back the call the run's template renders (`template_family`; a template whose
+calls none reads is an error, not calls returned as text) and can be overridden (`tunesmith serve --tool-parser`).
 `ToolStream` is fed text deltas and hands out content deltas and tool-call deltas in OpenAI's stream shape (a
 call's id and name first, then its arguments); a whole reply is the same stream joined, so both agree. A
 section that is not a well-formed call comes back as content, never dropped.
@@ -27,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tunesmith.data.templates import PROBE_CALL, PROBE_TOOL, probe_reply, tool_source
+from tunesmith.errors import TunesmithError
 from tunesmith.serve.text import held_back
 
 
@@ -209,7 +212,7 @@ def _tagged(section: str, final: bool, body: Callable) -> Taken:
         if not section.startswith("<tool_call>", i):
             return Taken(calls, used=used, pending="<tool_call>".startswith(section[i:]))
         start = _skip_space(section, i + len("<tool_call>"))
-        close = section.find("</tool_call>", start)
+        close = _closing_tag(section, start)
         inner = section if close < 0 else section[:close]
         try:
             if start == len(inner):
@@ -233,6 +236,24 @@ def _tagged(section: str, final: bool, body: Callable) -> Taken:
             return Taken([*calls, read.call], used=used, pending=True)
         calls.append(read.call)
         used = len(section) if close < 0 else close + len("</tool_call>")
+
+
+# A JSON string (skipped whole, whatever it holds: a '</tool_call>' in an argument is no closing tag), a string
+# still open, or the closing tag.
+_CLOSE = re.compile(r'(?P<string>"[^"\\]*(?:\\.[^"\\]*)*")|(?P<open>")|</tool_call>')
+
+
+def _closing_tag(section: str, start: int) -> int:
+    """Where the <tool_call> whose body begins at `start` closes; -1 while it does not (yet). In a JSON body,
+    the tag counts only outside strings; Qwen3-Coder's XML parameters are plain text."""
+    if not section.startswith("{", start):
+        return section.find("</tool_call>", start)
+    for match in _CLOSE.finditer(section, start):
+        if match.group("open") is not None:
+            return -1
+        if match.group("string") is None:
+            return match.start()
+    return -1
 
 
 def _hermes_body(text: str, start: int, final: bool, tools) -> _Read:
@@ -283,10 +304,17 @@ def _parameter_types(tools, name: str) -> dict:
     return {}
 
 
+# Qwen3-Coder's template writes a parameter that is no object or list with Jinja's `| string`: Python's spelling.
+_PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def _typed(value: str, kind) -> object:
-    """Qwen3-Coder writes every parameter as text: read it as the tool's schema types it."""
+    """Qwen3-Coder writes every parameter as text: read it as the tool's schema types it (a boolean as its
+    template writes one, True or False, too)."""
     if kind in (None, "string") or (isinstance(kind, list) and "string" in kind):
         return value
+    if value.strip() in _PYTHON_CONSTANTS:
+        return _PYTHON_CONSTANTS[value.strip()]
     try:
         return json.loads(value)
     except json.JSONDecodeError:
@@ -311,7 +339,7 @@ def take_llama3(section: str, final: bool, tools) -> Taken:
         used = i = i + len("<|python_tag|>")
     while True:
         i = _skip_space(section, i)
-        if calls and section.startswith(";", i):   # between two calls
+        if calls and section.startswith((";", ","), i):   # between two calls (Llama's ';', the ',' of Phi-4-mini's template)
             i = _skip_space(section, i + 1)
         if i == len(section):
             return Taken(calls, used=used, pending=True)
@@ -420,6 +448,48 @@ def marker_tokens(tokenizer, family: Family) -> dict[int, str]:
     """The family's marker tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>) that decoding must keep: id -> text."""
     ids = {text: tokenizer.convert_tokens_to_ids(text) for text in family.special_texts}
     return {i: text for text, i in ids.items() if i is not None and i != tokenizer.unk_token_id}
+
+
+class ToolFormatError(TunesmithError):
+    """No parser reads the tool calls a template renders (and no --tool-parser was given)."""
+
+
+_READS_BACK: dict[str, tuple[str | None, str | None]] = {}   # tool_source text -> (the family that reads its calls back, the reply)
+
+
+def template_family(template, tokenizer, parser: str | None = None) -> Family:
+    """The parser of a model's replies: `parser` (--tool-parser), else the family that reads back exactly the call
+    the template renders (templates.probe_reply; the family its text names, `family_of`, is tried first). A
+    template whose calls no family reads (DeepSeek-V3's <｜tool▁calls▁begin｜>) is a ToolFormatError, not replies
+    whose calls come back as text. One that renders no call after its generation prompt (its reply rewritten,
+    as DeepSeek-R1's thinking is, or the tools dropped from such a short probe) cannot be checked so: `family_of`."""
+    if parser is not None:
+        return FAMILIES[parser]
+    source = tool_source(template, tokenizer)
+    if source not in _READS_BACK:
+        reply = probe_reply(template, tokenizer)
+        wanted = [(PROBE_CALL["function"]["name"], PROBE_CALL["function"]["arguments"])]
+        guess = family_of(source)
+        order = [guess, *(name for name in FAMILIES if name != guess)]
+        found = guess if reply is None else next((name for name in order if _calls(FAMILIES[name], reply, [PROBE_TOOL]) == wanted), None)
+        _READS_BACK[source] = (found, reply)
+    found, reply = _READS_BACK[source]
+    if found is None:
+        raise ToolFormatError(
+            f"the template writes a tool call as {reply[:160]!r}, which none of the tool-call parsers "
+            f"({', '.join(FAMILIES)}) reads back; choose one with --tool-parser"
+        )
+    return FAMILIES[found]
+
+
+def _calls(family: Family, reply: str, tools: list[dict]) -> list[tuple[str, object]]:
+    stream = ToolStream(family, tools)
+    stream.add(reply)
+    stream.finish()
+    try:
+        return [(c.name, json.loads(c.arguments)) for c in stream.calls]
+    except json.JSONDecodeError:
+        return []
 
 
 def family_of(template_source: str) -> str:
