@@ -55,10 +55,11 @@ def test_valid_targets_pass_the_check(stories_path):
         check_adapter_targets(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo", "kto", "reward"])
-def test_every_method_trains_with_the_cpu_memory_savers_in(stories_path, tmp_path, method):
-    """The decoder layers give glibc's free pages back (tunesmith.models.heap) in every Trainer method, and SFT's
-    LoRA dropouts keep byte masks (tunesmith.models.dropout); DPO, KTO and reward train without dropout."""
+@pytest.mark.parametrize("method, trim", [("sft", True), ("dpo", True), ("kto", True), ("reward", True), ("sft", False)])
+def test_every_method_trains_with_the_cpu_memory_savers_in(stories_path, tmp_path, method, trim):
+    """The decoder layers give glibc's free pages back (tunesmith.models.heap) in every Trainer method, unless
+    train.cpu_heap_trim is false, and SFT's LoRA dropouts keep byte masks (tunesmith.models.dropout); DPO, KTO and
+    reward train without dropout."""
     import importlib
 
     import torch
@@ -87,7 +88,7 @@ def test_every_method_trains_with_the_cpu_memory_savers_in(stories_path, tmp_pat
     recipe = validate({
         "method": method, "model": {"path": str(stories_path), "dtype": "float32"},
         "data": {"train": str(write_jsonl(tmp_path / "d.jsonl", rows)), "format": fmt, "template": "chatml", "max_length": 128},
-        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, "train": {"max_steps": 1, "batch_size": 2},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, "train": {"max_steps": 1, "batch_size": 2, "cpu_heap_trim": trim},
         "output_dir": str(tmp_path / "run"),
     })
     importlib.import_module(f"tunesmith.methods.{method}").train(recipe, callbacks=[Look()])
@@ -95,4 +96,4 @@ def test_every_method_trains_with_the_cpu_memory_savers_in(stories_path, tmp_pat
         assert seen["dropouts"] and set(seen["dropouts"]) == {BoolMaskDropout}
     else:
         assert seen["dropouts"] == []  # TRL's preference and reward trainers set every dropout to 0 (disable_dropout)
-    assert seen["hooked"] and set(seen["hooked"]) == ({1} if heap._libc is not None else {0})
+    assert seen["hooked"] and set(seen["hooked"]) == ({1} if heap._libc is not None and trim else {0})

@@ -52,7 +52,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: list | None = None, a
 
     set_seed(recipe.train.seed)  # adapter initialisation draws from the global RNG
     trainer = build_trainer(recipe, s.run, model, reference, s.tokenizer, s.train_rows, s.eval_rows, callbacks)
-    save_cpu_memory(trainer.model)  # glibc heap trim between layers (TRL sets dropout to 0 here: disable_dropout)
+    save_cpu_memory(trainer.model, recipe)  # glibc heap trim between layers (TRL sets dropout to 0 here: disable_dropout)
     parameters = count_parameters(trainer.model)
     result, seconds = fit(trainer, s)
     return finish(recipe, s, trainer.model, result.global_step, seconds, parameters, lambda records: [

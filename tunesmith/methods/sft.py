@@ -74,7 +74,7 @@ def build_trainer(recipe: Recipe, s, model, callbacks: list | None):
                                   "where packed examples would share them and lose their positions")
     plan = s.plan
     chunked_refused = lm_loss.add_chunked_loss(model)
-    save_cpu_memory(model)  # dropout masks in a byte, not 4; glibc's free heap pages back between layers (CPU)
+    save_cpu_memory(model, recipe)  # dropout masks in a byte, not 4; glibc's free heap pages back between layers (CPU)
     # sdpa one example at a time, not over the whole packed row (tunesmith.models.attention)
     switched = plan.mode == "packed" and attention.use_packed_sdpa(lm_loss.base_of(model))
     # FlashAttention's varlen kernels and packed_sdpa read the examples' bounds from cu_seq_lens.

@@ -297,14 +297,16 @@ def preflight(recipe: Recipe, run: RunDir, tokenizer, template: ChatTemplate, ba
     return train_rows, eval_rows, data_report, plan
 
 
-def save_cpu_memory(model) -> None:
+def save_cpu_memory(model, recipe: Recipe) -> None:
     """What keeps a CPU step's memory down without changing a value: dropout masks kept in a byte, not 4
-    (tunesmith.models.dropout; LoRA's among them, so call it once the adapters are in), and glibc's free heap pages
-    given back between decoder layers (tunesmith.models.heap). Neither does anything on a GPU."""
+    (tunesmith.models.dropout; LoRA's among them, so call it once the adapters are in), and, unless
+    train.cpu_heap_trim is false, glibc's free heap pages given back between decoder layers (tunesmith.models.heap).
+    Neither does anything on a GPU."""
     from tunesmith.models import dropout, heap
 
     dropout.use_bool_mask_dropout(model)
-    heap.trim_between_layers(model)
+    if recipe.train.cpu_heap_trim:
+        heap.trim_between_layers(model)
 
 
 def plan_batches_into(data_report, recipe: Recipe, train_rows: list[dict], batching=None):
