@@ -7,8 +7,19 @@ import types
 from dataclasses import dataclass, field
 
 
+# SamplingParams' fields in vLLM 0.34.0 (vllm/sampling_params.py), so that a name vLLM does not take fails here too.
+FIELDS = set("""n presence_penalty frequency_penalty repetition_penalty temperature watermarking top_p top_k min_p seed stop
+    stop_token_ids ignore_eos max_tokens min_tokens logprobs prompt_logprobs prompt_logprob_token_ids prompt_logprob_start
+    logprob_token_ids flat_logprobs detokenize skip_special_tokens spaces_between_special_tokens include_stop_str_in_output
+    output_kind stream_interval skip_clone output_text_buffer_length structured_outputs logit_bias allowed_token_ids
+    extra_args bad_words skip_reading_prefix_cache thinking_token_budget repetition_detection""".split())
+
+
 class SamplingParams:
     def __init__(self, **kwargs):
+        unknown = set(kwargs) - FIELDS
+        if unknown:
+            raise TypeError(f"SamplingParams got unexpected keyword arguments {sorted(unknown)}")
         self.kwargs = kwargs
 
 
@@ -40,12 +51,19 @@ class LLM:
 
 
 @dataclass
+class ModelConfig:
+    max_model_len: int
+
+
+@dataclass
 class AsyncEngine:
-    """AsyncLLMEngine's generate: `reply` one token at a time, cumulative, as vLLM streams it."""
+    """AsyncLLMEngine's generate: `reply` one token at a time, cumulative, as vLLM streams it; its model_config as
+    vLLM's V1 AsyncLLM holds it (0.10 and later)."""
 
     tokenizer: object
     reply: list[int]
     params: list = field(default_factory=list)
+    model_config: ModelConfig = field(default_factory=lambda: ModelConfig(2048))
 
     async def generate(self, prompt, params, request_id, lora_request=None):
         self.params.append(params)

@@ -44,6 +44,23 @@ def test_serve_decodes_vllm_s_token_ids_itself_keeping_the_marker(monkeypatch, m
     assert fake.params[0].kwargs["stop_token_ids"] == template.stop_token_ids
 
 
+def test_serve_takes_the_context_vllm_allows_from_its_v1_engine_and_from_older_ones(smol_tokenizer):
+    from tunesmith.serve.vllm_engine import VLLMEngine
+
+    v1 = fake_vllm.AsyncEngine(smol_tokenizer, [], model_config=fake_vllm.ModelConfig(1536))
+    engine = VLLMEngine(v1, {}, 8192)
+    asyncio.run(engine.start())
+    assert engine.context_length == 1536  # AsyncLLM (vLLM 0.10 and later) has no get_model_config
+
+    class Older:
+        async def get_model_config(self):
+            return fake_vllm.ModelConfig(1024)
+
+    engine = VLLMEngine(Older(), {}, 8192)
+    asyncio.run(engine.start())
+    assert engine.context_length == 1024
+
+
 def test_eval_s_vllm_engine_scores_what_the_transformers_engine_scores(monkeypatch, mistral, tmp_path):
     from tests.conftest import write_jsonl
     from tests.eval.test_tool_calls import tool_rows

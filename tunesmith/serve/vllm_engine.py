@@ -61,7 +61,12 @@ class VLLMEngine:
 
     async def start(self) -> None:
         # vLLM may cap the context below the model's own (to fit its KV cache): requests are checked against that.
-        self.context_length = (await self.engine.get_model_config()).max_model_len
+        # vLLM's V1 engine (AsyncLLM, which AsyncLLMEngine names since 0.10) holds it as model_config; older ones
+        # answered get_model_config().
+        config = getattr(self.engine, "model_config", None)
+        if config is None:
+            config = await self.engine.get_model_config()
+        self.context_length = config.max_model_len
 
     async def stop(self) -> None:
         self.engine.shutdown()
