@@ -286,6 +286,13 @@ class PeftConfig(_Section):
                 f"peft.init: {self.init!r} rewrites the base weights from their decomposition, which a 4-bit base cannot hold; "
                 "use peft.method lora, or init default or gaussian"
             )
+        if self.dora and self.init in ("pissa", "olora"):
+            # The adapter is saved converted to the original base (rank 2r), a conversion of the low-rank factors
+            # alone: DoRA's magnitude vectors are left out, and the saved adapter would not be the trained model.
+            raise ValueError(
+                f"peft.dora: DoRA cannot be saved against the original base after peft.init {self.init!r} (its magnitude "
+                "vectors do not convert); use init default or gaussian with dora, or dora: false"
+            )
         return self
 
 
