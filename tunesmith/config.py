@@ -207,6 +207,9 @@ PEFT_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "vera": ("r", "dropout", *_LAYER_KEYS),
     "oft": ("block_size", "dropout", *_LAYER_KEYS),
 }
+# Bottleneck adapters (tunesmith's own) and virtual tokens train with sft only; the preference and RL trainers take
+# PEFT's layer methods.
+SFT_ONLY_PEFT = ("adapter", "prefix", "prompt")
 
 
 class PeftConfig(_Section):
@@ -665,6 +668,9 @@ class Recipe(_Section):
         return self
 
     def _check_method_sections(self) -> None:
+        if self.method != "sft" and self.peft.method in SFT_ONLY_PEFT:
+            layers = [m for m in PEFT_METHOD_KEYS if m not in ("none", *SFT_ONLY_PEFT)]
+            raise ValueError(f"peft.method {self.peft.method!r} trains with method sft only, not {self.method}; use one of {', '.join(layers)} with {self.method}")
         if self.train.token_weights is not None and self.method != "sft":
             raise ValueError(f"train.token_weights: weighs the sft loss, but method is {self.method!r}; remove it")
         if self.train.compile and self.method != "sft":

@@ -246,12 +246,17 @@ def test_peft_config_builds_each_method_with_its_keys():
 
 
 def test_bottleneck_and_virtual_tokens_train_with_sft_only():
-    from tunesmith.models.peft import check_adapter_method
+    """Refused by the recipe itself, so `tunesmith check` and `plan` say so too, not only `train`."""
+    from tunesmith.config import validate
+    from tunesmith.errors import ConfigError
+
+    def recipe(method, peft):
+        return {"method": method, "model": {"path": "m"}, "data": {"train": "d.jsonl"}, "peft": {"method": peft}}
 
     for method in ("adapter", "prefix", "prompt"):
-        with pytest.raises(TunesmithError, match=f"peft.method '{method}' trains with method sft only, not dpo"):
-            check_adapter_method("dpo", PeftConfig(method=method))
-    check_adapter_method("dpo", PeftConfig(method="ia3"))
+        with pytest.raises(ConfigError, match=f"peft.method '{method}' trains with method sft only, not dpo; use one of lora, qlora, ia3"):
+            validate(recipe("dpo", method))
+    assert validate(recipe("dpo", "ia3")).peft.method == "ia3"
 
 
 def test_lora_plus_puts_b_matrices_in_a_faster_group():

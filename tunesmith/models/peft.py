@@ -71,16 +71,6 @@ UNMERGEABLE = {
 VIRTUAL_TOKENS = ("prefix", "prompt")
 
 
-def check_adapter_method(method: str, cfg: PeftConfig) -> None:
-    """Bottleneck adapters and virtual tokens train with sft only (the preference and RL trainers take PEFT's
-    layer methods)."""
-    if method != "sft" and cfg.method in ("adapter", *VIRTUAL_TOKENS):
-        raise TunesmithError(
-            f"peft.method {cfg.method!r} trains with method sft only, not {method}; use lora or another of "
-            f"{', '.join(LAYER_METHODS)} with {method}"
-        )
-
-
 def check_adapter_targets(source_path: str, cfg: PeftConfig, head: str = "causal_lm", trust_remote_code: bool = False) -> None:
     """check_target_modules on the model's skeleton (built from its config on the meta device), so a wrong
     name fails before the weights load, not after."""
