@@ -49,10 +49,10 @@ def test_adapter_targets_are_checked_before_the_weights_load(stories_path, tmp_p
 
 def test_valid_targets_pass_the_check(stories_path):
     from tunesmith.config import PeftConfig
-    from tunesmith.models.peft import check_adapter_targets
+    from tunesmith.models.peft import check_adapters
 
     for head in ("causal_lm", "reward"):
-        check_adapter_targets(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
+        check_adapters(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "kto", "reward"])

@@ -275,3 +275,83 @@ def test_lora_plus_puts_b_matrices_in_a_faster_group():
     q = model.base_model.model.model.layers[0].self_attn.q_proj
     assert rates[q.lora_A["default"].weight.data_ptr()] == 1e-3
     assert rates[q.lora_B["default"].weight.data_ptr()] == 16e-3
+
+
+def test_ia3_on_gpt2_scales_the_mlp_projection_on_its_input_and_the_attention_one_on_its_output():
+    """PEFT names GPT-2's feedforward module mlp.c_proj, beside attn.c_proj: once refused as 'no feedforward modules'."""
+    from peft import PeftModel
+
+    model = wrap_model(tiny_gpt2(), PeftConfig(method="ia3"), False)
+    layer = model.base_model.model.transformer.h[0]
+    assert layer.mlp.c_proj.is_feedforward and not layer.attn.c_proj.is_feedforward and not layer.mlp.c_fc.is_feedforward
+    assert layer.mlp.c_proj.ia3_l["default"].shape == (1, 4 * 16)  # scales the input (d_ff) of the down-projection
+    assert layer.attn.c_proj.ia3_l["default"].shape == (16, 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ia3_l" in name:
+                param.normal_()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # its saved config passes PEFT's own checks on reload
+        model.save_pretrained(folder)
+        reloaded = PeftModel.from_pretrained(tiny_gpt2(), folder).eval()
+        ids = torch.tensor([[1, 5, 9, 3]])
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+
+
+def test_ia3_feedforward_modules_must_name_targeted_modules():
+    with pytest.raises(TunesmithError, match=r"peft.feedforward_modules: mlp.no_such must name modules among peft.target_modules"):
+        wrap_model(tiny_gpt2(), PeftConfig(method="ia3", feedforward_modules=["mlp.no_such"]), False)
+    with pytest.raises(TunesmithError, match=r"peft.feedforward_modules: down_proj must name modules among peft.target_modules \(q_proj, v_proj\)"):
+        wrap_model(tiny_llama(), PeftConfig(method="ia3", target_modules=["q_proj", "v_proj"], feedforward_modules=["down_proj"]), False)
+
+
+@pytest.mark.parametrize(
+    "config, peft, message",
+    [
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "loha"},
+         "peft.method 'loha': PEFT cannot wrap this model: Target module of type <class 'transformers.pytorch_utils.Conv1D'> not supported"),
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "oft", "block_size": 8}, "peft.method 'oft': PEFT cannot wrap this model: Target module Conv1D"),
+        # PEFT would quietly use block size 4 for 16 inputs, and 6 for the down-projection's 24
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4), {"method": "oft", "block_size": 5},
+         "peft.block_size: 5 does not divide the input size of 14 adapted layers (e.g. base_model.model.model.layers.0.self_attn.q_proj: 16); "
+         "use a divisor of 8, the input sizes' greatest common divisor (e.g. 4)"),
+        (LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4), {"method": "lora", "target_modules": ["c_attn"]},
+         "peft.target_modules: no module of this model is named 'c_attn'"),
+        ("opt", {"method": "adapter"}, "peft.method 'adapter': found no decoder layer with an attention block"),
+    ],
+    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter"],
+)
+def test_what_does_not_fit_the_model_fails_on_its_config_before_any_weight_loads(config, peft, message, tmp_path):
+    """A folder with a config.json and no weights: the check builds the model's skeleton from its config alone."""
+    from transformers import OPTConfig
+
+    from tunesmith.models.peft import check_adapters
+
+    if config == "opt":  # fc1/fc2 sit in the decoder layer itself, no MLP module to follow
+        config = OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=16)
+    config.save_pretrained(tmp_path)
+    with pytest.raises(TunesmithError, match=re.escape(message)):
+        check_adapters(str(tmp_path), PeftConfig(**peft))
+
+
+def test_methods_that_fit_pass_the_check_on_the_config(tmp_path):
+    from tunesmith.models.peft import check_adapters
+
+    GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64).save_pretrained(tmp_path)
+    for peft in ({"method": "lora", "dora": True}, {"method": "lora", "init": "pissa"}, {"method": "ia3"}, {"method": "vera"},
+                 {"method": "adapter", "placement": "houlsby"}, {"method": "prefix"}):
+        check_adapters(str(tmp_path), PeftConfig(**peft))
+
+
+def test_prefix_tuning_that_does_not_fit_the_attention_is_refused_before_training():
+    """Falcon's multi-query attention has one key/value head, which its config does not say: PEFT's prefix has four."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    torch.manual_seed(0)
+    falcon = FalconForCausalLM(FalconConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4))
+    with pytest.raises(TunesmithError, match=r"peft.method 'prefix': PEFT's prefix keys and values do not fit the attention of FalconForCausalLM \(.*\); use peft.method prompt"):
+        wrap_model(falcon, PeftConfig(method="prefix", num_virtual_tokens=3), False)
+    llama = wrap_model(tiny_llama().train(), PeftConfig(method="prefix", num_virtual_tokens=3), False)
+    assert llama.training  # the check leaves the mode as it found it

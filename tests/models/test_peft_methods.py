@@ -24,7 +24,7 @@ METHODS = {
     "loha": {"method": "loha", "r": 4, "alpha": 8},
     "lokr": {"method": "lokr", "r": 4, "alpha": 8},
     "vera": {"method": "vera", "r": 8, "dropout": 0.0},
-    "oft": {"method": "oft", "block_size": 8, "dropout": 0.0},
+    "oft": {"method": "oft", "block_size": 4, "dropout": 0.0},  # divides 64 and the MLP's 172
     "lora-pissa": {"method": "lora", "init": "pissa", "r": 4, "alpha": 4, "dropout": 0.0},
     "lora-olora": {"method": "lora", "init": "olora", "r": 4, "alpha": 4, "dropout": 0.0},
     "lora-variants": {"method": "lora", "init": "gaussian", "use_rslora": True, "dora": True, "lora_plus_ratio": 16, "r": 4, "alpha": 8, "dropout": 0.0},

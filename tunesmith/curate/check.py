@@ -21,7 +21,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     from tunesmith.data.prepare import prepare_data
     from tunesmith.methods.common import check_optimizer
     from tunesmith.methods.steps import load_tokenizer_and_template, plan_batches_into
-    from tunesmith.models.peft import check_adapter_targets
+    from tunesmith.models.peft import check_adapters
 
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
@@ -33,7 +33,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     check_optimizer(recipe)
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, _, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
     if recipe.method in ("sft", "dpo", "reward"):  # the methods that plan their batches
         import importlib

@@ -37,7 +37,7 @@ from tunesmith.methods.common import (
     restore_metrics,
     save_checkpoints_atomically,
 )
-from tunesmith.models.peft import check_adapter_targets, save_adapter, use_lora_plus
+from tunesmith.models.peft import check_adapters, save_adapter, use_lora_plus
 from tunesmith.runs import RunDir, environment, plot_loss
 from tunesmith.tracking import check_installed, data_params, open_tracker
 
@@ -85,7 +85,7 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     if run.tracker is not None and not resume:
         run.tracker.log_params(data_params(data_report))
