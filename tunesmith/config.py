@@ -327,7 +327,8 @@ class TokenWeights(_Section):
     matches it (1 elsewhere), times its row's `column` value; the loss is the weighted mean over trained tokens."""
 
     words: list[str] = Field(
-        [], description="Words or phrases to up-weight, each matched as a whole token sequence (as written, and after a space) among the trained tokens."
+        [], description="Words or phrases to up-weight, matched as whole words in the text of the trained spans (a Korean word with its particles); "
+        "the tokens that overlap a match are up-weighted."
     )
     regex: str | None = Field(None, description="A regular expression over each trained span's text; the tokens that overlap a match are up-weighted.")
     weight: float = Field(2.0, gt=0, description="The weight of the tokens words or regex match.")

@@ -172,7 +172,9 @@ class PlannedBatches:
         total = sum(batch["weights"][:, 1:].sum() for batch in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
-        return total
+        # A step whose rows all weigh 0 (train.token_weights.column) has nothing to learn: its loss sum(w·ce) is 0,
+        # and divided by 1, not by 0, its loss and gradients are 0, not NaN.
+        return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def filler_like(rows: list[dict]) -> dict:
