@@ -320,8 +320,19 @@ def test_ia3_feedforward_modules_must_name_targeted_modules():
         (LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4), {"method": "lora", "target_modules": ["c_attn"]},
          "peft.target_modules: no module of this model is named 'c_attn'"),
         ("opt", {"method": "adapter"}, "peft.method 'adapter': found no decoder layer with an attention block"),
+        # trained, then failed to save at the end (the initial adapter had rank 16, the config 32)
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4), {"method": "lora", "init": "pissa", "r": 32},
+         "peft.r: 32 is more than the rank of the adapted weight base_model.model.model.layers.0.self_attn.q_proj (16 x 16); init pissa takes r "
+         "components of each weight: use r <= 16"),
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+         {"method": "lora", "init": "olora", "r": 12}, "peft.r: 12 is more than the rank of the adapted weight base_model.model.model.layers.0.self_attn.k_proj (8 x 16)"),
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "bottleneck": 64},
+         "peft.bottleneck: 64 is more than this model's hidden size, 16: an adapter projects down; use at most 16"),
+        # was quietly a bottleneck of one unit
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "reduction_factor": 32},
+         "peft.reduction_factor: 32 leaves no bottleneck unit of this model's hidden size, 16; use at most 16"),
     ],
-    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter"],
+    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter", "pissa-rank", "olora-rank", "bottleneck-size", "reduction-factor"],
 )
 def test_what_does_not_fit_the_model_fails_on_its_config_before_any_weight_loads(config, peft, message, tmp_path):
     """A folder with a config.json and no weights: the check builds the model's skeleton from its config alone."""

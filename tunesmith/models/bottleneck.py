@@ -76,11 +76,22 @@ def add_adapters(model, cfg: PeftConfig, gradient_checkpointing: bool, name: str
     for param in model.parameters():
         param.requires_grad_(False)
     hidden = model.config.get_text_config().hidden_size
-    size = cfg.bottleneck or max(1, hidden // cfg.reduction_factor)
+    size = bottleneck_size(cfg, hidden)
     attach(model, cfg.placement, name, lambda: Bottleneck(hidden, size, cfg.activation, cfg.dropout))
     if gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed layers need an input that requires grad to backpropagate
     return model
+
+
+def bottleneck_size(cfg: PeftConfig, hidden: int) -> int:
+    """Units of the bottleneck: peft.bottleneck, or hidden // reduction_factor; at least 1 and at most `hidden`."""
+    if cfg.bottleneck is not None and cfg.bottleneck > hidden:
+        raise TunesmithError(f"peft.bottleneck: {cfg.bottleneck} is more than this model's hidden size, {hidden}: an adapter projects down; use at most {hidden}")
+    if cfg.bottleneck is None and cfg.reduction_factor > hidden:
+        raise TunesmithError(
+            f"peft.reduction_factor: {cfg.reduction_factor} leaves no bottleneck unit of this model's hidden size, {hidden}; use at most {hidden}"
+        )
+    return cfg.bottleneck or hidden // cfg.reduction_factor
 
 
 def attach(model, placement: str, name: str, build) -> None:

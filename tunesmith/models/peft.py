@@ -85,6 +85,7 @@ def check_adapters(source_path: str, cfg: PeftConfig, head: str = "causal_lm", t
     if cfg.method == "adapter":
         from tunesmith.models import bottleneck
 
+        bottleneck.bottleneck_size(cfg, skeleton.config.get_text_config().hidden_size)
         bottleneck.blocks(skeleton, cfg.placement)
         return
     check_target_modules(skeleton, cfg.target_modules, cfg.modules_to_save)
@@ -95,6 +96,8 @@ def check_adapters(source_path: str, cfg: PeftConfig, head: str = "causal_lm", t
         wrapped = peft_wrap(skeleton, config, cfg, low_cpu_mem_usage=True)
     if cfg.method == "oft":
         check_oft_blocks(wrapped, cfg.block_size)
+    if rewrites_base(cfg):
+        check_decomposition_rank(wrapped, cfg)
 
 
 def check_oft_blocks(model, block_size: int) -> None:
@@ -112,6 +115,22 @@ def check_oft_blocks(model, block_size: int) -> None:
         raise TunesmithError(
             f"peft.block_size: {block_size} does not divide the input size of {len(odd)} adapted layers (e.g. {name}: {n}); "
             f"use a divisor of {common}, the input sizes' greatest common divisor (e.g. {fits}), or leave those layers out of peft.target_modules"
+        )
+
+
+def check_decomposition_rank(model, cfg: PeftConfig) -> None:
+    """PiSSA and OLoRA take r singular vectors (QR columns) of each adapted weight, at most its smaller side: with a
+    larger r, training ran and saving the adapter at the end failed (the initial adapter, of the smaller rank,
+    no longer fits the configured one)."""
+    from peft.tuners.lora import LoraLayer
+
+    sides = {name: (m.out_features, m.in_features) for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    small = {name: shape for name, shape in sides.items() if min(shape) < cfg.r}
+    if small:
+        name, (rows, columns) = min(small.items(), key=lambda item: min(item[1]))
+        raise TunesmithError(
+            f"peft.r: {cfg.r} is more than the rank of the adapted weight {name} ({rows} x {columns}); init {cfg.init} takes r "
+            f"components of each weight: use r <= {min(rows, columns)}, leave such layers out of peft.target_modules, or use init default or gaussian"
         )
 
 
