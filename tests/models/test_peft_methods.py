@@ -27,6 +27,7 @@ METHODS = {
     "oft": {"method": "oft", "block_size": 4, "dropout": 0.0},  # divides 64 and the MLP's 172
     "lora-pissa": {"method": "lora", "init": "pissa", "r": 4, "alpha": 4, "dropout": 0.0},
     "lora-olora": {"method": "lora", "init": "olora", "r": 4, "alpha": 4, "dropout": 0.0},
+    "lora-embedding": {"method": "lora", "target_modules": ["embed_tokens", "q_proj"], "r": 4, "alpha": 8, "dropout": 0.0},  # failed before step 1
     "lora-variants": {"method": "lora", "init": "gaussian", "use_rslora": True, "dora": True, "lora_plus_ratio": 16, "r": 4, "alpha": 8, "dropout": 0.0},
 }
 # Learning rates at which a handful of steps visibly lower the loss (scaling vectors and virtual tokens move slowly).
@@ -172,7 +173,7 @@ def test_a_model_without_named_blocks_is_refused_clearly():
             self.w = torch.nn.Linear(8, 8)
 
     with pytest.raises(TunesmithError, match="found no decoder layer with an attention block .* use a PEFT method"):
-        add_adapters(Odd(), PeftConfig(method="adapter"), False)
+        add_adapters(Odd(), PeftConfig(method="adapter", reduction_factor=2), False)
 
 
 def test_bottleneck_adapter_saves_safetensors_and_a_config_next_to_the_tokenizer(trained):

@@ -69,8 +69,8 @@ def check(model, collator, sample: list[int], chunked: bool, packing: bool = Tru
     """The checks above, on `sample` (token ids of a training example) and random contexts packed before it.
     `collator` packs (tunesmith.data.batching.Collator); `chunked`: whether add_chunked_loss patched the model.
     packing=False (a model that will not train on packed rows): the chunked loss alone, on `sample` alone."""
-    embeddings = base_of(model).get_input_embeddings()
-    vocab, dtype = embeddings.num_embeddings, embeddings.weight.dtype
+    weight = base_of(model).get_input_embeddings().weight  # (vocab, H); the layer itself may be PEFT's LoRA wrapper
+    vocab, dtype = weight.shape[0], weight.dtype
     generator = torch.Generator().manual_seed(0)
     contexts = [torch.randint(vocab, (24,), generator=generator).tolist() for _ in range(2)]
     b = (sample + contexts[0])[: max(len(sample), 8)][:32]  # a very short example is lengthened, to have tokens to compare

@@ -185,14 +185,16 @@ def ia3_modules(cfg: PeftConfig, model) -> dict:
     keeps its default feedforward list as written, and its reloaded config then fails its own subset check: so the
     targets are leaf names, and a dotted feedforward name (GPT-2's mlp.c_proj, beside attn.c_proj) joins them."""
     from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+    from peft.utils.constants import SEQ_CLS_HEAD_NAMES
 
     names = [name for name, _ in model.named_modules()]
 
     def matched(key: str) -> set[str]:  # as PEFT matches a target: the full name or a dotted suffix
         return {name for name in names if name == key or name.endswith("." + key)}
 
-    head = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()).rsplit(".", 1)[-1]
-    targets = [n for n in linear_module_names(model) if n != head] if cfg.target_modules == "all-linear" else cfg.target_modules
+    # all-linear leaves out the output layer: a language model's head, or a reward model's score (which PEFT trains in full)
+    heads = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is model.get_output_embeddings()} or set(SEQ_CLS_HEAD_NAMES)
+    targets = [n for n in linear_module_names(model) if n not in heads] if cfg.target_modules == "all-linear" else cfg.target_modules
     targeted = set().union(*map(matched, targets))
     feedforward = cfg.feedforward_modules or [n for n in FEEDFORWARD.get(model.config.model_type, []) if matched(n) & targeted]
     if not feedforward:
