@@ -672,6 +672,11 @@ class Recipe(_Section):
         if self.method != "sft" and self.peft.method in SFT_ONLY_PEFT:
             layers = [m for m in PEFT_METHOD_KEYS if m not in ("none", *SFT_ONLY_PEFT)]
             raise ValueError(f"peft.method {self.peft.method!r} trains with method sft only, not {self.method}; use one of {', '.join(layers)} with {self.method}")
+        if self.peft.method == "prefix" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "train.gradient_checkpointing: prefix tuning hands its keys and values to every layer as a cache, which "
+                "transformers' checkpointed layers drop in training; set it to false, or use peft.method prompt or lora"
+            )
         if self.train.token_weights is not None and self.method != "sft":
             raise ValueError(f"train.token_weights: weighs the sft loss, but method is {self.method!r}; remove it")
         if self.train.compile and self.method != "sft":

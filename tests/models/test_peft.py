@@ -259,6 +259,17 @@ def test_bottleneck_and_virtual_tokens_train_with_sft_only():
     assert validate(recipe("dpo", "ia3")).peft.method == "ia3"
 
 
+def test_prefix_tuning_with_gradient_checkpointing_is_refused():
+    """Checkpointed layers drop the cache in training, and with it the prefix: attention then failed on the mask."""
+    from tunesmith.config import validate
+    from tunesmith.errors import ConfigError
+
+    raw = {"model": {"path": "m"}, "data": {"train": "d.jsonl"}, "peft": {"method": "prefix"}, "train": {"gradient_checkpointing": True}}
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing: prefix tuning hands its keys and values to every layer as a cache"):
+        validate(raw)
+    assert validate(raw | {"peft": {"method": "prompt"}}).train.gradient_checkpointing
+
+
 def test_lora_plus_puts_b_matrices_in_a_faster_group():
     from types import SimpleNamespace
 
