@@ -259,3 +259,32 @@ def test_prefix_and_prompt_tuning_turn_packing_off_and_say_so(trained, capsys):
     report = json.loads((run.path / "data_report.json").read_text())
     assert report["batching"]["note"].startswith("packing is off: peft.method 'prompt' puts its virtual tokens before every row")
     assert report["batching"]["mode"] == "grouped"
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix", "ia3"])
+def test_the_model_card_of_a_pushed_adapter_says_how_to_load_it(name, trained, stories_path, tmp_path, monkeypatch):
+    """It said 'a LoRA adapter', AutoPeftModelForCausalLM (which cannot load a bottleneck adapter), merge_and_unload
+    for virtual tokens, and r, alpha and dropout for methods that have none."""
+    from tunesmith.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run, _, logits = trained(name)
+    out = tmp_path / "upload"
+    assert main(["push", str(run.path), "--repo", "me/x", "--dry-run", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "This is an adapter" in card and "LoRA" not in card.split("## Training")[0]
+    adapter_row = next(line for line in card.splitlines() if line.startswith("| adapter |"))
+    if name == "adapter":
+        assert "library_name" not in card.split("---")[1] and "AutoPeftModel" not in card
+        assert "from tunesmith.models.bottleneck import load" in card and "cannot be merged" in card
+        assert adapter_row == "| adapter | adapter, placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0.0 |"
+        from tunesmith.models.bottleneck import load  # the card's own lines, on the uploaded folder
+
+        with torch.no_grad():
+            torch.testing.assert_close(load(base_model(stories_path), out)(input_ids=IDS).logits, logits, atol=1e-5, rtol=1e-4)
+    elif name == "prefix":
+        assert "library_name: peft" in card and "virtual tokens cannot be merged" in card and "merge_and_unload" not in card
+        assert adapter_row == "| adapter | prefix, num_virtual_tokens=4 |"
+    else:
+        assert "merge_and_unload" in card and adapter_row == "| adapter | ia3, target_modules=all-linear |"
