@@ -207,6 +207,17 @@ PEFT_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "vera": ("r", "dropout", *_LAYER_KEYS),
     "oft": ("block_size", "dropout", *_LAYER_KEYS),
 }
+
+
+def peft_settings(peft: dict) -> list[str]:
+    """'key=value' for each key peft.method reads that is set (not None, false or empty), as reports and model
+    cards show an adapter: a method's own settings, never another's defaults."""
+    def shown(value) -> str:
+        return "+".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
+
+    return [f"{key}={shown(peft[key])}" for key in PEFT_METHOD_KEYS[peft["method"]] if peft.get(key) is not None and peft[key] is not False and peft[key] != []]
+
+
 # Bottleneck adapters (tunesmith's own) and virtual tokens train with sft only; the preference and RL trainers take
 # PEFT's layer methods.
 SFT_ONLY_PEFT = ("adapter", "prefix", "prompt")

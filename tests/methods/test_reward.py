@@ -91,7 +91,7 @@ def test_score_refuses_a_run_that_is_not_a_reward_model(tmp_path, capsys):
 
 
 def test_the_report_gives_the_method_settings_in_words(reward_run):
-    assert "; method: reward (center_rewards: none), lora (r=4, alpha=8)" in (Path(reward_run) / "report.md").read_text()
+    assert "; method: reward (center_rewards: none), lora (r=4, alpha=8, dropout=0, target_modules=all-linear, init=default)\n" in (Path(reward_run) / "report.md").read_text()
 
 
 def test_a_reward_run_is_no_starting_model_and_does_not_merge(reward_run):

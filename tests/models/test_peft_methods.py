@@ -278,7 +278,8 @@ def test_the_model_card_of_a_pushed_adapter_says_how_to_load_it(name, trained, s
     if name == "adapter":
         assert "library_name" not in card.split("---")[1] and "AutoPeftModel" not in card
         assert "from tunesmith.models.bottleneck import load" in card and "cannot be merged" in card
-        assert adapter_row == "| adapter | adapter, placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0.0 |"
+        assert adapter_row == "| adapter | adapter, placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0 |"
+        assert "; method: sft, adapter (placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0)\n" in (run.path / "report.md").read_text()
         from tunesmith.models.bottleneck import load  # the card's own lines, on the uploaded folder
 
         with torch.no_grad():

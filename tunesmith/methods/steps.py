@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 
 from tunesmith import checkpoints, distributed
-from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe
+from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe, peft_settings
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
@@ -403,7 +403,7 @@ def write_report(recipe: Recipe, run: RunDir, data_report, steps: int, seconds: 
         f"# Run `{recipe.name}`",
         "",
         f"- model: `{recipe.model.path}`; method: {recipe.method}{detail}, {recipe.peft.method}"
-        + (f" (r={recipe.peft.r}, alpha={shown(recipe.peft.alpha)})" if recipe.peft.method != "none" else ""),
+        + (f" ({', '.join(peft_settings(recipe.peft.model_dump()))})" if recipe.peft.method != "none" else ""),
         f"- trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
         f"- data: {data_report.train.kept} train / {data_report.eval.kept} eval {data_report.kind} examples, "
         f"template `{data_report.template}` (see data_report.md)",

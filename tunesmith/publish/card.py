@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.config import PEFT_METHOD_KEYS
+from tunesmith.config import peft_settings
 
 KIND_TEXT = {
     "adapter": "an adapter",
@@ -204,10 +204,8 @@ def training_section(info: CardInfo) -> str:
     rows = [("method", recipe["method"]), ("base", base), ("weights dtype", model["dtype"])]
     if model.get("quantization") not in (None, "none"):
         rows.append(("quantisation (training)", f"{model['quantization']} {model['quant_type']}"))
-    if peft["method"] != "none":  # the settings the method reads (PEFT_METHOD_KEYS), the unset ones left out
-        own = {key: peft[key] for key in PEFT_METHOD_KEYS[peft["method"]] if peft.get(key) is not None and peft[key] is not False and peft[key] != []}
-        settings = [f"{key}={'+'.join(value) if isinstance(value, list) else value}" for key, value in own.items()]
-        rows.append(("adapter", ", ".join([peft["method"], *settings])))
+    if peft["method"] != "none":
+        rows.append(("adapter", ", ".join([peft["method"], *peft_settings(peft)])))
     length = f"{train['max_steps']} steps" if train.get("max_steps") else f"{train['epochs']} epochs"
     rows += [
         ("length", length),
