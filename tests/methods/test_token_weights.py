@@ -261,3 +261,14 @@ def test_byte_tokens_are_weighted_when_the_span_does_not_tokenise_back(stories_p
     for weights in ({"regex": "서울"}, {"words": ["서울"]}):
         weigh_rows(TokenWeights(**weights, weight=3.0), tok, [], [row])
         assert row["weights"] == [0.0] * start + [3.0] * 6
+
+
+def test_a_weight_column_of_a_csv_file_is_read_as_numbers(stories_path, tmp_path):
+    """Every CSV cell is text: '2.5' was refused as not a number, so no CSV file could carry weights."""
+    data = tmp_path / "d.csv"
+    data.write_text("question,answer,w\nCapital of France?,Paris,2.5\nCapital of Peru?,Lima,0.5\n", encoding="utf-8")
+    run = sft.train(recipe(stories_path, data, tmp_path / "run", {"column": "w"}))
+    assert json.loads((run.path / "data_report.json").read_text())["token_weights"]["share"] == 1.0  # every trained token weighs 2.5 or 0.5
+    data.write_text("question,answer,w\nCapital of France?,Paris,2.5\nCapital of Peru?,Lima,heavy\n", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"d.csv:3: w: train.token_weights.column: expected a number >= 0, found 'heavy'"):
+        sft.train(recipe(stories_path, data, tmp_path / "again", {"column": "w"}))

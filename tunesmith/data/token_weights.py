@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from pathlib import Path
 
 from tunesmith.config import TokenWeights, as_source
 from tunesmith.data.load import read_rows
@@ -133,15 +134,26 @@ def row_values(column: str, entries: list) -> dict[str, float]:
     """where -> the number in `column` of every row of the entries' files; a missing or bad value stops the run."""
     values = {}
     for source in map(as_source, entries):
+        text_cells = any(suffix.lower() in (".csv", ".tsv") for suffix in Path(str(source.path)).suffixes)
         for where, row in read_rows(source.path):
             if isinstance(row, DataError) or not isinstance(row, dict):
                 continue  # counted (or refused) by loading already
             value = row.get(column)
+            if text_cells and isinstance(value, str):  # every CSV cell is text: the number is read from it
+                value = as_number(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise DataError(where, column, f"train.token_weights.column: expected a number >= 0, found {value!r}", "bad_weight",
                                 hint="give every row a weight in that column, or remove train.token_weights.column")
             values[where] = float(value)
     return values
+
+
+def as_number(text: str) -> float | str:
+    """The number a CSV cell holds, or the text itself when it holds none."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def mark_weighted(tokenizer, row: dict) -> str:
