@@ -351,6 +351,9 @@ class TokenWeights(_Section):
             raise ValueError("give words, regex or column (what to weigh)")
         if any(not w.strip() for w in self.words):
             raise ValueError("words: an empty phrase matches nothing; remove it")
+        padded = [w for w in self.words if w != w.strip()]
+        if padded:
+            raise ValueError(f"words: {padded[0]!r} begins or ends with white space; write it without (words match as whole words, wherever they stand)")
         if self.regex is not None:
             try:
                 if re.compile(self.regex).match(""):

@@ -142,6 +142,7 @@ def test_a_row_without_a_weight_in_the_column_is_refused_with_its_line(stories_p
     ({"regex": "("}, "is not a valid regular expression"),
     ({"regex": "x*"}, "matches the empty string"),
     ({"column": "w", "weight": 3.0}, "train.token_weights.weight: applies to the tokens words or regex match"),
+    ({"words": ["Seoul", " refund"]}, "train.token_weights.words: ' refund' begins or ends with white space"),  # would miss it at a reply's start
 ])
 def test_token_weights_that_weigh_nothing_are_refused(weights, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
