@@ -264,7 +264,7 @@ def kill():
 @pytest.mark.parametrize("peft", [
     {"method": "adapter", "placement": "houlsby", "reduction_factor": 4, "dropout": 0.1},  # tunesmith's own, saved in the Trainer's checkpoints as part of the model
     {"method": "prefix", "num_virtual_tokens": 4},  # padded batches (no packing), PEFT's prompt encoder
-    {"method": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "The capital"},
+    {"method": "prompt", "num_virtual_tokens": 8, "prompt_init_text": "The capital"},  # 8 tokens with <s>
 ], ids=["adapter", "prefix", "prompt"])
 def test_a_killed_adapter_or_virtual_token_run_resumes_to_the_weights_of_one_never_stopped(stories_path, data_file, tmp_path, peft):
     raw = raw_recipe(stories_path, data_file, tmp_path / "straight", max_steps=6) | {"peft": peft}

@@ -377,3 +377,12 @@ def test_prefix_tuning_that_does_not_fit_the_attention_is_refused_before_trainin
         wrap_model(falcon, PeftConfig(method="prefix", num_virtual_tokens=3), False)
     llama = wrap_model(tiny_llama().train(), PeftConfig(method="prefix", num_virtual_tokens=3), False)
     assert llama.training  # the check leaves the mode as it found it
+
+
+def test_a_prompt_init_text_longer_than_the_virtual_tokens_is_refused(stories_tokenizer):
+    """PEFT keeps the first num_virtual_tokens of its tokens (<s> counted) and drops the rest without a word."""
+    from tunesmith.models.peft import check_prompt_init
+
+    with pytest.raises(TunesmithError, match=r"peft.prompt_init_text: its 5 tokens are more than peft.num_virtual_tokens \(4\), and only the first 4"):
+        check_prompt_init(PeftConfig(method="prompt", num_virtual_tokens=4, prompt_init_text="Once upon a time"), stories_tokenizer)
+    check_prompt_init(PeftConfig(method="prompt", num_virtual_tokens=5, prompt_init_text="Once upon a time"), stories_tokenizer)

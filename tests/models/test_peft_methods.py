@@ -20,7 +20,7 @@ METHODS = {
     "adapter-houlsby": {"method": "adapter", "placement": "houlsby", "bottleneck": 8, "activation": "gelu", "dropout": 0.0},
     "ia3": {"method": "ia3"},
     "prefix": {"method": "prefix", "num_virtual_tokens": 4},
-    "prompt": {"method": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Once upon a time"},
+    "prompt": {"method": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Once upon"},  # 3 tokens (with <s>), repeated to 4
     "loha": {"method": "loha", "r": 4, "alpha": 8},
     "lokr": {"method": "lokr", "r": 4, "alpha": 8},
     "vera": {"method": "vera", "r": 8, "dropout": 0.0},

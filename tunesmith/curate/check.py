@@ -21,7 +21,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     from tunesmith.data.prepare import prepare_data
     from tunesmith.methods.common import check_optimizer
     from tunesmith.methods.steps import check_positions, load_tokenizer_and_template, plan_batches_into
-    from tunesmith.models.peft import check_adapters
+    from tunesmith.models.peft import check_adapters, check_prompt_init
 
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
@@ -34,6 +34,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_prompt_init(recipe.peft, tokenizer)
     train_rows, eval_rows, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
     if recipe.method in ("sft", "dpo", "reward"):  # the methods that plan their batches
         import importlib

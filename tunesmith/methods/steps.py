@@ -37,7 +37,7 @@ from tunesmith.methods.common import (
     restore_metrics,
     save_checkpoints_atomically,
 )
-from tunesmith.models.peft import VIRTUAL_TOKENS, check_adapters, save_adapter, use_lora_plus
+from tunesmith.models.peft import VIRTUAL_TOKENS, check_adapters, check_prompt_init, save_adapter, use_lora_plus
 from tunesmith.runs import RunDir, environment, plot_loss
 from tunesmith.tracking import check_installed, data_params, open_tracker
 
@@ -86,6 +86,7 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
     check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_prompt_init(recipe.peft, tokenizer)
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     check_positions(recipe, source.path, head, [*train_rows, *eval_rows])
     if run.tracker is not None and not resume:

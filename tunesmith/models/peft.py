@@ -100,6 +100,19 @@ def check_adapters(source_path: str, cfg: PeftConfig, head: str = "causal_lm", t
         check_decomposition_rank(wrapped, cfg)
 
 
+def check_prompt_init(cfg: PeftConfig, tokenizer) -> None:
+    """PEFT initialises prompt tuning's virtual tokens from prompt_init_text's tokens (as its tokenizer call counts
+    them, special tokens included), repeated to num_virtual_tokens, and cuts a longer text without a word."""
+    if cfg.method != "prompt" or cfg.prompt_init_text is None:
+        return
+    tokens = len(tokenizer(cfg.prompt_init_text)["input_ids"])
+    if tokens > cfg.num_virtual_tokens:
+        raise TunesmithError(
+            f"peft.prompt_init_text: its {tokens} tokens are more than peft.num_virtual_tokens ({cfg.num_virtual_tokens}), and only the "
+            f"first {cfg.num_virtual_tokens} would be used; raise num_virtual_tokens to {tokens}, or shorten the text"
+        )
+
+
 def check_oft_blocks(model, block_size: int) -> None:
     """PEFT quietly changes the block size of a layer whose input size it does not divide (with a warning): refused."""
     import math
