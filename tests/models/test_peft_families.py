@@ -44,7 +44,6 @@ METHODS = {
 LR = {"ia3": 0.3, "vera": 0.3, "prefix": 0.1, "prompt": 0.3, "oft": 0.05}
 # What cannot apply, and what the refusal says.
 REFUSED = {
-    ("phi3", "ia3"): "peft.feedforward_modules: PEFT knows no feedforward modules of a 'phi3' model",
     ("gpt2", "loha"): "peft.method 'loha': PEFT cannot wrap this model: Target module of type <class 'transformers.pytorch_utils.Conv1D'> not supported",
     ("gpt2", "lokr"): "peft.method 'lokr': PEFT cannot wrap this model: Target module of type <class 'transformers.pytorch_utils.Conv1D'> not supported",
     ("gpt2", "oft"): "peft.method 'oft': PEFT cannot wrap this model: Target module Conv1D",

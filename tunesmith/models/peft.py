@@ -193,6 +193,10 @@ def peft_config(cfg: PeftConfig, model, task_type: str = "CAUSAL_LM"):
     return built
 
 
+# The MLP's down-projection by its usual names, for IA3 on architectures PEFT has no list for (Phi-3, OLMo 2, ...).
+DOWN_PROJECTIONS = ("down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")
+
+
 def ia3_modules(cfg: PeftConfig, model) -> dict:
     """IA3's targets and, among them, its feedforward modules. PEFT expands all-linear into full module paths but
     keeps its default feedforward list as written, and its reloaded config then fails its own subset check: so the
@@ -209,11 +213,12 @@ def ia3_modules(cfg: PeftConfig, model) -> dict:
     heads = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is model.get_output_embeddings()} or set(SEQ_CLS_HEAD_NAMES)
     targets = [n for n in linear_module_names(model) if n not in heads] if cfg.target_modules == "all-linear" else cfg.target_modules
     targeted = set().union(*map(matched, targets))
-    feedforward = cfg.feedforward_modules or [n for n in FEEDFORWARD.get(model.config.model_type, []) if matched(n) & targeted]
+    known = FEEDFORWARD.get(model.config.model_type) or DOWN_PROJECTIONS  # PEFT's list for the architecture, else the usual names
+    feedforward = cfg.feedforward_modules or [n for n in known if matched(n) & targeted]
     if not feedforward:
         raise TunesmithError(
-            f"peft.feedforward_modules: PEFT knows no feedforward modules of a {model.config.model_type!r} model among "
-            f"{', '.join(targets)}; name the MLP's down-projection (IA3 scales its input, the others' output)"
+            f"peft.feedforward_modules: no MLP down-projection of this {model.config.model_type!r} model is known among "
+            f"{', '.join(targets)} (PEFT's list for it, or {', '.join(DOWN_PROJECTIONS)}); name it (IA3 scales its input, the others' output)"
         )
     outside = [n for n in feedforward if not matched(n) or not matched(n) <= targeted]
     if outside:
