@@ -52,7 +52,8 @@ def test_valid_targets_pass_the_check(stories_path):
     from tunesmith.models.peft import check_adapters
 
     for head in ("causal_lm", "reward"):
-        check_adapters(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
+        check_adapters(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]),
+                       "sft" if head == "causal_lm" else "reward")
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "kto", "reward"])

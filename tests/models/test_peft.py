@@ -337,13 +337,17 @@ def test_ia3_feedforward_modules_must_name_targeted_modules():
          "components of each weight: use r <= 16"),
         (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
          {"method": "lora", "init": "olora", "r": 12}, "peft.r: 12 is more than the rank of the adapted weight base_model.model.model.layers.0.self_attn.k_proj (8 x 16)"),
+        # TRL's SFTTrainer refused it once the model had loaded
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "lora", "target_modules": ["c_attn", "lm_head"]},
+         "peft.target_modules: the output layer cannot take an adapter with method sft"),
         (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "bottleneck": 64},
          "peft.bottleneck: 64 is more than this model's hidden size, 16: an adapter projects down; use at most 16"),
         # was quietly a bottleneck of one unit
         (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "reduction_factor": 32},
          "peft.reduction_factor: 32 leaves no bottleneck unit of this model's hidden size, 16; use at most 16"),
     ],
-    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter", "pissa-rank", "olora-rank", "bottleneck-size", "reduction-factor"],
+    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter", "pissa-rank", "olora-rank", "lora-on-the-head", "bottleneck-size",
+         "reduction-factor"],
 )
 def test_what_does_not_fit_the_model_fails_on_its_config_before_any_weight_loads(config, peft, message, tmp_path):
     """A folder with a config.json and no weights: the check builds the model's skeleton from its config alone."""

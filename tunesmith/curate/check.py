@@ -33,7 +33,7 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     check_optimizer(recipe)
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_adapters(source.path, recipe.peft, recipe.method, recipe.model.trust_remote_code)
     check_prompt_init(recipe.peft, tokenizer)
     train_rows, eval_rows, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
     if recipe.method in ("sft", "dpo", "reward"):  # the methods that plan their batches

@@ -85,7 +85,7 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapters(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_adapters(source.path, recipe.peft, recipe.method, recipe.model.trust_remote_code)
     check_prompt_init(recipe.peft, tokenizer)
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
     check_positions(recipe, source.path, head, [*train_rows, *eval_rows])

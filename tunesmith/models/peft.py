@@ -72,15 +72,18 @@ UNMERGEABLE = {
 VIRTUAL_TOKENS = ("prefix", "prompt")
 
 
-def check_adapters(source_path: str, cfg: PeftConfig, head: str = "causal_lm", trust_remote_code: bool = False) -> None:
+def check_adapters(source_path: str, cfg: PeftConfig, method: str = "sft", trust_remote_code: bool = False) -> None:
     """Put the adapters on the model's skeleton (its modules built from its config on the meta device, no weights
-    read) as training will, so what does not fit fails before the weights load: a target name the model lacks, a
-    layer type the method cannot take (GPT-2's Conv1D under loha, lokr and oft), IA3 without feedforward modules,
-    bottleneck adapters on a model without named attention and MLP blocks."""
+    read) as training method `method` will, so what does not fit fails before the weights load: a target name the
+    model lacks, a layer type the method cannot take (GPT-2's Conv1D under loha, lokr and oft), IA3 without
+    feedforward modules, bottleneck adapters on a model without named attention and MLP blocks, ..."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     from tunesmith.models.load import model_skeleton
 
     if cfg.method not in (*LAYER_METHODS, "adapter"):
         return
+    head = "reward" if method == "reward" else "causal_lm"
     skeleton = model_skeleton(source_path, head, trust_remote_code)
     if cfg.method == "adapter":
         from tunesmith.models import bottleneck
@@ -98,6 +101,12 @@ def check_adapters(source_path: str, cfg: PeftConfig, head: str = "causal_lm", t
         check_oft_blocks(wrapped, cfg.block_size)
     if rewrites_base(cfg):
         check_decomposition_rank(wrapped, cfg)
+    if method == "sft" and isinstance(wrapped.get_output_embeddings(), BaseTunerLayer):
+        # TRL's SFTTrainer refuses it once the model is loaded: its loss reads the output layer's weight itself
+        raise TunesmithError(
+            "peft.target_modules: the output layer cannot take an adapter with method sft (TRL computes the loss from its "
+            "weight directly, so the adapter would never train); leave it out, or train it in full: peft.modules_to_save: [lm_head]"
+        )
 
 
 def check_prompt_init(cfg: PeftConfig, tokenizer) -> None:
