@@ -272,5 +272,9 @@ def test_a_killed_adapter_or_virtual_token_run_resumes_to_the_weights_of_one_nev
     recipe = validate(raw | {"output_dir": str(tmp_path / "run")})
     with pytest.raises(Killed):
         sft.train(recipe, callbacks=[At(5, kill)])  # after checkpoint-4, before checkpoint-6 and the final save
-    assert RunDir(tmp_path / "run").last_checkpoint().name == "checkpoint-4"
+    checkpoint = RunDir(tmp_path / "run").last_checkpoint()
+    assert checkpoint.name == "checkpoint-4"
+    if peft["method"] == "adapter":  # the adapters' weights alone: the Trainer saved the whole model, base and all
+        saved = load_file(checkpoint / "model.safetensors")
+        assert saved and all(".bottleneck.adapters.default." in key for key in saved)
     assert_same_run(sft.train(recipe, resume=True), straight)

@@ -29,7 +29,7 @@ from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_b
 from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, save_cpu_memory, start, write_data_report
-from tunesmith.models import attention, lm_loss
+from tunesmith.models import attention, bottleneck, lm_loss
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import VIRTUAL_TOKENS, count_parameters, wrap_model
 from tunesmith.runs import RunDir
@@ -164,6 +164,18 @@ class PlannedBatches:
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counted every rank's tokens; DDP averages
         return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Checkpoints of bottleneck adapters hold the adapters' weights, not the whole model: the Trainer saves a
+        model that is not a PeftModel whole, a copy of the frozen base in every checkpoint (14 GB for a 7B model)."""
+        if state_dict is None and bottleneck.sites(self.model):
+            state_dict = {k: v for k, v in self.model.state_dict().items() if bottleneck.INFIX in k}
+        super()._save(output_dir, state_dict)
+
+    def _issue_warnings_after_load(self, load_result):
+        if bottleneck.sites(self.model):  # resuming, or keep_best: the base's weights are not in the checkpoint, by design
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if bottleneck.INFIX in k])
+        super()._issue_warnings_after_load(load_result)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """The step's trained tokens, or with token weights the sum of their weights (see compute_loss)."""

@@ -34,6 +34,7 @@ MLP = ("mlp", "feed_forward", "ffn")
 PLACES = {"houlsby": ("attention", "mlp"), "pfeiffer": ("mlp",)}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 KIND = "bottleneck"
+INFIX = ".bottleneck.adapters."  # in the state-dict keys of every adapter's weights: model.layers.0.mlp.bottleneck.adapters.default.up.weight
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -144,7 +145,7 @@ def active(model, name: str | None):
 
 def adapter_state(model, name: str) -> dict[str, torch.Tensor]:
     """The weights of adapter `name`, keyed by where they sit (its name left out, so another name can load them)."""
-    infix = f".bottleneck.adapters.{name}."
+    infix = f"{INFIX}{name}."
     return {key.replace(infix, ".bottleneck."): value.detach().contiguous() for key, value in model.state_dict().items() if infix in key}
 
 
@@ -182,7 +183,7 @@ def load(model, folder: Path, name: str = "default"):
         )
     attach(model, config["placement"], name, lambda: Bottleneck(hidden, config["bottleneck"], config["activation"], config["dropout"]))
     saved = load_file(str(folder / WEIGHTS))
-    infix = f".bottleneck.adapters.{name}."
+    infix = f"{INFIX}{name}."
     expected = {key.replace(infix, ".bottleneck."): key for key in model.state_dict() if infix in key}
     if set(saved) != set(expected):
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
