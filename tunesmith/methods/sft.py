@@ -168,8 +168,8 @@ class PlannedBatches:
     def _save(self, output_dir=None, state_dict=None):
         """Checkpoints of bottleneck adapters hold the adapters' weights, not the whole model: the Trainer saves a
         model that is not a PeftModel whole, a copy of the frozen base in every checkpoint (14 GB for a 7B model)."""
-        if state_dict is None and bottleneck.sites(self.model):
-            state_dict = {k: v for k, v in self.model.state_dict().items() if bottleneck.INFIX in k}
+        if bottleneck.sites(self.model):  # state_dict: the whole model's, gathered by DeepSpeed
+            state_dict = {k: v for k, v in (self.model.state_dict() if state_dict is None else state_dict).items() if bottleneck.INFIX in k}
         super()._save(output_dir, state_dict)
 
     def _issue_warnings_after_load(self, load_result):
