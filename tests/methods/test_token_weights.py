@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from tunesmith.config import validate
 from tunesmith.data.prepare import prepare_data
@@ -38,17 +38,17 @@ def recipe(model, data_file, out, weights, **train):
     })
 
 
-def by_hand(model_path, r, weigh) -> float:
+def by_hand(model_path, r, weigh, model=None) -> float:
     """sum(w * ce) / sum(w) over every trained token of every example, each example run alone through the base
-    model (LoRA starts as the identity); weigh(ids, labels, k) gives example k's weight per token."""
+    model (LoRA starts as the identity), or through `model`; weigh(ids, labels, k) gives example k's weight per token."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows, _, _ = prepare_data(r.data, tokenizer, resolve_template("chatml", tokenizer), seed=r.train.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     total = weight = 0.0
     with torch.no_grad():
         for k, row in enumerate(rows):
             ids = torch.tensor([row["input_ids"]])
-            logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            logprobs = model(input_ids=ids).logits[0, -len(ids[0]):-1].log_softmax(-1)  # prompt tuning's begin with its virtual tokens'
             w = weigh(row["input_ids"], row["labels"], int(row["where"].rsplit(":", 1)[1]) - 1)
             for t in range(1, len(ids[0])):
                 if row["labels"][t] != -100:
@@ -273,3 +273,24 @@ def test_a_weight_column_of_a_csv_file_is_read_as_numbers(stories_path, tmp_path
     data.write_text("question,answer,w\nCapital of France?,Paris,2.5\nCapital of Peru?,Lima,heavy\n", encoding="utf-8")
     with pytest.raises(TunesmithError, match=r"d.csv:3: w: train.token_weights.column: expected a number >= 0, found 'heavy'"):
         sft.train(recipe(stories_path, data, tmp_path / "again", {"column": "w"}))
+
+
+class ModelAtStart(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        import copy
+
+        self.model = copy.deepcopy(model).eval()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-loss", "models-own-logits"])
+def test_prompt_tuning_weighs_the_tokens_after_its_virtual_tokens(stories_path, weighted_file, tmp_path, monkeypatch, chunked):
+    """PEFT puts the virtual tokens before the labels, not before the weights: step 1 stopped with an IndexError."""
+    if not chunked:
+        monkeypatch.setattr(sft.lm_loss, "add_chunked_loss", lambda model: "planted")
+    r = recipe(stories_path, weighted_file, tmp_path / "run", {"words": ["Seoul"], "weight": 3.0}, packing=False, group_by_length=False, batch_size=8)
+    r = r.model_copy(update={"peft": r.peft.model_validate({"method": "prompt", "num_virtual_tokens": 4})})
+    start = ModelAtStart()
+    run = sft.train(r, callbacks=[start])
+    tokenizer = AutoTokenizer.from_pretrained(stories_path)
+    expected = by_hand(stories_path, r, word_weights(tokenizer, "Seoul", 3.0), model=start.model)
+    assert first_loss(run) == pytest.approx(expected, abs=1e-5)

@@ -155,7 +155,8 @@ class PlannedBatches:
         weights = inputs.pop("weights", None)  # (B, T), 0 where not trained
         if weights is not None and not self.chunked_loss:
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
-            total = losses.weighted_cross_entropy(outputs.logits, inputs["labels"], weights)
+            logits = outputs.logits[:, -inputs["labels"].shape[1]:]  # prompt tuning's logits begin with its virtual tokens'
+            total = losses.weighted_cross_entropy(logits, inputs["labels"], weights)
             loss = total / (weights[:, 1:].sum() if num_items_in_batch is None else num_items_in_batch)
         else:
             extra = ({"chunked_loss": True} if self.chunked_loss else {}) | ({"token_weights": weights} if weights is not None else {})

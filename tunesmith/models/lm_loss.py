@@ -48,6 +48,9 @@ def add_chunked_loss(model) -> str | None:
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts label t+1
         targets = labels[:, 1:].to(hidden.device)
         trained = targets != -100
+        if token_weights is not None and token_weights.shape[1] < labels.shape[1]:
+            # prompt tuning: PEFT put its virtual tokens (labels -100) before the labels, not before the weights
+            token_weights = torch.nn.functional.pad(token_weights, (labels.shape[1] - token_weights.shape[1], 0))
         weights = None if token_weights is None else token_weights[:, 1:].to(hidden.device)[trained]  # (N,)
         out = self.get_output_embeddings()
         total = linear_cross_entropy(hidden[trained], out.weight, out.bias, targets[trained], softcap, weights)
