@@ -289,3 +289,15 @@ def test_the_model_card_of_a_pushed_adapter_says_how_to_load_it(name, trained, s
         assert adapter_row == "| adapter | prefix, num_virtual_tokens=4 |"
     else:
         assert "merge_and_unload" in card and adapter_row == "| adapter | ia3, target_modules=all-linear |"
+
+
+@pytest.mark.parametrize("name", ["prompt", "prefix"])
+def test_generate_answers_a_prompt_the_same_alone_and_in_a_batch(name, trained):
+    """eval, generate and chat batch their prompts left-padded: PEFT's prompt tuning put its virtual tokens before a
+    shorter prompt's padding and numbered positions through it, so that prompt answered otherwise in a batch."""
+    from tunesmith.eval.generate import generate_ids, load_for_inference
+
+    loaded = load_for_inference(str(trained(name)[0].path))
+    prompts = [[1, 403, 261, 378, 504], [1, 300, 301, 77, 88, 99, 111, 120, 130]]
+    alone = [generate_ids(loaded, [p], 10, 1, False, [], {})[0] for p in prompts]
+    assert generate_ids(loaded, prompts, 10, 2, False, [], {}) == alone
