@@ -301,3 +301,20 @@ def test_generate_answers_a_prompt_the_same_alone_and_in_a_batch(name, trained):
     prompts = [[1, 403, 261, 378, 504], [1, 300, 301, 77, 88, 99, 111, 120, 130]]
     alone = [generate_ids(loaded, [p], 10, 1, False, [], {})[0] for p in prompts]
     assert generate_ids(loaded, prompts, 10, 2, False, [], {}) == alone
+
+
+def test_perplexity_of_a_prompt_tuned_run_scores_the_text_after_its_virtual_tokens(trained):
+    """Its logits begin with the virtual tokens': perplexity read them as the text's, and gave a wrong number."""
+    from tunesmith.data.formats import Example
+    from tunesmith.eval.generate import load_for_inference
+    from tunesmith.eval.perplexity import nll_sums
+
+    loaded = load_for_inference(str(trained("prompt")[0].path))
+    texts = ["Once upon a time there was a cat.", "The dog ran to the big tree in the park."]
+    sums, counts = nll_sums(loaded, [Example(messages=None, text=t, where=f"t:{i}") for i, t in enumerate(texts)], batch_size=2)
+    for text, total, n in zip(texts, sums, counts):
+        ids = loaded.tokenizer(loaded.template.bos_text + text + loaded.template.eos_text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -len(ids):]
+        expected = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum").item()
+        assert n == len(ids) - 1 and total == pytest.approx(expected, rel=1e-4)
