@@ -37,6 +37,8 @@ METHODS = {
     "vera": {"method": "vera", "r": 256},
     "oft": {"method": "oft", "block_size": 16},
 }
+# OFT's block size must divide every adapted layer's input size: stories260K's MLP is 172 wide.
+MODEL_METHODS = {"stories260K": {"oft": {"method": "oft", "block_size": 4}}}
 
 
 def child(model: str, peft: dict, steps: int, folder: str) -> None:
@@ -84,7 +86,7 @@ def main() -> None:
     for name in args.methods.split(","):
         with tempfile.TemporaryDirectory() as folder:
             out = subprocess.run(
-                [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--child", json.dumps(METHODS[name])],
+                [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--child", json.dumps(MODEL_METHODS.get(args.model, {}).get(name, METHODS[name]))],
                 env={**env, "BENCH_FOLDER": folder}, capture_output=True, text=True,
             )
         if out.returncode:

@@ -115,6 +115,22 @@ def test_an_engine_the_launch_cannot_run_is_refused_naming_the_key(monkeypatch):
         distributed.engine(recipe(distributed="fsdp"))
 
 
+def test_bottleneck_adapters_under_sharded_weights_are_refused_before_training(monkeypatch):
+    """The refusal came when saving the adapter, after the whole run had trained."""
+    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(distributed, "accelerators_present", lambda: True)  # as on a GPU machine
+    adapter = {"model": {"path": "m"}, "data": {"train": "t.jsonl"}, "peft": {"method": "adapter"}}
+    for engine in ("fsdp", "deepspeed_zero3"):
+        with pytest.raises(ConfigError, match=rf"train.distributed: '{engine}' shards the weights, which peft.method 'adapter' .* use ddp or deepspeed_zero2"):
+            distributed.engine(validate(adapter | {"train": {"distributed": engine}}), processes=2)
+    assert distributed.engine(validate(adapter | {"train": {"distributed": "deepspeed_zero2"}}), processes=2) == "deepspeed_zero2"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # the same stage chosen by the accelerate config
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ConfigError, match="shards the weights"):
+        distributed.engine(validate(adapter), processes=2)
+
+
 def test_fsdp_and_deepspeed_on_a_machine_without_gpus_are_refused_not_run_as_ddp(monkeypatch):
     """accelerate sets FSDP and DeepSpeed up on accelerators only: on CPU processes it wraps the model in DDP."""
     for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):

@@ -209,6 +209,20 @@ PEFT_METHOD_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def peft_settings(peft: dict) -> list[str]:
+    """'key=value' for each key peft.method reads that is set (not None, false or empty), as reports and model
+    cards show an adapter: a method's own settings, never another's defaults."""
+    def shown(value) -> str:
+        return "+".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
+
+    return [f"{key}={shown(peft[key])}" for key in PEFT_METHOD_KEYS[peft["method"]] if peft.get(key) is not None and peft[key] is not False and peft[key] != []]
+
+
+# Bottleneck adapters (tunesmith's own) and virtual tokens train with sft only; the preference and RL trainers take
+# PEFT's layer methods.
+SFT_ONLY_PEFT = ("adapter", "prefix", "prompt")
+
+
 class PeftConfig(_Section):
     """Which weights train: all of them (none), or an adapter. Each method reads only its own keys
     (PEFT_METHOD_KEYS); a key of another method is an error."""
@@ -286,6 +300,13 @@ class PeftConfig(_Section):
                 f"peft.init: {self.init!r} rewrites the base weights from their decomposition, which a 4-bit base cannot hold; "
                 "use peft.method lora, or init default or gaussian"
             )
+        if self.dora and self.init in ("pissa", "olora"):
+            # The adapter is saved converted to the original base (rank 2r), a conversion of the low-rank factors
+            # alone: DoRA's magnitude vectors are left out, and the saved adapter would not be the trained model.
+            raise ValueError(
+                f"peft.dora: DoRA cannot be saved against the original base after peft.init {self.init!r} (its magnitude "
+                "vectors do not convert); use init default or gaussian with dora, or dora: false"
+            )
         return self
 
 
@@ -317,7 +338,8 @@ class TokenWeights(_Section):
     matches it (1 elsewhere), times its row's `column` value; the loss is the weighted mean over trained tokens."""
 
     words: list[str] = Field(
-        [], description="Words or phrases to up-weight, each matched as a whole token sequence (as written, and after a space) among the trained tokens."
+        [], description="Words or phrases to up-weight, matched as whole words in the text of the trained spans (a Korean word with its particles); "
+        "the tokens that overlap a match are up-weighted."
     )
     regex: str | None = Field(None, description="A regular expression over each trained span's text; the tokens that overlap a match are up-weighted.")
     weight: float = Field(2.0, gt=0, description="The weight of the tokens words or regex match.")
@@ -329,6 +351,9 @@ class TokenWeights(_Section):
             raise ValueError("give words, regex or column (what to weigh)")
         if any(not w.strip() for w in self.words):
             raise ValueError("words: an empty phrase matches nothing; remove it")
+        padded = [w for w in self.words if w != w.strip()]
+        if padded:
+            raise ValueError(f"words: {padded[0]!r} begins or ends with white space; write it without (words match as whole words, wherever they stand)")
         if self.regex is not None:
             try:
                 if re.compile(self.regex).match(""):
@@ -665,6 +690,14 @@ class Recipe(_Section):
         return self
 
     def _check_method_sections(self) -> None:
+        if self.method != "sft" and self.peft.method in SFT_ONLY_PEFT:
+            layers = [m for m in PEFT_METHOD_KEYS if m not in ("none", *SFT_ONLY_PEFT)]
+            raise ValueError(f"peft.method {self.peft.method!r} trains with method sft only, not {self.method}; use one of {', '.join(layers)} with {self.method}")
+        if self.peft.method == "prefix" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "train.gradient_checkpointing: prefix tuning hands its keys and values to every layer as a cache, which "
+                "transformers' checkpointed layers drop in training; set it to false, or use peft.method prompt or lora"
+            )
         if self.train.token_weights is not None and self.method != "sft":
             raise ValueError(f"train.token_weights: weighs the sft loss, but method is {self.method!r}; remove it")
         if self.train.compile and self.method != "sft":

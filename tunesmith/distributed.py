@@ -80,6 +80,12 @@ def engine(recipe, processes: int | None = None) -> str:
             f"train.distributed: method {recipe.method!r} trains on one process only (its own loop, not a Trainer "
             f"accelerate distributes); run it without a launcher, or use one of {', '.join(METHODS)}"
         )
+    if chosen in ("fsdp", "deepspeed_zero3") and recipe.peft.method == "adapter":
+        # tunesmith's bottleneck adapters are saved from the model on rank 0, which sharding leaves without them
+        raise ConfigError(
+            f"train.distributed: {chosen!r} shards the weights, which peft.method 'adapter' (tunesmith's bottleneck adapters) "
+            "cannot be saved from; use ddp or deepspeed_zero2, or a PEFT method such as lora"
+        )
     if chosen.startswith(("fsdp", "deepspeed")) and not accelerators_present():
         # accelerate sets FSDP and DeepSpeed up on GPUs (and other accelerators) only: on CPU processes it would
         # train DDP under a run that says fsdp

@@ -255,3 +255,26 @@ def test_a_run_resumed_at_its_lowered_last_step_trains_nothing_more(stories_path
     saved = load_file(out / "adapter" / "adapter_model.safetensors")
     at_4 = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
     assert saved.keys() == at_4.keys() and all(torch.equal(saved[k], at_4[k]) for k in saved)  # checkpoint-4, untrained further
+
+
+def kill():
+    raise Killed
+
+
+@pytest.mark.parametrize("peft", [
+    {"method": "adapter", "placement": "houlsby", "reduction_factor": 4, "dropout": 0.1},  # tunesmith's own, saved in the Trainer's checkpoints as part of the model
+    {"method": "prefix", "num_virtual_tokens": 4},  # padded batches (no packing), PEFT's prompt encoder
+    {"method": "prompt", "num_virtual_tokens": 8, "prompt_init_text": "The capital"},  # 8 tokens with <s>
+], ids=["adapter", "prefix", "prompt"])
+def test_a_killed_adapter_or_virtual_token_run_resumes_to_the_weights_of_one_never_stopped(stories_path, data_file, tmp_path, peft):
+    raw = raw_recipe(stories_path, data_file, tmp_path / "straight", max_steps=6) | {"peft": peft}
+    straight = sft.train(validate(raw))
+    recipe = validate(raw | {"output_dir": str(tmp_path / "run")})
+    with pytest.raises(Killed):
+        sft.train(recipe, callbacks=[At(5, kill)])  # after checkpoint-4, before checkpoint-6 and the final save
+    checkpoint = RunDir(tmp_path / "run").last_checkpoint()
+    assert checkpoint.name == "checkpoint-4"
+    if peft["method"] == "adapter":  # the adapters' weights alone: the Trainer saved the whole model, base and all
+        saved = load_file(checkpoint / "model.safetensors")
+        assert saved and all(".bottleneck.adapters.default." in key for key in saved)
+    assert_same_run(sft.train(recipe, resume=True), straight)

@@ -35,8 +35,8 @@ def recipe(model_path, folder, out, **sections):
                   "warmup": 0, "scheduler": "constant"},
         "output_dir": str(out),
     }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
+    for section, values in sections.items():  # a peft section replaces the LoRA one: other methods take other keys
+        raw[section] = values if section == "peft" else {**raw.get(section, {}), **values}
     return validate(raw)
 
 
@@ -91,7 +91,7 @@ def test_score_refuses_a_run_that_is_not_a_reward_model(tmp_path, capsys):
 
 
 def test_the_report_gives_the_method_settings_in_words(reward_run):
-    assert "; method: reward (center_rewards: none), lora (r=4, alpha=8)" in (Path(reward_run) / "report.md").read_text()
+    assert "; method: reward (center_rewards: none), lora (r=4, alpha=8, dropout=0, target_modules=all-linear, init=default)\n" in (Path(reward_run) / "report.md").read_text()
 
 
 def test_a_reward_run_is_no_starting_model_and_does_not_merge(reward_run):
@@ -104,3 +104,17 @@ def test_a_reward_run_is_no_starting_model_and_does_not_merge(reward_run):
         resolve_source(ModelConfig(path=reward_run))
     with pytest.raises(TunesmithError, match="is a reward model"):
         merge_run(reward_run, "unused")
+
+
+@pytest.mark.parametrize("peft", [
+    {"method": "ia3"},  # all-linear looked for a language model's output layer, which a reward model has not: StopIteration
+    {"method": "lora", "r": 4, "target_modules": ["embed_tokens", "q_proj"], "dropout": 0.0},  # the packing check read num_embeddings of PEFT's wrapper
+], ids=["ia3", "lora-on-the-embeddings"])
+def test_reward_models_train_with_other_adapters(stories_path, pairs, tmp_path, peft):
+    snap = Snapshot()
+    run = train(recipe(stories_path, pairs, tmp_path / "run", peft=peft, train={"max_steps": 3, "eval_steps": None, "save_steps": None}), callbacks=[snap])
+    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    assert losses[-1] < losses[0]
+    changed = {n for n in snap.before if not torch.equal(snap.before[n], snap.after[n])}
+    assert any("score" in n for n in changed) and any(("ia3_l" in n or "lora_" in n) for n in changed)
+    assert changed <= snap.trainable

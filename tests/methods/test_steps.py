@@ -47,12 +47,46 @@ def test_adapter_targets_are_checked_before_the_weights_load(stories_path, tmp_p
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("positions, peft, message", [
+    (64, {"method": "lora"}, "data.max_length: 2048: the longest example has 77 tokens, but this model has 64 learned positions"),
+    (90, {"method": "prompt", "num_virtual_tokens": 20}, "the longest example has 77 tokens after 20 virtual tokens (peft.num_virtual_tokens), "
+     "but this model has 90 learned positions (absolute position embeddings), and a longer sequence would stop training with an IndexError; "
+     "set data.max_length to at most 70 or lower peft.num_virtual_tokens"),
+], ids=["longer-than-gpt2-positions", "virtual-tokens-push-it-over"])
+def test_examples_longer_than_learned_positions_are_refused_before_the_model_loads(stories_path, tmp_path, monkeypatch, positions, peft, message):
+    """GPT-2's position table ends (at 1,024 in the real one): a longer example stopped training with an IndexError."""
+    import json
+    import re
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunesmith.config import validate
+    from tunesmith.errors import ConfigError
+    from tunesmith.methods import sft
+
+    model = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=512, n_positions=positions)).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(stories_path / name, model / name)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "Tell me a story about cat.", "answer": "Once upon a time there was a cat."}) + "\n")
+    monkeypatch.setattr(sft, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    recipe = validate({"model": {"path": str(model)}, "data": {"train": str(data), "template": "chatml"}, "peft": peft, "output_dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sft.train(recipe)
+    from tunesmith.methods.steps import check_positions
+
+    check_positions(recipe, str(stories_path), "causal_lm", [{"input_ids": [1] * 4096}])  # rotary (Llama): no table to run out of
+
+
 def test_valid_targets_pass_the_check(stories_path):
     from tunesmith.config import PeftConfig
-    from tunesmith.models.peft import check_adapter_targets
+    from tunesmith.models.peft import check_adapters
 
     for head in ("causal_lm", "reward"):
-        check_adapter_targets(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]), head)
+        check_adapters(str(stories_path), PeftConfig(target_modules=["q_proj", "self_attn.v_proj"], modules_to_save=["lm_head" if head == "causal_lm" else "score"]),
+                       "sft" if head == "causal_lm" else "reward")
 
 
 @pytest.mark.parametrize("method, trim", [("sft", True), ("dpo", True), ("kto", True), ("reward", True), ("sft", False)])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from tunesmith.config import validate
 from tunesmith.data.prepare import prepare_data
@@ -38,17 +38,17 @@ def recipe(model, data_file, out, weights, **train):
     })
 
 
-def by_hand(model_path, r, weigh) -> float:
+def by_hand(model_path, r, weigh, model=None) -> float:
     """sum(w * ce) / sum(w) over every trained token of every example, each example run alone through the base
-    model (LoRA starts as the identity); weigh(ids, labels, k) gives example k's weight per token."""
+    model (LoRA starts as the identity), or through `model`; weigh(ids, labels, k) gives example k's weight per token."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows, _, _ = prepare_data(r.data, tokenizer, resolve_template("chatml", tokenizer), seed=r.train.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     total = weight = 0.0
     with torch.no_grad():
         for k, row in enumerate(rows):
             ids = torch.tensor([row["input_ids"]])
-            logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            logprobs = model(input_ids=ids).logits[0, -len(ids[0]):-1].log_softmax(-1)  # prompt tuning's begin with its virtual tokens'
             w = weigh(row["input_ids"], row["labels"], int(row["where"].rsplit(":", 1)[1]) - 1)
             for t in range(1, len(ids[0])):
                 if row["labels"][t] != -100:
@@ -58,7 +58,8 @@ def by_hand(model_path, r, weigh) -> float:
 
 
 def word_weights(tokenizer, word, up):
-    """up where the ids of " word" (SentencePiece writes the space) occur among trained labels, else 1."""
+    """up where the ids of " word" (SentencePiece writes the space) occur among trained labels, else 1. In this
+    data every match is a whole word after a space, where these ids are exactly the tokens that overlap the word."""
     seqs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (word, " " + word)]
 
     def weigh(ids, labels, k):
@@ -141,6 +142,7 @@ def test_a_row_without_a_weight_in_the_column_is_refused_with_its_line(stories_p
     ({"regex": "("}, "is not a valid regular expression"),
     ({"regex": "x*"}, "matches the empty string"),
     ({"column": "w", "weight": 3.0}, "train.token_weights.weight: applies to the tokens words or regex match"),
+    ({"words": ["Seoul", " refund"]}, "train.token_weights.words: ' refund' begins or ends with white space"),  # would miss it at a reply's start
 ])
 def test_token_weights_that_weigh_nothing_are_refused(weights, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -178,3 +180,117 @@ def test_the_multi_process_filler_carries_a_zero_weight_beside_weighted_rows():
     packed = Collator(pad_token_id=0, packed=True)([data[1]])
     assert packed["weights"].tolist() == [[0.0]] and packed["labels"].tolist() == [[-100]]
     assert "weights" not in filler_like([{"input_ids": [5], "labels": [5]}])
+
+
+def weighted_runs(tokenizer, prompt, reply, **weights):
+    """The texts of the runs of up-weighted tokens when `reply` (trained) follows `prompt` (untrained)."""
+    from tunesmith.config import TokenWeights
+    from tunesmith.data.token_weights import weigh_rows
+
+    enc = tokenizer(prompt + reply, add_special_tokens=False, return_offsets_mapping=True)  # one text, as a template renders it
+    ids, labels = enc["input_ids"], [t if a >= len(prompt) else -100 for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
+    row = {"input_ids": ids, "labels": labels, "where": "x.jsonl:1"}
+    report = weigh_rows(TokenWeights(**weights), tokenizer, [], [row])
+    runs, run = [], []
+    for token, w in zip(row["input_ids"], row["weights"]):
+        if w > 1:
+            run.append(token)
+        elif run:
+            runs, run = [*runs, tokenizer.decode(run).strip()], []
+    return runs + ([tokenizer.decode(run).strip()] if run else []), report
+
+
+@pytest.mark.parametrize("tokenizer", ["smollm2", "stories260K"])
+@pytest.mark.parametrize("prompt, reply, words, expected", [
+    # At the start of a reply: SentencePiece writes no space there, so " Seoul"'s tokens were not found.
+    ("Capital?\n", "Seoul is the capital. We love Seoul.", ["Seoul"], ["Seoul", "Seoul"]),
+    ("Q\n", "(Seoul) is it.", ["Seoul"], ["Seoul"]),
+    # Inside a longer word: not that word ("ref"+"und" matched in "nonrefundable", "▁c"+"at" in "catalog").
+    ("Q\n", "It is nonrefundable, ask for a refund.", ["refund"], ["refund"]),
+    ("Q\n", "The catalog lists one cat.", ["cat"], ["cat"]),
+    ("Q\n", "See the refund policy, not the refund.", ["refund policy"], ["refund policy"]),
+    # Korean: a word with its particles; in the prompt too, but only the reply trains.
+    ("서울에 대해 알려 주세요\n", "서울에서 만나요. 서울은 크다. 불서울", ["서울"], ["서울", "서울"]),
+    ("Q\n", "환불해 주세요. 환불 정책은 7일입니다.", ["환불 정책"], ["환불 정책"]),
+    # Written without spaces: anywhere.
+    ("Q\n", "私は東京に行きます。", ["東京"], ["東京"]),
+], ids=["reply-start", "punctuation", "inside-a-word", "prefix-of-a-word", "phrase", "korean-particles", "korean-phrase", "japanese"])
+def test_words_are_whole_words_of_the_trained_text_whatever_the_tokenizer(tokenizer, prompt, reply, words, expected, smol_tokenizer, stories_path):
+    tok = smol_tokenizer if tokenizer == "smollm2" else AutoTokenizer.from_pretrained(stories_path)
+    runs, report = weighted_runs(tok, prompt, reply, words=words, weight=3.0)
+    assert runs == expected
+    assert report["words"] == {words[0]: len(expected)}
+
+
+def test_every_byte_token_of_a_korean_word_is_weighted(smol_tokenizer):
+    """Byte-level BPE spells 서울 in six tokens, none a whole character: all six are weighted, nothing else."""
+    runs, report = weighted_runs(smol_tokenizer, "Q\n", "서울에서 만나요.", words=["서울"], weight=3.0)
+    assert runs == ["서울"] and report["weighted_tokens"] == len(smol_tokenizer("서울", add_special_tokens=False)["input_ids"])
+
+
+def test_a_step_of_rows_that_all_weigh_0_trains_nothing_and_does_not_stop_the_run(stories_path, tmp_path):
+    """Seven rows of weight 0 and one of 1, four rows a step: one of the first two steps has nothing to learn. Its
+    loss was 0/0, NaN, and the run stopped as 'diverged'."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Capital of {c}?", "answer": f"It is {a}.", "w": int(k == 0)}) + "\n"
+                            for k, (c, a) in enumerate(CAPITALS)))
+    run = sft.train(recipe(stories_path, data, tmp_path / "run", {"column": "w"}, max_steps=2, packing=False, group_by_length=False, batch_size=4))
+    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    assert sorted(losses)[0] == 0.0 and sorted(losses)[1] > 0  # the empty step, and the step with the row of weight 1
+    assert "7 training rows have weight 0 in the column: they train nothing" in (run.path / "data_report.md").read_text()
+
+
+def test_rows_that_all_weigh_0_are_refused(stories_path, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": "a?", "answer": "b", "w": 0}) + "\n" for _ in range(3)))
+    with pytest.raises(ConfigError, match="train.token_weights.column: every training row has weight 0 in column 'w', so nothing would train"):
+        sft.train(recipe(stories_path, data, tmp_path / "run", {"column": "w"}))
+
+
+def test_byte_tokens_are_weighted_when_the_span_does_not_tokenise_back(stories_path):
+    """stories260K spells 서울 in byte tokens; a span that begins after the untrained '▁' decodes to a text that does
+    not tokenise back to it, and the offsets come from decoding token by token: every byte of a character holds it
+    (the first two bytes of each held nothing, and were not weighted)."""
+    from tunesmith.config import TokenWeights
+    from tunesmith.data.token_weights import weigh_rows
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    ids = tok("The 서울", add_special_tokens=False)["input_ids"]
+    start = ids.index(tok.convert_tokens_to_ids("<0xEC>"))
+    row = {"input_ids": ids, "labels": [-100] * start + ids[start:], "where": "x.jsonl:1"}
+    assert tok(tok.decode(ids[start:]), add_special_tokens=False)["input_ids"] != ids[start:]  # the fallback path
+    for weights in ({"regex": "서울"}, {"words": ["서울"]}):
+        weigh_rows(TokenWeights(**weights, weight=3.0), tok, [], [row])
+        assert row["weights"] == [0.0] * start + [3.0] * 6
+
+
+def test_a_weight_column_of_a_csv_file_is_read_as_numbers(stories_path, tmp_path):
+    """Every CSV cell is text: '2.5' was refused as not a number, so no CSV file could carry weights."""
+    data = tmp_path / "d.csv"
+    data.write_text("question,answer,w\nCapital of France?,Paris,2.5\nCapital of Peru?,Lima,0.5\n", encoding="utf-8")
+    run = sft.train(recipe(stories_path, data, tmp_path / "run", {"column": "w"}))
+    assert json.loads((run.path / "data_report.json").read_text())["token_weights"]["share"] == 1.0  # every trained token weighs 2.5 or 0.5
+    data.write_text("question,answer,w\nCapital of France?,Paris,2.5\nCapital of Peru?,Lima,heavy\n", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"d.csv:3: w: train.token_weights.column: expected a number >= 0, found 'heavy'"):
+        sft.train(recipe(stories_path, data, tmp_path / "again", {"column": "w"}))
+
+
+class ModelAtStart(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        import copy
+
+        self.model = copy.deepcopy(model).eval()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-loss", "models-own-logits"])
+def test_prompt_tuning_weighs_the_tokens_after_its_virtual_tokens(stories_path, weighted_file, tmp_path, monkeypatch, chunked):
+    """PEFT puts the virtual tokens before the labels, not before the weights: step 1 stopped with an IndexError."""
+    if not chunked:
+        monkeypatch.setattr(sft.lm_loss, "add_chunked_loss", lambda model: "planted")
+    r = recipe(stories_path, weighted_file, tmp_path / "run", {"words": ["Seoul"], "weight": 3.0}, packing=False, group_by_length=False, batch_size=8)
+    r = r.model_copy(update={"peft": r.peft.model_validate({"method": "prompt", "num_virtual_tokens": 4})})
+    start = ModelAtStart()
+    run = sft.train(r, callbacks=[start])
+    tokenizer = AutoTokenizer.from_pretrained(stories_path)
+    expected = by_hand(stories_path, r, word_weights(tokenizer, "Seoul", 3.0), model=start.model)
+    assert first_loss(run) == pytest.approx(expected, abs=1e-5)

@@ -215,6 +215,9 @@ def test_wrap_model_refuses_modules_to_save_that_peft_would_ignore():
         ({"method": "adapter", "target_modules": ["q_proj"]}, "peft.target_modules: applies to peft.method lora, qlora, ia3, loha, lokr, vera, oft, not to 'adapter'"),
         ({"method": "adapter", "bottleneck": 8, "reduction_factor": 4}, "peft.bottleneck and peft.reduction_factor both size the adapter"),
         ({"method": "qlora", "init": "pissa"}, "peft.init: 'pissa' rewrites the base weights"),
+        # saved converted to the original base, DoRA's magnitudes left out: it reloaded 1.7 logits away from the trained model
+        ({"method": "lora", "init": "pissa", "dora": True}, "peft.dora: DoRA cannot be saved against the original base after peft.init 'pissa'"),
+        ({"method": "lora", "init": "olora", "dora": True}, "use init default or gaussian with dora, or dora: false"),
         ({"method": "oft", "blocksize": 8}, "Extra inputs are not permitted"),
     ],
 )
@@ -243,12 +246,28 @@ def test_peft_config_builds_each_method_with_its_keys():
 
 
 def test_bottleneck_and_virtual_tokens_train_with_sft_only():
-    from tunesmith.models.peft import check_adapter_method
+    """Refused by the recipe itself, so `tunesmith check` and `plan` say so too, not only `train`."""
+    from tunesmith.config import validate
+    from tunesmith.errors import ConfigError
+
+    def recipe(method, peft):
+        return {"method": method, "model": {"path": "m"}, "data": {"train": "d.jsonl"}, "peft": {"method": peft}}
 
     for method in ("adapter", "prefix", "prompt"):
-        with pytest.raises(TunesmithError, match=f"peft.method '{method}' trains with method sft only, not dpo"):
-            check_adapter_method("dpo", PeftConfig(method=method))
-    check_adapter_method("dpo", PeftConfig(method="ia3"))
+        with pytest.raises(ConfigError, match=f"peft.method '{method}' trains with method sft only, not dpo; use one of lora, qlora, ia3"):
+            validate(recipe("dpo", method))
+    assert validate(recipe("dpo", "ia3")).peft.method == "ia3"
+
+
+def test_prefix_tuning_with_gradient_checkpointing_is_refused():
+    """Checkpointed layers drop the cache in training, and with it the prefix: attention then failed on the mask."""
+    from tunesmith.config import validate
+    from tunesmith.errors import ConfigError
+
+    raw = {"model": {"path": "m"}, "data": {"train": "d.jsonl"}, "peft": {"method": "prefix"}, "train": {"gradient_checkpointing": True}}
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing: prefix tuning hands its keys and values to every layer as a cache"):
+        validate(raw)
+    assert validate(raw | {"peft": {"method": "prompt"}}).train.gradient_checkpointing
 
 
 def test_lora_plus_puts_b_matrices_in_a_faster_group():
@@ -267,3 +286,107 @@ def test_lora_plus_puts_b_matrices_in_a_faster_group():
     q = model.base_model.model.model.layers[0].self_attn.q_proj
     assert rates[q.lora_A["default"].weight.data_ptr()] == 1e-3
     assert rates[q.lora_B["default"].weight.data_ptr()] == 16e-3
+
+
+def test_ia3_on_gpt2_scales_the_mlp_projection_on_its_input_and_the_attention_one_on_its_output():
+    """PEFT names GPT-2's feedforward module mlp.c_proj, beside attn.c_proj: once refused as 'no feedforward modules'."""
+    from peft import PeftModel
+
+    model = wrap_model(tiny_gpt2(), PeftConfig(method="ia3"), False)
+    layer = model.base_model.model.transformer.h[0]
+    assert layer.mlp.c_proj.is_feedforward and not layer.attn.c_proj.is_feedforward and not layer.mlp.c_fc.is_feedforward
+    assert layer.mlp.c_proj.ia3_l["default"].shape == (1, 4 * 16)  # scales the input (d_ff) of the down-projection
+    assert layer.attn.c_proj.ia3_l["default"].shape == (16, 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ia3_l" in name:
+                param.normal_()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # its saved config passes PEFT's own checks on reload
+        model.save_pretrained(folder)
+        reloaded = PeftModel.from_pretrained(tiny_gpt2(), folder).eval()
+        ids = torch.tensor([[1, 5, 9, 3]])
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+
+
+def test_ia3_feedforward_modules_must_name_targeted_modules():
+    with pytest.raises(TunesmithError, match=r"peft.feedforward_modules: mlp.no_such must name modules among peft.target_modules"):
+        wrap_model(tiny_gpt2(), PeftConfig(method="ia3", feedforward_modules=["mlp.no_such"]), False)
+    with pytest.raises(TunesmithError, match=r"peft.feedforward_modules: down_proj must name modules among peft.target_modules \(q_proj, v_proj\)"):
+        wrap_model(tiny_llama(), PeftConfig(method="ia3", target_modules=["q_proj", "v_proj"], feedforward_modules=["down_proj"]), False)
+
+
+@pytest.mark.parametrize(
+    "config, peft, message",
+    [
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "loha"},
+         "peft.method 'loha': PEFT cannot wrap this model: Target module of type <class 'transformers.pytorch_utils.Conv1D'> not supported"),
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "oft", "block_size": 8}, "peft.method 'oft': PEFT cannot wrap this model: Target module Conv1D"),
+        # PEFT would quietly use block size 4 for 16 inputs, and 6 for the down-projection's 24
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4), {"method": "oft", "block_size": 5},
+         "peft.block_size: 5 does not divide the input size of 14 adapted layers (e.g. base_model.model.model.layers.0.self_attn.q_proj: 16); "
+         "use a divisor of 8, the input sizes' greatest common divisor (e.g. 4)"),
+        (LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4), {"method": "lora", "target_modules": ["c_attn"]},
+         "peft.target_modules: no module of this model is named 'c_attn'"),
+        ("opt", {"method": "adapter"}, "peft.method 'adapter': found no decoder layer with an attention block"),
+        # trained, then failed to save at the end (the initial adapter had rank 16, the config 32)
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4), {"method": "lora", "init": "pissa", "r": 32},
+         "peft.r: 32 is more than the rank of the adapted weight base_model.model.model.layers.0.self_attn.q_proj (16 x 16); init pissa takes r "
+         "components of each weight: use r <= 16"),
+        (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+         {"method": "lora", "init": "olora", "r": 12}, "peft.r: 12 is more than the rank of the adapted weight base_model.model.model.layers.0.self_attn.k_proj (8 x 16)"),
+        # TRL's SFTTrainer refused it once the model had loaded
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "lora", "target_modules": ["c_attn", "lm_head"]},
+         "peft.target_modules: the output layer cannot take an adapter with method sft"),
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "bottleneck": 64},
+         "peft.bottleneck: 64 is more than this model's hidden size, 16: an adapter projects down; use at most 16"),
+        # was quietly a bottleneck of one unit
+        (GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64), {"method": "adapter", "reduction_factor": 32},
+         "peft.reduction_factor: 32 leaves no bottleneck unit of this model's hidden size, 16; use at most 16"),
+    ],
+    ids=["gpt2-loha", "gpt2-oft", "oft-block-size", "missing-target", "opt-adapter", "pissa-rank", "olora-rank", "lora-on-the-head", "bottleneck-size",
+         "reduction-factor"],
+)
+def test_what_does_not_fit_the_model_fails_on_its_config_before_any_weight_loads(config, peft, message, tmp_path):
+    """A folder with a config.json and no weights: the check builds the model's skeleton from its config alone."""
+    from transformers import OPTConfig
+
+    from tunesmith.models.peft import check_adapters
+
+    if config == "opt":  # fc1/fc2 sit in the decoder layer itself, no MLP module to follow
+        config = OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=16)
+    config.save_pretrained(tmp_path)
+    with pytest.raises(TunesmithError, match=re.escape(message)):
+        check_adapters(str(tmp_path), PeftConfig(**peft))
+
+
+def test_methods_that_fit_pass_the_check_on_the_config(tmp_path):
+    from tunesmith.models.peft import check_adapters
+
+    GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64).save_pretrained(tmp_path)
+    for peft in ({"method": "lora", "dora": True}, {"method": "lora", "init": "pissa"}, {"method": "ia3"}, {"method": "vera"},
+                 {"method": "adapter", "placement": "houlsby"}, {"method": "prefix"}):
+        check_adapters(str(tmp_path), PeftConfig(**peft))
+
+
+def test_prefix_tuning_that_does_not_fit_the_attention_is_refused_before_training():
+    """Falcon's multi-query attention has one key/value head, which its config does not say: PEFT's prefix has four."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    torch.manual_seed(0)
+    falcon = FalconForCausalLM(FalconConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4))
+    with pytest.raises(TunesmithError, match=r"peft.method 'prefix': PEFT's prefix keys and values do not fit the attention of FalconForCausalLM \(.*\); use peft.method prompt"):
+        wrap_model(falcon, PeftConfig(method="prefix", num_virtual_tokens=3), False)
+    llama = wrap_model(tiny_llama().train(), PeftConfig(method="prefix", num_virtual_tokens=3), False)
+    assert llama.training  # the check leaves the mode as it found it
+
+
+def test_a_prompt_init_text_longer_than_the_virtual_tokens_is_refused(stories_tokenizer):
+    """PEFT keeps the first num_virtual_tokens of its tokens (<s> counted) and drops the rest without a word."""
+    from tunesmith.models.peft import check_prompt_init
+
+    with pytest.raises(TunesmithError, match=r"peft.prompt_init_text: its 5 tokens are more than peft.num_virtual_tokens \(4\), and only the first 4"):
+        check_prompt_init(PeftConfig(method="prompt", num_virtual_tokens=4, prompt_init_text="Once upon a time"), stories_tokenizer)
+    check_prompt_init(PeftConfig(method="prompt", num_virtual_tokens=5, prompt_init_text="Once upon a time"), stories_tokenizer)

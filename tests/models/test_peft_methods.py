@@ -20,13 +20,14 @@ METHODS = {
     "adapter-houlsby": {"method": "adapter", "placement": "houlsby", "bottleneck": 8, "activation": "gelu", "dropout": 0.0},
     "ia3": {"method": "ia3"},
     "prefix": {"method": "prefix", "num_virtual_tokens": 4},
-    "prompt": {"method": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Once upon a time"},
+    "prompt": {"method": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Once upon"},  # 3 tokens (with <s>), repeated to 4
     "loha": {"method": "loha", "r": 4, "alpha": 8},
     "lokr": {"method": "lokr", "r": 4, "alpha": 8},
     "vera": {"method": "vera", "r": 8, "dropout": 0.0},
-    "oft": {"method": "oft", "block_size": 8, "dropout": 0.0},
+    "oft": {"method": "oft", "block_size": 4, "dropout": 0.0},  # divides 64 and the MLP's 172
     "lora-pissa": {"method": "lora", "init": "pissa", "r": 4, "alpha": 4, "dropout": 0.0},
     "lora-olora": {"method": "lora", "init": "olora", "r": 4, "alpha": 4, "dropout": 0.0},
+    "lora-embedding": {"method": "lora", "target_modules": ["embed_tokens", "q_proj"], "r": 4, "alpha": 8, "dropout": 0.0},  # failed before step 1
     "lora-variants": {"method": "lora", "init": "gaussian", "use_rslora": True, "dora": True, "lora_plus_ratio": 16, "r": 4, "alpha": 8, "dropout": 0.0},
 }
 # Learning rates at which a handful of steps visibly lower the loss (scaling vectors and virtual tokens move slowly).
@@ -172,7 +173,7 @@ def test_a_model_without_named_blocks_is_refused_clearly():
             self.w = torch.nn.Linear(8, 8)
 
     with pytest.raises(TunesmithError, match="found no decoder layer with an attention block .* use a PEFT method"):
-        add_adapters(Odd(), PeftConfig(method="adapter"), False)
+        add_adapters(Odd(), PeftConfig(method="adapter", reduction_factor=2), False)
 
 
 def test_bottleneck_adapter_saves_safetensors_and_a_config_next_to_the_tokenizer(trained):
@@ -258,3 +259,62 @@ def test_prefix_and_prompt_tuning_turn_packing_off_and_say_so(trained, capsys):
     report = json.loads((run.path / "data_report.json").read_text())
     assert report["batching"]["note"].startswith("packing is off: peft.method 'prompt' puts its virtual tokens before every row")
     assert report["batching"]["mode"] == "grouped"
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix", "ia3"])
+def test_the_model_card_of_a_pushed_adapter_says_how_to_load_it(name, trained, stories_path, tmp_path, monkeypatch):
+    """It said 'a LoRA adapter', AutoPeftModelForCausalLM (which cannot load a bottleneck adapter), merge_and_unload
+    for virtual tokens, and r, alpha and dropout for methods that have none."""
+    from tunesmith.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run, _, logits = trained(name)
+    out = tmp_path / "upload"
+    assert main(["push", str(run.path), "--repo", "me/x", "--dry-run", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "This is an adapter" in card and "LoRA" not in card.split("## Training")[0]
+    adapter_row = next(line for line in card.splitlines() if line.startswith("| adapter |"))
+    if name == "adapter":
+        assert "library_name" not in card.split("---")[1] and "AutoPeftModel" not in card
+        assert "from tunesmith.models.bottleneck import load" in card and "cannot be merged" in card
+        assert adapter_row == "| adapter | adapter, placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0 |"
+        assert "; method: sft, adapter (placement=pfeiffer, reduction_factor=4, activation=relu, dropout=0)\n" in (run.path / "report.md").read_text()
+        from tunesmith.models.bottleneck import load  # the card's own lines, on the uploaded folder
+
+        with torch.no_grad():
+            torch.testing.assert_close(load(base_model(stories_path), out)(input_ids=IDS).logits, logits, atol=1e-5, rtol=1e-4)
+    elif name == "prefix":
+        assert "library_name: peft" in card and "virtual tokens cannot be merged" in card and "merge_and_unload" not in card
+        assert adapter_row == "| adapter | prefix, num_virtual_tokens=4 |"
+    else:
+        assert "merge_and_unload" in card and adapter_row == "| adapter | ia3, target_modules=all-linear |"
+
+
+@pytest.mark.parametrize("name", ["prompt", "prefix"])
+def test_generate_answers_a_prompt_the_same_alone_and_in_a_batch(name, trained):
+    """eval, generate and chat batch their prompts left-padded: PEFT's prompt tuning put its virtual tokens before a
+    shorter prompt's padding and numbered positions through it, so that prompt answered otherwise in a batch."""
+    from tunesmith.eval.generate import generate_ids, load_for_inference
+
+    loaded = load_for_inference(str(trained(name)[0].path))
+    prompts = [[1, 403, 261, 378, 504], [1, 300, 301, 77, 88, 99, 111, 120, 130]]
+    alone = [generate_ids(loaded, [p], 10, 1, False, [], {})[0] for p in prompts]
+    assert generate_ids(loaded, prompts, 10, 2, False, [], {}) == alone
+
+
+def test_perplexity_of_a_prompt_tuned_run_scores_the_text_after_its_virtual_tokens(trained):
+    """Its logits begin with the virtual tokens': perplexity read them as the text's, and gave a wrong number."""
+    from tunesmith.data.formats import Example
+    from tunesmith.eval.generate import load_for_inference
+    from tunesmith.eval.perplexity import nll_sums
+
+    loaded = load_for_inference(str(trained("prompt")[0].path))
+    texts = ["Once upon a time there was a cat.", "The dog ran to the big tree in the park."]
+    sums, counts = nll_sums(loaded, [Example(messages=None, text=t, where=f"t:{i}") for i, t in enumerate(texts)], batch_size=2)
+    for text, total, n in zip(texts, sums, counts):
+        ids = loaded.tokenizer(loaded.template.bos_text + text + loaded.template.eos_text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -len(ids):]
+        expected = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum").item()
+        assert n == len(ids) - 1 and total == pytest.approx(expected, rel=1e-4)

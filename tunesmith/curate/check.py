@@ -20,8 +20,8 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     from tunesmith.data.preflight import render_markdown
     from tunesmith.data.prepare import prepare_data
     from tunesmith.methods.common import check_optimizer
-    from tunesmith.methods.steps import load_tokenizer_and_template, plan_batches_into
-    from tunesmith.models.peft import check_adapter_targets
+    from tunesmith.methods.steps import check_positions, load_tokenizer_and_template, plan_batches_into
+    from tunesmith.models.peft import check_adapters, check_prompt_init
 
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
@@ -33,14 +33,16 @@ def check(recipe_path: str, overrides: list[str], out: str | None = None) -> dic
     check_optimizer(recipe)
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
-    train_rows, _, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
+    check_adapters(source.path, recipe.peft, recipe.method, recipe.model.trust_remote_code)
+    check_prompt_init(recipe.peft, tokenizer)
+    train_rows, eval_rows, report = prepare_data(recipe.data, tokenizer, template, recipe.train.seed, method=recipe.method)
     if recipe.method in ("sft", "dpo", "reward"):  # the methods that plan their batches
         import importlib
 
         plan_batches_into(report, recipe, train_rows, importlib.import_module(f"tunesmith.methods.{recipe.method}").plan)
     text = render_markdown(report)
     print(text)
+    check_positions(recipe, source.path, head, [*train_rows, *eval_rows])
     if out is not None:
         Path(out).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         Path(out).with_suffix(".md").write_text(text, encoding="utf-8")

@@ -108,6 +108,8 @@ def token_weight_lines(w: dict) -> list[str]:
     lines = ["## Token weights", "", *[f"- {rule}" for rule in rules],
              f"- weighted: {w['weighted_tokens']:,} of {w['trained_tokens']:,} trained tokens ({100 * w['share']:.1f}%); "
              "the loss is their weighted mean (the eval loss stays unweighted)"]
+    if w.get("zero_weight_rows"):
+        lines.append(f"- note: {w['zero_weight_rows']:,} training rows have weight 0 in the column: they train nothing")
     unmatched = [word for word, n in w["words"].items() if n == 0]
     if unmatched:
         lines.append(f"- note: no trained token matches {', '.join(map(repr, unmatched))}")

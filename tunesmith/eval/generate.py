@@ -106,6 +106,10 @@ def generate_ids(
 
     tokenizer, model = loaded.tokenizer, loaded.model
     pad_id = tokenizer.pad_token_id
+    if prompt_tuned(model):
+        # PEFT puts the virtual tokens before a left-padded row's padding and numbers the positions through it: a
+        # shorter prompt in a batch is shifted away from the positions it trained at, and answers otherwise
+        batch_size = 1
     stop_ids = set(loaded.template.stop_token_ids)
     stop = [*stop, *loaded.template.stop_texts]
     hf_kwargs = dict(hf_kwargs)
@@ -136,6 +140,13 @@ def generate_ids(
         bar.update(len(batch))
     bar.close()
     return outputs
+
+
+def prompt_tuned(model) -> bool:
+    """Whether the active adapter is prompt tuning (virtual token embeddings before the input's)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel) and model.peft_config[model.active_adapter].peft_type == "PROMPT_TUNING"
 
 
 def decode_completion(generated: list[int], tokenizer, stop_ids: set[int], pad_id: int | None, stop: list[str],

@@ -76,6 +76,7 @@ def nll_sums(
         labels = torch.tensor([c[2] + [IGNORE] * (width - len(c[2])) for c in batch])
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits.float()
+        logits = logits[:, -width:]  # prompt tuning's logits begin with those of its virtual tokens
         # Token t is predicted by the logits at t - 1.
         targets = labels[:, 1:].to(logits.device)                                                        # (B, T-1)
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)                                             # (B, T-1, V)

@@ -102,7 +102,7 @@ def check_packing(recipe: Recipe, s, model) -> bool:
     sample = s.train_rows[0]
     conversation = sample["prompt_ids"] + sample["chosen_ids"]
     generator = torch.Generator().manual_seed(0)
-    vocab = base_of(model).get_input_embeddings().num_embeddings
+    vocab = base_of(model).get_input_embeddings().weight.shape[0]  # the layer may be PEFT's LoRA wrapper, without num_embeddings
     contexts = [torch.randint(vocab, (24,), generator=generator).tolist() for _ in range(2)]
     device = next(model.parameters()).device
     with no_dropout(model), torch.no_grad():

@@ -29,7 +29,7 @@ from tunesmith.data.batching import BatchPlan, Collator, batches_dataset, plan_b
 from tunesmith.errors import ConfigError
 from tunesmith.methods.common import trainer_arguments
 from tunesmith.methods.steps import callbacks_for, console, describe, finish, fit, save_cpu_memory, start, write_data_report
-from tunesmith.models import attention, lm_loss
+from tunesmith.models import attention, bottleneck, lm_loss
 from tunesmith.models.load import load_model
 from tunesmith.models.peft import VIRTUAL_TOKENS, count_parameters, wrap_model
 from tunesmith.runs import RunDir
@@ -155,7 +155,8 @@ class PlannedBatches:
         weights = inputs.pop("weights", None)  # (B, T), 0 where not trained
         if weights is not None and not self.chunked_loss:
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
-            total = losses.weighted_cross_entropy(outputs.logits, inputs["labels"], weights)
+            logits = outputs.logits[:, -inputs["labels"].shape[1]:]  # prompt tuning's logits begin with its virtual tokens'
+            total = losses.weighted_cross_entropy(logits, inputs["labels"], weights)
             loss = total / (weights[:, 1:].sum() if num_items_in_batch is None else num_items_in_batch)
         else:
             extra = ({"chunked_loss": True} if self.chunked_loss else {}) | ({"token_weights": weights} if weights is not None else {})
@@ -165,6 +166,18 @@ class PlannedBatches:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counted every rank's tokens; DDP averages
         return (loss, outputs) if return_outputs else loss
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Checkpoints of bottleneck adapters hold the adapters' weights, not the whole model: the Trainer saves a
+        model that is not a PeftModel whole, a copy of the frozen base in every checkpoint (14 GB for a 7B model)."""
+        if bottleneck.sites(self.model):  # state_dict: the whole model's, gathered by DeepSpeed
+            state_dict = {k: v for k, v in (self.model.state_dict() if state_dict is None else state_dict).items() if bottleneck.INFIX in k}
+        super()._save(output_dir, state_dict)
+
+    def _issue_warnings_after_load(self, load_result):
+        if bottleneck.sites(self.model):  # resuming, or keep_best: the base's weights are not in the checkpoint, by design
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if bottleneck.INFIX in k])
+        super()._issue_warnings_after_load(load_result)
+
     def _get_num_items_in_batch(self, batch_samples, device):
         """The step's trained tokens, or with token weights the sum of their weights (see compute_loss)."""
         if "weights" not in batch_samples[0]:
@@ -172,7 +185,9 @@ class PlannedBatches:
         total = sum(batch["weights"][:, 1:].sum() for batch in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
-        return total
+        # A step whose rows all weigh 0 (train.token_weights.column) has nothing to learn: its loss sum(w·ce) is 0,
+        # and divided by 1, not by 0, its loss and gradients are 0, not NaN.
+        return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def filler_like(rows: list[dict]) -> dict:

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 
 from tunesmith import checkpoints, distributed
-from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe
+from tunesmith.config import REFERENCE_FREE, PeftConfig, Recipe, peft_settings
 from tunesmith.data.preflight import render_markdown
 from tunesmith.data.prepare import prepare_data
 from tunesmith.data.templates import ChatTemplate, install_template, merging_system, resolve_template
@@ -37,7 +37,7 @@ from tunesmith.methods.common import (
     restore_metrics,
     save_checkpoints_atomically,
 )
-from tunesmith.models.peft import check_adapter_method, check_adapter_targets, save_adapter, use_lora_plus
+from tunesmith.models.peft import VIRTUAL_TOKENS, check_adapters, check_prompt_init, save_adapter, use_lora_plus
 from tunesmith.runs import RunDir, environment, plot_loss
 from tunesmith.tracking import check_installed, data_params, open_tracker
 
@@ -85,9 +85,10 @@ def start_here(recipe: Recipe, resume: bool, allow_changes: bool, batching) -> S
     run.tracker = open_tracker(recipe, run, resume)  # from here on, every metrics.jsonl line reaches the tracker too
     source, tokenizer, template = load_tokenizer_and_template(recipe)
     head = "reward" if recipe.method == "reward" else "causal_lm"
-    check_adapter_method(recipe.method, recipe.peft)
-    check_adapter_targets(source.path, recipe.peft, head, recipe.model.trust_remote_code)
+    check_adapters(source.path, recipe.peft, recipe.method, recipe.model.trust_remote_code)
+    check_prompt_init(recipe.peft, tokenizer)
     train_rows, eval_rows, data_report, plan = preflight(recipe, run, tokenizer, template, batching)
+    check_positions(recipe, source.path, head, [*train_rows, *eval_rows])
     if run.tracker is not None and not resume:
         run.tracker.log_params(data_params(data_report))
     return Started(run, checkpoint, source, tokenizer, template, train_rows, eval_rows, data_report, plan, peft=recipe.peft)
@@ -331,6 +332,28 @@ def repeats_note(examples: int, batch_size: int) -> str | None:
             f"{batch_size * processes} examples avoids it")
 
 
+def check_positions(recipe: Recipe, source_path: str, head: str, rows: list[dict]) -> None:
+    """An example longer than the model's learned position table (GPT-2: 1,024) fails in the middle of training with
+    an IndexError: refused here, before the model loads. Prefix and prompt tuning's virtual tokens come first."""
+    from tunesmith.models.load import learned_positions, model_skeleton
+
+    try:
+        limit = learned_positions(model_skeleton(source_path, head, recipe.model.trust_remote_code))
+    except TunesmithError:
+        return  # loading the model says what is wrong with it
+    lengths = [len(r["input_ids"]) if "input_ids" in r else len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"]))
+               for r in rows if "input_ids" in r or "chosen_ids" in r]
+    virtual = recipe.peft.num_virtual_tokens if recipe.peft.method in VIRTUAL_TOKENS else 0
+    if limit is None or not lengths or max(lengths) + virtual <= limit:
+        return
+    tokens = f"{max(lengths)} tokens" + (f" after {virtual} virtual tokens (peft.num_virtual_tokens)" if virtual else "")
+    raise ConfigError(
+        f"data.max_length: {recipe.data.max_length}: the longest example has {tokens}, but this model has {limit} learned positions "
+        f"(absolute position embeddings), and a longer sequence would stop training with an IndexError; set data.max_length to at most "
+        f"{limit - virtual}" + (" or lower peft.num_virtual_tokens" if virtual else "")
+    )
+
+
 def example_tokens(row: dict) -> int:
     """Tokens an example puts in a batch: an sft row its input_ids; a preference pair its prompt twice (once before
     each reply) and both replies."""
@@ -383,7 +406,7 @@ def write_report(recipe: Recipe, run: RunDir, data_report, steps: int, seconds: 
         f"# Run `{recipe.name}`",
         "",
         f"- model: `{recipe.model.path}`; method: {recipe.method}{detail}, {recipe.peft.method}"
-        + (f" (r={recipe.peft.r}, alpha={shown(recipe.peft.alpha)})" if recipe.peft.method != "none" else ""),
+        + (f" ({', '.join(peft_settings(recipe.peft.model_dump()))})" if recipe.peft.method != "none" else ""),
         f"- trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
         f"- data: {data_report.train.kept} train / {data_report.eval.kept} eval {data_report.kind} examples, "
         f"template `{data_report.template}` (see data_report.md)",

@@ -34,6 +34,7 @@ MLP = ("mlp", "feed_forward", "ffn")
 PLACES = {"houlsby": ("attention", "mlp"), "pfeiffer": ("mlp",)}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 KIND = "bottleneck"
+INFIX = ".bottleneck.adapters."  # in the state-dict keys of every adapter's weights: model.layers.0.mlp.bottleneck.adapters.default.up.weight
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -76,11 +77,22 @@ def add_adapters(model, cfg: PeftConfig, gradient_checkpointing: bool, name: str
     for param in model.parameters():
         param.requires_grad_(False)
     hidden = model.config.get_text_config().hidden_size
-    size = cfg.bottleneck or max(1, hidden // cfg.reduction_factor)
+    size = bottleneck_size(cfg, hidden)
     attach(model, cfg.placement, name, lambda: Bottleneck(hidden, size, cfg.activation, cfg.dropout))
     if gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed layers need an input that requires grad to backpropagate
     return model
+
+
+def bottleneck_size(cfg: PeftConfig, hidden: int) -> int:
+    """Units of the bottleneck: peft.bottleneck, or hidden // reduction_factor; at least 1 and at most `hidden`."""
+    if cfg.bottleneck is not None and cfg.bottleneck > hidden:
+        raise TunesmithError(f"peft.bottleneck: {cfg.bottleneck} is more than this model's hidden size, {hidden}: an adapter projects down; use at most {hidden}")
+    if cfg.bottleneck is None and cfg.reduction_factor > hidden:
+        raise TunesmithError(
+            f"peft.reduction_factor: {cfg.reduction_factor} leaves no bottleneck unit of this model's hidden size, {hidden}; use at most {hidden}"
+        )
+    return cfg.bottleneck or hidden // cfg.reduction_factor
 
 
 def attach(model, placement: str, name: str, build) -> None:
@@ -133,7 +145,7 @@ def active(model, name: str | None):
 
 def adapter_state(model, name: str) -> dict[str, torch.Tensor]:
     """The weights of adapter `name`, keyed by where they sit (its name left out, so another name can load them)."""
-    infix = f".bottleneck.adapters.{name}."
+    infix = f"{INFIX}{name}."
     return {key.replace(infix, ".bottleneck."): value.detach().contiguous() for key, value in model.state_dict().items() if infix in key}
 
 
@@ -171,7 +183,7 @@ def load(model, folder: Path, name: str = "default"):
         )
     attach(model, config["placement"], name, lambda: Bottleneck(hidden, config["bottleneck"], config["activation"], config["dropout"]))
     saved = load_file(str(folder / WEIGHTS))
-    infix = f".bottleneck.adapters.{name}."
+    infix = f"{INFIX}{name}."
     expected = {key.replace(infix, ".bottleneck."): key for key in model.state_dict() if infix in key}
     if set(saved) != set(expected):
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))

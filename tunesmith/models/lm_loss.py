@@ -48,6 +48,9 @@ def add_chunked_loss(model) -> str | None:
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts label t+1
         targets = labels[:, 1:].to(hidden.device)
         trained = targets != -100
+        if token_weights is not None and token_weights.shape[1] < labels.shape[1]:
+            # prompt tuning: PEFT put its virtual tokens (labels -100) before the labels, not before the weights
+            token_weights = torch.nn.functional.pad(token_weights, (labels.shape[1] - token_weights.shape[1], 0))
         weights = None if token_weights is None else token_weights[:, 1:].to(hidden.device)[trained]  # (N,)
         out = self.get_output_embeddings()
         total = linear_cross_entropy(hidden[trained], out.weight, out.bias, targets[trained], softcap, weights)
@@ -69,8 +72,8 @@ def check(model, collator, sample: list[int], chunked: bool, packing: bool = Tru
     """The checks above, on `sample` (token ids of a training example) and random contexts packed before it.
     `collator` packs (tunesmith.data.batching.Collator); `chunked`: whether add_chunked_loss patched the model.
     packing=False (a model that will not train on packed rows): the chunked loss alone, on `sample` alone."""
-    embeddings = base_of(model).get_input_embeddings()
-    vocab, dtype = embeddings.num_embeddings, embeddings.weight.dtype
+    weight = base_of(model).get_input_embeddings().weight  # (vocab, H); the layer itself may be PEFT's LoRA wrapper
+    vocab, dtype = weight.shape[0], weight.dtype
     generator = torch.Generator().manual_seed(0)
     contexts = [torch.randint(vocab, (24,), generator=generator).tolist() for _ in range(2)]
     b = (sample + contexts[0])[: max(len(sample), 8)][:32]  # a very short example is lengthened, to have tokens to compare

@@ -394,6 +394,21 @@ def model_skeleton(path: str, head: str = "causal_lm", trust_remote_code: bool =
         raise TunesmithError(f"{Path(path) / 'config.json'}: {one_line(err)}") from None
 
 
+# Names of learned absolute position tables: GPT-2's wpe, OPT's embed_positions, BERT-style position_embeddings.
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def learned_positions(model) -> int | None:
+    """How many positions a model with learned absolute position embeddings has (GPT-2, OPT, ...); None for rotary
+    or ALiBi models, which have no table to run out of."""
+    import torch
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
+            return module.num_embeddings - getattr(module, "offset", 0)  # OPT's table has 2 rows before position 0
+    return None
+
+
 def generation_eos(model_path: str) -> list[int]:
     """End-of-turn ids the model's generation config stops on (Llama-3's <|eot_id|>, ...)."""
     from transformers import GenerationConfig

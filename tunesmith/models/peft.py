@@ -7,6 +7,7 @@ PEFT's methods go through PEFT (`peft_config` maps each peft.method to its confi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from tunesmith.config import PeftConfig
@@ -71,23 +72,100 @@ UNMERGEABLE = {
 VIRTUAL_TOKENS = ("prefix", "prompt")
 
 
-def check_adapter_method(method: str, cfg: PeftConfig) -> None:
-    """Bottleneck adapters and virtual tokens train with sft only (the preference and RL trainers take PEFT's
-    layer methods)."""
-    if method != "sft" and cfg.method in ("adapter", *VIRTUAL_TOKENS):
+def check_adapters(source_path: str, cfg: PeftConfig, method: str = "sft", trust_remote_code: bool = False) -> None:
+    """Put the adapters on the model's skeleton (its modules built from its config on the meta device, no weights
+    read) as training method `method` will, so what does not fit fails before the weights load: a target name the
+    model lacks, a layer type the method cannot take (GPT-2's Conv1D under loha, lokr and oft), IA3 without
+    feedforward modules, bottleneck adapters on a model without named attention and MLP blocks, ..."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tunesmith.models.load import model_skeleton
+
+    if cfg.method not in (*LAYER_METHODS, "adapter"):
+        return
+    head = "reward" if method == "reward" else "causal_lm"
+    skeleton = model_skeleton(source_path, head, trust_remote_code)
+    if cfg.method == "adapter":
+        from tunesmith.models import bottleneck
+
+        bottleneck.bottleneck_size(cfg, skeleton.config.get_text_config().hidden_size)
+        bottleneck.blocks(skeleton, cfg.placement)
+        return
+    check_target_modules(skeleton, cfg.target_modules, cfg.modules_to_save)
+    # The layers, not the initialisation: PiSSA's and OLoRA's decompositions need the weights.
+    config = peft_config(cfg.model_copy(update={"init": "default"}), skeleton, "SEQ_CLS" if head == "reward" else "CAUSAL_LM")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what PEFT only warns about is refused below
+        wrapped = peft_wrap(skeleton, config, cfg, low_cpu_mem_usage=True)
+    if cfg.method == "oft":
+        check_oft_blocks(wrapped, cfg.block_size)
+    if rewrites_base(cfg):
+        check_decomposition_rank(wrapped, cfg)
+    if method == "sft" and isinstance(wrapped.get_output_embeddings(), BaseTunerLayer):
+        # TRL's SFTTrainer refuses it once the model is loaded: its loss reads the output layer's weight itself
         raise TunesmithError(
-            f"peft.method {cfg.method!r} trains with method sft only, not {method}; use lora or another of "
-            f"{', '.join(LAYER_METHODS)} with {method}"
+            "peft.target_modules: the output layer cannot take an adapter with method sft (TRL computes the loss from its "
+            "weight directly, so the adapter would never train); leave it out, or train it in full: peft.modules_to_save: [lm_head]"
         )
 
 
-def check_adapter_targets(source_path: str, cfg: PeftConfig, head: str = "causal_lm", trust_remote_code: bool = False) -> None:
-    """check_target_modules on the model's skeleton (built from its config on the meta device), so a wrong
-    name fails before the weights load, not after."""
-    from tunesmith.models.load import model_skeleton
+def check_prompt_init(cfg: PeftConfig, tokenizer) -> None:
+    """PEFT initialises prompt tuning's virtual tokens from prompt_init_text's tokens (as its tokenizer call counts
+    them, special tokens included), repeated to num_virtual_tokens, and cuts a longer text without a word."""
+    if cfg.method != "prompt" or cfg.prompt_init_text is None:
+        return
+    tokens = len(tokenizer(cfg.prompt_init_text)["input_ids"])
+    if tokens > cfg.num_virtual_tokens:
+        raise TunesmithError(
+            f"peft.prompt_init_text: its {tokens} tokens are more than peft.num_virtual_tokens ({cfg.num_virtual_tokens}), and only the "
+            f"first {cfg.num_virtual_tokens} would be used; raise num_virtual_tokens to {tokens}, or shorten the text"
+        )
 
-    if cfg.method in LAYER_METHODS and (cfg.target_modules != "all-linear" or cfg.modules_to_save):
-        check_target_modules(model_skeleton(source_path, head, trust_remote_code), cfg.target_modules, cfg.modules_to_save)
+
+def check_oft_blocks(model, block_size: int) -> None:
+    """PEFT quietly changes the block size of a layer whose input size it does not divide (with a warning): refused."""
+    import math
+
+    from peft.tuners.oft.layer import OFTLayer
+
+    inputs = {name: m.in_features for name, m in model.named_modules() if isinstance(m, OFTLayer)}
+    odd = {name: n for name, n in inputs.items() if n % block_size}
+    if odd:
+        common = math.gcd(*inputs.values())
+        fits = max(d for d in range(1, min(block_size, common) + 1) if common % d == 0)
+        name, n = next(iter(odd.items()))
+        raise TunesmithError(
+            f"peft.block_size: {block_size} does not divide the input size of {len(odd)} adapted layers (e.g. {name}: {n}); "
+            f"use a divisor of {common}, the input sizes' greatest common divisor (e.g. {fits}), or leave those layers out of peft.target_modules"
+        )
+
+
+def check_decomposition_rank(model, cfg: PeftConfig) -> None:
+    """PiSSA and OLoRA take r singular vectors (QR columns) of each adapted weight, at most its smaller side: with a
+    larger r, training ran and saving the adapter at the end failed (the initial adapter, of the smaller rank,
+    no longer fits the configured one)."""
+    from peft.tuners.lora import LoraLayer
+
+    sides = {name: (m.out_features, m.in_features) for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    small = {name: shape for name, shape in sides.items() if min(shape) < cfg.r}
+    if small:
+        name, (rows, columns) = min(small.items(), key=lambda item: min(item[1]))
+        raise TunesmithError(
+            f"peft.r: {cfg.r} is more than the rank of the adapted weight {name} ({rows} x {columns}); init {cfg.init} takes r "
+            f"components of each weight: use r <= {min(rows, columns)}, leave such layers out of peft.target_modules, or use init default or gaussian"
+        )
+
+
+def peft_wrap(model, config, cfg: PeftConfig, **kwargs):
+    """PEFT's get_peft_model, its refusals (a layer type or shape the method cannot take) as one line."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, config, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise TunesmithError(
+            f"peft.method {cfg.method!r}: PEFT cannot wrap this model: {err} (name layers it takes in peft.target_modules, or use another peft.method)"
+        ) from None
 
 
 LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -124,24 +202,37 @@ def peft_config(cfg: PeftConfig, model, task_type: str = "CAUSAL_LM"):
     return built
 
 
-def ia3_modules(cfg: PeftConfig, model) -> dict:
-    """IA3's targets and, among them, its feedforward modules, as leaf names: PEFT expands all-linear into full
-    module paths but keeps its default feedforward list as leaf names, and its reloaded config then fails its own
-    subset check."""
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+# The MLP's down-projection by its usual names, for IA3 on architectures PEFT has no list for (Phi-3, OLMo 2, ...).
+DOWN_PROJECTIONS = ("down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")
 
-    head = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()).rsplit(".", 1)[-1]
-    targets = [n for n in linear_module_names(model) if n != head] if cfg.target_modules == "all-linear" else cfg.target_modules
-    feedforward = cfg.feedforward_modules or [n for n in FEEDFORWARD.get(model.config.model_type, []) if n in targets]
+
+def ia3_modules(cfg: PeftConfig, model) -> dict:
+    """IA3's targets and, among them, its feedforward modules. PEFT expands all-linear into full module paths but
+    keeps its default feedforward list as written, and its reloaded config then fails its own subset check: so the
+    targets are leaf names, and a dotted feedforward name (GPT-2's mlp.c_proj, beside attn.c_proj) joins them."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+    from peft.utils.constants import SEQ_CLS_HEAD_NAMES
+
+    names = [name for name, _ in model.named_modules()]
+
+    def matched(key: str) -> set[str]:  # as PEFT matches a target: the full name or a dotted suffix
+        return {name for name in names if name == key or name.endswith("." + key)}
+
+    # all-linear leaves out the output layer: a language model's head, or a reward model's score (which PEFT trains in full)
+    heads = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is model.get_output_embeddings()} or set(SEQ_CLS_HEAD_NAMES)
+    targets = [n for n in linear_module_names(model) if n not in heads] if cfg.target_modules == "all-linear" else cfg.target_modules
+    targeted = set().union(*map(matched, targets))
+    known = FEEDFORWARD.get(model.config.model_type) or DOWN_PROJECTIONS  # PEFT's list for the architecture, else the usual names
+    feedforward = cfg.feedforward_modules or [n for n in known if matched(n) & targeted]
     if not feedforward:
         raise TunesmithError(
-            f"peft.feedforward_modules: PEFT knows no feedforward modules of a {model.config.model_type!r} model among "
-            f"{', '.join(targets)}; name the MLP's down-projection (IA3 scales its input, the others' output)"
+            f"peft.feedforward_modules: no MLP down-projection of this {model.config.model_type!r} model is known among "
+            f"{', '.join(targets)} (PEFT's list for it, or {', '.join(DOWN_PROJECTIONS)}); name it (IA3 scales its input, the others' output)"
         )
-    outside = [n for n in feedforward if n not in targets]
+    outside = [n for n in feedforward if not matched(n) or not matched(n) <= targeted]
     if outside:
-        raise TunesmithError(f"peft.feedforward_modules: {', '.join(outside)} must be among peft.target_modules ({', '.join(targets)})")
-    return dict(target_modules=targets, feedforward_modules=feedforward)
+        raise TunesmithError(f"peft.feedforward_modules: {', '.join(outside)} must name modules among peft.target_modules ({', '.join(targets)})")
+    return dict(target_modules=list(dict.fromkeys([*targets, *feedforward])), feedforward_modules=feedforward)
 
 
 # peft.method -> the PEFT config family that builds it (qlora is LoRA on a quantised base).
@@ -175,18 +266,37 @@ def wrap_model(model, cfg: PeftConfig, gradient_checkpointing: bool, task_type: 
         if task_type != "CAUSAL_LM":
             raise TunesmithError("peft.method 'adapter' trains language models (method sft); a reward model takes a PEFT method, e.g. lora")
         return bottleneck.add_adapters(model, cfg, gradient_checkpointing)
-    from peft import get_peft_model
-
     config = peft_config(cfg, model, task_type)
-    try:
-        wrapped = get_peft_model(prepare_base(model, cfg, gradient_checkpointing), config)
-    except (ValueError, TypeError) as err:  # PEFT's own refusals: a layer type or shape the method cannot take
-        raise TunesmithError(f"peft.method {cfg.method!r}: PEFT cannot wrap this model: {err}") from None
+    wrapped = peft_wrap(prepare_base(model, cfg, gradient_checkpointing), config, cfg)
+    if cfg.method == "prefix":
+        check_prefix_fits(wrapped)
     if rewrites_base(cfg):
         keep_initial_adapter(wrapped)
         if reference:
             add_reference_adapter(wrapped)
     return wrapped
+
+
+def check_prefix_fits(model) -> None:
+    """PEFT shapes the prefix's keys and values from the model's config (heads, key/value heads, head size); an
+    attention shaped otherwise (Falcon's multi-query attention, which its config does not name as key/value heads)
+    fails in the first forward. One forward of two tokens says so before training."""
+    import torch
+
+    from tunesmith.models.load import one_line
+
+    was_training = model.training
+    model.eval()  # no dropout: the forward draws nothing from the RNG training will use
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device))
+    except RuntimeError as err:
+        raise TunesmithError(
+            f"peft.method 'prefix': PEFT's prefix keys and values do not fit the attention of {type(model.get_base_model()).__name__} "
+            f"({one_line(err)}); use peft.method prompt, lora or another method for this model"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def keep_initial_adapter(model) -> None:

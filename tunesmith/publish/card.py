@@ -13,9 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from tunesmith.config import peft_settings
+
 KIND_TEXT = {
-    "adapter": "a LoRA adapter",
-    "merged": "a model with its LoRA adapter merged into the base weights",
+    "adapter": "an adapter",
+    "merged": "a model with its adapter merged into the base weights",
     "full": "a fully fine-tuned model",
     "model": "a model",
 }
@@ -25,6 +27,7 @@ KIND_TEXT = {
 class CardInfo:
     repo: str                       # owner/name
     kind: str                       # adapter, merged, full or model (a plain folder we know nothing about)
+    adapter: str | None = None      # an adapter's kind (tunesmith.models.peft.adapter_kind): LORA, IA3, PREFIX_TUNING, bottleneck, ...
     base_model: str | None = None   # hub id of the base, when it has one
     license: str = "other"
     language: list[str] = field(default_factory=list)
@@ -72,7 +75,8 @@ def front_matter(info: CardInfo) -> dict:
     if info.base_model:
         meta["base_model"] = info.base_model
         meta["base_model_relation"] = "adapter" if info.kind == "adapter" else "finetune"
-    meta["library_name"] = "peft" if info.kind == "adapter" else "transformers"
+    if info.adapter != "bottleneck":  # tunesmith's own adapters: neither PEFT nor transformers loads them
+        meta["library_name"] = "peft" if info.kind == "adapter" else "transformers"
     meta["license"] = info.license
     if info.language:
         meta["language"] = info.language
@@ -135,17 +139,27 @@ def usage(info: CardInfo) -> str:
     repo = info.repo
     system = ((info.recipe or {}).get("data") or {}).get("system_prompt")
     messages = (f'{{"role": "system", "content": {json.dumps(system, ensure_ascii=False)}}}, ' if system else "") + '{"role": "user", "content": "Hello!"}'
-    if info.kind == "adapter":
+    if info.adapter == "bottleneck":
+        load = (
+            "from huggingface_hub import snapshot_download\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "from tunesmith.models.bottleneck import load  # pip install tunesmith: PEFT cannot load these adapters\n\n"
+            f'folder = snapshot_download("{repo}")\n'
+            f'model = load(AutoModelForCausalLM.from_pretrained("{info.base_model or "BASE_MODEL"}"), folder)\n'
+            "tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+        )
+        alt = ("\n\nBottleneck adapters (Houlsby et al. 2019, Pfeiffer et al. 2020) are non-linear blocks after the layers' "
+               "attention and MLP: they cannot be merged into the base weights.")
+    elif info.kind == "adapter":
         load = (
             "from peft import AutoPeftModelForCausalLM\n"
             "from transformers import AutoTokenizer\n\n"
             f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")  # downloads the base too\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
         )
-        alt = (
-            "\n\nOr on a base you already loaded: `PeftModel.from_pretrained(base, "
-            f'"{repo}")`; `model.merge_and_unload()` gives a plain transformers model.'
-        )
+        alt = f'\n\nOr on a base you already loaded: `PeftModel.from_pretrained(base, "{repo}")`'
+        alt += ("; its virtual tokens cannot be merged into the weights." if info.adapter in ("PREFIX_TUNING", "PROMPT_TUNING")
+                else "; `model.merge_and_unload()` gives a plain transformers model.")
     else:
         load = (
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -191,8 +205,7 @@ def training_section(info: CardInfo) -> str:
     if model.get("quantization") not in (None, "none"):
         rows.append(("quantisation (training)", f"{model['quantization']} {model['quant_type']}"))
     if peft["method"] != "none":
-        targets = peft["target_modules"] if isinstance(peft["target_modules"], str) else ", ".join(peft["target_modules"])
-        rows.append(("adapter", f"{peft['method']}, r={peft['r']}, alpha={peft['alpha']}, dropout={peft['dropout']}, targets: {targets}"))
+        rows.append(("adapter", ", ".join([peft["method"], *peft_settings(peft)])))
     length = f"{train['max_steps']} steps" if train.get("max_steps") else f"{train['epochs']} epochs"
     rows += [
         ("length", length),

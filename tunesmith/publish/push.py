@@ -25,6 +25,7 @@ from tunesmith.checks import check_output_folder
 from tunesmith.config import looks_local
 from tunesmith.errors import TunesmithError
 from tunesmith.models.merge import PROVENANCE
+from tunesmith.models.peft import adapter_kind
 from tunesmith.publish.card import CardInfo, read_evals, render_card, training_summary
 from tunesmith.runs import RunDir, is_run_dir
 
@@ -163,6 +164,7 @@ def card_info(source: Source, repo: str, base_model, license, language, datasets
     return CardInfo(
         repo=repo,
         kind=source.kind,
+        adapter=adapter_kind(source.folder) if source.kind == "adapter" else None,
         base_model=base_model,
         license=license,
         language=language,
