@@ -53,7 +53,7 @@ def left_out(words: list[str]) -> str | None:
         return None if words[1:] == ["quickstart"] else "the test suite and installer themselves"
     if words[0] == ".venv/bin/python" and words[1].startswith("examples/"):
         return None  # an example script that makes what the next commands read (a tiny model)
-    if words[0] in ("docker", ".venv/bin/pytest", ".venv/bin/python"):
+    if words[0] in ("docker", "bash", "python3", ".venv/bin/pytest", ".venv/bin/python"):  # bash, python3: bench/gpu, for a GPU machine
         return "not a tunesmith command"
     if words[0] == TUNESMITH and words[1] == "train" and "--keys" not in words:
         return "trains a shipped recipe on SmolLM2 (minutes)"
