@@ -86,13 +86,14 @@ def check(model, collator, sample: list[int], chunked: bool, packing: bool = Tru
             after = [token_logprobs(model, inputs)[0, len(contexts[0]):] for inputs in packed]
             alone, logits = token_logprobs(model, to(collator([item(b)]), device), with_logits=True)
             alone = alone[0]
+            apart = close
             if dtype != torch.float32:
                 # Half precision rounds a packed row otherwise than the example alone, and each logit by up to half
                 # its spacing (bfloat16: 0.0625 at 16); a leak or a position shift changes log-probs by far more.
-                close = max(close, 2 * torch.finfo(dtype).eps * logits.abs().max().item())
+                apart = max(close, 2 * torch.finfo(dtype).eps * logits.abs().max().item())
             if (after[0] - after[1]).abs().max() > 1e-3:  # the same example, after two different ones: bit for bit, if apart
                 packing_why = "an example's log-probs change with the example packed before it: its attention ignores position_ids"
-            elif (after[0] - alone).abs().max() > close:
+            elif (after[0] - alone).abs().max() > apart:
                 packing_why = "an example's log-probs differ packed and alone: it does not restart positions per example"
         chunked_why = None
         if chunked:
