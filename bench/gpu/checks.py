@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import shutil
 import statistics
@@ -66,6 +67,12 @@ class Session:
         self.log.flush()
         return proc
 
+    def child(self, name: str, timeout: float, liger: bool = False) -> tuple[object, str]:
+        """(what `--child NAME` printed after RESULT, or None; the tail of its errors)."""
+        proc = self.command(name, [sys.executable, __file__, "--child", name], timeout, liger)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        return (json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else None), proc.stderr[-1500:]
+
     def train(self, name: str, recipe: Path, overrides: list[str], timeout: float = 150, liger: bool = False,
               nproc: int | None = None, resume: bool = False, output: Path | None = None) -> dict:
         """`tunesmith train` as a user runs it; the run's figures from its metrics.jsonl."""
@@ -97,13 +104,9 @@ def trained(run: dict) -> tuple[str, str]:
     losses = run["losses"]
     if len(losses) < 2:
         return "fail", "fewer than 2 logged losses"
-    if not all(map(_finite, losses)):
+    if not all(map(math.isfinite, losses)):
         return "fail", f"a loss is not finite: {losses}"
     return ("pass", "") if losses[-1] < losses[0] else ("fail", f"loss did not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
 
 
 def summary(run: dict) -> dict:
@@ -115,11 +118,9 @@ def summary(run: dict) -> dict:
 # ---- the checks, in the order they run -------------------------------------------------------------------------
 
 def check_env(s: Session) -> None:
-    proc = s.command("env", [sys.executable, __file__, "--child", "env"], 120)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return record(s, "env", "fail", detail=proc.stderr[-1500:])
-    figures = json.loads(lines[-1][7:])
+    figures, errors = s.child("env", 120)
+    if figures is None:
+        return record(s, "env", "fail", detail=errors)
     gpu = figures.get("cuda") or DEVICE == "cpu"
     record(s, "env", "pass" if gpu else "fail", figures, "" if gpu else "torch sees no GPU")
 
@@ -127,11 +128,9 @@ def check_env(s: Session) -> None:
 def check_packed_exact(s: Session) -> None:
     """Each packed example's log-probs equal its own alone, under each attention (float32 and bfloat16), and the
     check training runs before step 1 (a planted-leak detector) passes on the GPU."""
-    proc = s.command("packed_exact", [sys.executable, __file__, "--child", "packed_exact"], 180)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return record(s, "packed_exact", "fail", detail=proc.stderr[-1500:])
-    rows = json.loads(lines[-1][7:])
+    rows, errors = s.child("packed_exact", 180)
+    if rows is None:
+        return record(s, "packed_exact", "fail", detail=errors)
     bad = [r for r in rows if r.get("status") == "fail"]
     record(s, "packed_exact", "fail" if bad else "pass", {"rows": rows}, f"{len(bad)} rows off" if bad else "")
 
@@ -141,11 +140,9 @@ def check_liger_kernel(s: Session) -> None:
     gradients, time and peak memory of a forward and backward (SmolLM2's vocabulary, 8k tokens)."""
     if not Path(LIGER).is_dir():
         return record(s, "liger_kernel", "skip", detail=f"Liger not installed at {LIGER} (bench/gpu/run.sh installs it)")
-    proc = s.command("liger_kernel", [sys.executable, __file__, "--child", "liger_kernel"], 180, liger=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return record(s, "liger_kernel", "fail", detail=proc.stderr[-1500:])
-    rows = json.loads(lines[-1][7:])
+    rows, errors = s.child("liger_kernel", 180, liger=True)
+    if rows is None:
+        return record(s, "liger_kernel", "fail", detail=errors)
     bad = [r for r in rows if r["status"] == "fail"]
     record(s, "liger_kernel", "fail" if bad else "pass", {"rows": rows})
 
@@ -205,7 +202,7 @@ def check_compile(s: Session) -> None:
 def check_dpo(s: Session) -> None:
     on_stories = [o for o in ON_STORIES if o != "data.eval=[]"]  # the recipe evaluates on its held-out pairs
     run = s.train("dpo_bf16", DPO, [*on_stories, "model.dtype=bfloat16", "train.max_steps=8"])
-    status = "pass" if run["rc"] == 0 and len(run["losses"]) >= 2 and all(map(_finite, run["losses"])) else "fail"
+    status = "pass" if run["rc"] == 0 and len(run["losses"]) >= 2 and all(map(math.isfinite, run["losses"])) else "fail"
     record(s, "dpo_packed_bf16", status, summary(run), "" if status == "pass" else run["tail"])
 
 
@@ -315,8 +312,10 @@ def child_packed_exact() -> list[dict]:
                     worst = max(worst, (packed[at : at + len(ids) - 1] - alone).abs().max().item())
                     at += len(ids)
             found = lm_loss.check(model, collate, examples[0], chunked=lm_loss.add_chunked_loss(model) is None)
-            limit = 1e-4 if dtype == torch.float32 else 5e-2
-            ok = worst <= limit and found == lm_loss.Checked(None, None)
+            # float32: packed and alone agree to 1e-4; half precision rounds them apart, and what counts is the
+            # verdict of the check training runs (its tolerance grows with the logits: lm_loss.check)
+            limit = 1e-4 if dtype == torch.float32 else None
+            ok = (limit is None or worst <= limit) and found == lm_loss.Checked(None, None)
             rows.append({**row, "status": "pass" if ok else "fail", "max_logprob_difference": worst, "limit": limit,
                          "pre_step_check": [found.packing, found.chunked]})
     return rows
